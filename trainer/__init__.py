@@ -1,0 +1,3 @@
+"""trainer: fastai's image classification recipes as one reliable command."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""One resolved configuration, from the command line to fastai and into config.json.
+
+Options the user did not set stay None until `resolve`, so the recipe's defaults win;
+config.json records the resolved values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+from trainer.errors import BadInput, did_you_mean
+from trainer.recipes import Recipe
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass
+class FitConfig:
+    recipe: str
+    epochs: int | None = None
+    lr: float | None = None
+    bs: int | None = None
+    arch: str | None = None
+    pretrained: bool | None = None
+    weights: str | None = None
+    data: str | None = None
+    size: int | None = None
+    valid_pct: float | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    seed: int | None = None
+    out: str = "runs"
+
+    def resolve(self, recipe: Recipe) -> "FitConfig":
+        """Validate what the user set and fill the rest from the recipe's defaults."""
+        check_positive("--epochs", self.epochs, integer=True)
+        check_positive("--lr", self.lr)
+        check_positive("--bs", self.bs, integer=True)
+        check_positive("--size", self.size, integer=True)
+        if self.workers is not None and self.workers < 0:
+            raise BadInput(f"--workers must be 0 or more, got {self.workers}")
+        if self.valid_pct is not None and not 0 < self.valid_pct < 1:
+            raise BadInput(f"--valid-pct must be between 0 and 1 (e.g. 0.2), got {self.valid_pct}")
+        if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise BadInput(f"unknown --device '{self.device}'{did_you_mean(self.device, DEVICES)}; "
+                           f"use one of auto, cpu, cuda, cuda:N, mps")
+        if self.precision not in PRECISIONS:
+            raise BadInput(f"unknown --precision '{self.precision}'{did_you_mean(self.precision, PRECISIONS)}; "
+                           f"use one of {', '.join(PRECISIONS)}")
+        if recipe.check == "folder" and not self.data:
+            raise BadInput(f"recipe '{recipe.name}' trains on your own images: pass --data PATH "
+                           f"(layout: {recipe.layout})")
+        pretrained = recipe.pretrained if self.pretrained is None else self.pretrained
+        if self.weights and self.pretrained is False:
+            raise BadInput("--weights and --no-pretrained contradict each other: drop one of them")
+        return replace(
+            self,
+            epochs=self.epochs or recipe.epochs,
+            lr=self.lr or recipe.lr,
+            bs=self.bs or recipe.bs,
+            arch=self.arch or "resnet34",
+            pretrained=True if self.weights else pretrained,
+            size=self.size or recipe.size,
+            valid_pct=self.valid_pct if self.valid_pct is not None else recipe.valid_pct,
+            seed=42 if self.seed is None else self.seed,
+        )
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def check_positive(flag: str, value, integer: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value) or value <= 0:
+        kind = "a whole number of at least 1" if integer else "a positive number"
+        raise BadInput(f"{flag} must be {kind}, got {value}")
+

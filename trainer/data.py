@@ -1,0 +1,236 @@
+"""Find (or fetch) a recipe's data, check its layout, and build its DataLoaders.
+
+Lookup order, first hit wins, so a folder that is already there never needs the network:
+  1. --data PATH (a folder, or a .tgz/.tar/.zip archive, extracted once into the data root)
+  2. the data root: $TRAINER_DATA, else ./datasets, holding <recipe folder>/
+  3. fastai's cache: $FASTAI_HOME/data/<recipe folder> (where untar_data extracts)
+  4. fastai's untar_data download (skipped when TRAINER_OFFLINE=1)
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from trainer.errors import BadInput
+from trainer.recipes import Recipe
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("TRAINER_DATA", "datasets")).expanduser()
+
+
+def offline() -> bool:
+    return os.environ.get("TRAINER_OFFLINE", "") not in ("", "0", "false")
+
+
+def fastai_data_dir() -> Path:
+    """Where fastai's untar_data extracts to, read without importing fastai."""
+    home = Path(os.environ.get("FASTAI_HOME", "~/.fastai")).expanduser()
+    parser = configparser.ConfigParser()
+    parser.read(home / "config.ini")
+    data = Path(parser.get("DEFAULT", "data", fallback="data")).expanduser()
+    return data if data.is_absolute() else home / data
+
+
+def local_candidates(recipe: Recipe) -> list[Path]:
+    if recipe.folder is None:
+        return []
+    return [data_root() / recipe.folder, fastai_data_dir() / recipe.folder]
+
+
+def find_local(recipe: Recipe) -> Path | None:
+    """The first local copy of the recipe's data, whatever its state."""
+    return next((p for p in local_candidates(recipe) if p.is_dir()), None)
+
+
+def locate(recipe: Recipe, data: str | None) -> Path:
+    """The folder holding the recipe's data, in the recipe's layout (checked)."""
+    if data:
+        given = Path(data).expanduser()
+        if not given.exists():
+            raise BadInput(f"--data {data}: no such file or folder; give an extracted dataset folder "
+                           f"or a .tgz/.tar/.zip archive (layout: {recipe.layout})")
+        if given.is_file():
+            given = extract_archive(given)
+        if recipe.name == "digits" and not any(given.iterdir()):
+            return write_digits(given)
+        return dataset_root(recipe, given)
+    local = find_local(recipe)
+    if local is not None:
+        return dataset_root(recipe, local)
+    if recipe.name == "digits":
+        return write_digits(data_root() / recipe.folder)
+    return dataset_root(recipe, download(recipe))
+
+
+def download(recipe: Recipe) -> Path:
+    fixes = (f"put the extracted data at {data_root() / recipe.folder} or {fastai_data_dir() / recipe.folder} "
+             f"(FASTAI_HOME), or pass --data PATH; see datasets/README.md")
+    if offline():
+        raise BadInput(f"no local data for '{recipe.name}' and TRAINER_OFFLINE is set: {fixes}")
+    from fastai.data.external import URLs, untar_data
+
+    url = getattr(URLs, recipe.url)
+    try:
+        return Path(untar_data(url))
+    except Exception as e:  # network, DNS, checksum, disk: all end the same way for the user
+        raise BadInput(f"could not download {url} ({type(e).__name__}: {e}); {fixes}") from None
+
+
+def dataset_root(recipe: Recipe, path: Path) -> Path:
+    """`path` itself, or the dataset folder inside it (an archive's top folder, or <recipe folder>/)."""
+    problems = layout_problems(recipe, path)
+    if not problems:
+        return path
+    inner = [path / recipe.folder] if recipe.folder else []
+    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+    if len(subdirs) == 1:
+        inner.append(subdirs[0])
+    for candidate in inner:
+        if candidate.is_dir() and not layout_problems(recipe, candidate):
+            return candidate
+    raise BadInput(f"{path} is not in the '{recipe.name}' layout: {problems[0]}; expected {recipe.layout}; "
+                   f"point --data at the folder that holds it")
+
+
+def has_images(folder: Path) -> bool:
+    return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if f.is_file())
+
+
+def class_folders(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and has_images(d))
+
+
+def layout_problems(recipe: Recipe, path: Path) -> list[str]:
+    """What is wrong with `path` for this recipe, most important first; [] when it is usable."""
+    if not path.is_dir():
+        return [f"{path} is not a folder"]
+    if recipe.check == "splits":
+        return split_problems(path, *recipe.splits)
+    if recipe.check == "pets":
+        return pets_problems(path, breeds=recipe.name == "pets_breeds")
+    valid = next((v for v in ("valid", "test") if (path / v).is_dir()), None)
+    if (path / "train").is_dir() and valid:
+        return split_problems(path, "train", valid)
+    return classes_problems(path / "train" if (path / "train").is_dir() else path)
+
+
+def split_problems(path: Path, train: str, valid: str) -> list[str]:
+    for split in (train, valid):
+        if not (path / split).is_dir():
+            return [f"no '{split}/' folder in {path}"]
+    problems = classes_problems(path / train)
+    if not problems and not class_folders(path / valid):
+        problems.append(f"'{valid}/' in {path} has no class folders with images")
+    return problems
+
+
+def classes_problems(path: Path) -> list[str]:
+    classes = class_folders(path)
+    empty = [d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and d not in classes]
+    if empty:
+        return [f"class folder '{empty[0]}' in {path} has no images"]
+    if len(classes) < 2:
+        return [f"{path} needs at least 2 class folders with images, found {len(classes)}"]
+    return []
+
+
+def pets_problems(path: Path, breeds: bool) -> list[str]:
+    from trainer.recipes import breed_of
+
+    images = path / "images"
+    if not images.is_dir():
+        return [f"no 'images/' folder in {path}"]
+    names = [f.name for f in images.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not names:
+        return [f"'images/' in {path} holds no images"]
+    if breeds:
+        labels = {breed_of(n) for n in names} - {None}
+        if len(labels) < 2:
+            return [f"'images/' in {path} needs files named <breed>_<n>.jpg of at least 2 breeds"]
+    elif len({n[0].isupper() for n in names}) < 2:
+        return [f"'images/' in {path} needs both cats (Capitalised_1.jpg) and dogs (lower_1.jpg)"]
+    return []
+
+
+def extract_archive(archive: Path) -> Path:
+    """Extract once into <data root>/.extracted/<name>-<hash>/; later runs reuse it.
+
+    Extraction goes to a temporary folder renamed into place, so a crash or a second
+    process never leaves (or sees) a half-extracted dataset.
+    """
+    name = archive.name.lower()
+    if not name.endswith(ARCHIVE_SUFFIXES):
+        raise BadInput(f"--data {archive} is a file but not a .tgz/.tar/.zip archive; "
+                       f"give an archive or an extracted folder")
+    stat = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    stem = next(archive.name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s))
+    target = data_root() / ".extracted" / f"{stem}-{key}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=target.parent))
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    if member.startswith("/") or ".." in Path(member).parts:
+                        raise BadInput(f"--data {archive}: refusing member '{member}' that points outside the archive")
+                zf.extractall(tmp)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(tmp, filter="data")  # PEP 706: no absolute paths, '..' or outside links
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BadInput(f"--data {archive} could not be extracted ({e}); check the file or extract it yourself") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def write_digits(target: Path) -> Path:
+    """scikit-learn's 8x8 digits, upscaled to MNIST's 28x28 PNGs in MNIST's layout.
+
+    A fixed split: every fifth image is in testing/ (360 of 1,797).
+    """
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
+    for i, (pixels, label) in enumerate(zip(bunch.images, bunch.target)):
+        split = "testing" if i % 5 == 0 else "training"
+        folder = tmp / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray((pixels * (255 / 16)).astype(np.uint8), mode="L")
+        image.resize((28, 28), Image.BILINEAR).save(folder / f"{i}.png")
+    if target.is_dir():
+        target.rmdir()  # an empty folder given with --data
+    try:
+        tmp.rename(target)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_dls(recipe: Recipe, path: Path, cfg, device):
+    loader = dict(bs=cfg.bs, num_workers=cfg.workers, seed=cfg.seed, device=device)
+    return recipe.build(path, cfg, loader)

@@ -1,0 +1,21 @@
+"""The two ways a command fails, each with its exit code."""
+
+
+class BadInput(Exception):
+    """The user's input cannot work (exit 2). The message names the problem and the fix."""
+
+    exit_code = 2
+
+
+class TrainingFailed(Exception):
+    """Something broke while training (exit 1); the traceback is kept in the run directory."""
+
+    exit_code = 1
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for a near miss, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

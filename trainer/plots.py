@@ -1,0 +1,37 @@
+"""Headless plots, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+from trainer.runs import save_figure  # noqa: E402
+
+
+def plot_history(run_log, title: str, path: Path) -> None:
+    """Loss curves (train per batch, valid per epoch) beside each metric per epoch."""
+    rows = [dict(zip(run_log.header, row)) for row in run_log.rows]
+    metric_names = [n for n in run_log.names if n not in ("train_loss", "valid_loss")]
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot(range(1, len(run_log.batch_losses) + 1), run_log.batch_losses, label="train (smoothed)", lw=1)
+    loss_ax.plot(run_log.epoch_ends, [r["valid_loss"] for r in rows], "o-", label="valid")
+    losses = run_log.batch_losses + [r["valid_loss"] for r in rows]
+    if min(losses) > 0 and max(losses) / min(losses) > 30:  # from scratch, early valid losses dwarf the rest
+        loss_ax.set_yscale("log")
+    loss_ax.set(xlabel="batch", ylabel="loss", title="loss")
+    loss_ax.legend()
+    epochs = [r["epoch"] for r in rows]
+    for name in metric_names:
+        metric_ax.plot(epochs, [r[name] for r in rows], "o-", label=name)
+    metric_ax.set(xlabel="epoch", title="validation metrics")
+    metric_ax.set_xticks(epochs)
+    metric_ax.legend()
+    metric_ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""Training callbacks: the per-epoch log (metrics.csv, throughput) and what the user sees.
+
+Rich progress bars on a terminal, one plain line per epoch otherwise, nothing with --quiet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from fastai.callback.core import Callback
+from fastai.learner import Recorder
+from fastai.torch_core import find_bs
+
+from trainer.runs import write_csv
+
+
+class RunLog(Callback):
+    """Rows of metrics.csv, rewritten after every epoch so a crash keeps what was done.
+
+    Spans both fits of fine_tune (frozen, then unfrozen), unlike fastai's Recorder.
+    """
+
+    order = Recorder.order + 1  # Recorder has the epoch's values by then
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[list] = []
+        self.header: list[str] = []
+        self.batch_losses: list[float] = []
+        self.epoch_ends: list[int] = []  # index into batch_losses where each epoch ended
+        self.train_seconds = 0.0
+        self.train_images = 0
+
+    def before_fit(self):
+        # fine_tune's first fit trains the head alone, on a frozen body
+        self.phase = "frozen" if getattr(self.opt, "frozen_idx", 0) > 0 else "train"
+        self.names = list(self.recorder.metric_names[1:-1])  # drop 'epoch' and 'time'
+        self.header = ["epoch", "phase", *self.names, "seconds"]
+
+    def before_epoch(self):
+        self.epoch_start = time.perf_counter()
+
+    def before_train(self):
+        self.train_start = time.perf_counter()
+
+    def after_batch(self):
+        if self.training:
+            self.train_images += find_bs(self.yb)
+            self.batch_losses.append(float(self.smooth_loss))
+
+    def after_train(self):
+        self.train_seconds += time.perf_counter() - self.train_start
+
+    def after_epoch(self):
+        values = [float(v) for v in self.recorder.log[1:1 + len(self.names)]]
+        seconds = round(time.perf_counter() - self.epoch_start, 2)
+        self.rows.append([len(self.rows) + 1, self.phase, *[round(v, 6) for v in values], seconds])
+        self.epoch_ends.append(len(self.batch_losses))
+        write_csv(self.path, self.header, self.rows)
+
+    @property
+    def last(self) -> dict:
+        return dict(zip(self.header, self.rows[-1])) if self.rows else {}
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds else math.nan
+
+
+class ConsoleProgress(Callback):
+    """Epoch and batch bars (rich) on a terminal; a plain line per epoch elsewhere."""
+
+    order = RunLog.order + 1
+
+    def __init__(self, console, total_epochs: int, run_log: RunLog, live: bool, quiet: bool):
+        self.console, self.total_epochs, self.run_log = console, total_epochs, run_log
+        self.live, self.quiet = live and not quiet, quiet
+        self.bars = None
+
+    def before_fit(self):
+        self.learn.logger = lambda *_: None  # Recorder would print its own table
+        if self.live and self.bars is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bars = Progress(TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                                 console=self.console, transient=True)
+            self.epoch_bar = self.bars.add_task("epoch", total=self.total_epochs, loss="")
+            self.batch_bar = self.bars.add_task("train", total=1, loss="")
+            self.bars.start()
+
+    def before_train(self):
+        self._reset("train")
+
+    def before_validate(self):
+        self._reset("valid")
+
+    def _reset(self, description):
+        if self.bars:
+            self.bars.reset(self.batch_bar, total=len(self.dl), description=description, loss="")
+
+    def after_batch(self):
+        if self.bars:
+            loss = f"loss {float(self.smooth_loss):.4f}" if self.training else ""
+            self.bars.update(self.batch_bar, advance=1, loss=loss)
+
+    def after_epoch(self):
+        if self.bars:
+            self.bars.advance(self.epoch_bar)
+        if not self.quiet:
+            row = self.run_log.last
+            values = "  ".join(f"{k} {row[k]:.4f}" for k in self.run_log.names)
+            self.console.print(f"epoch {row['epoch']}/{self.total_epochs} ({row['phase']})  {values}  "
+                               f"{row['seconds']:.1f}s", highlight=False)
+
+    def close(self):
+        if self.bars:
+            self.bars.stop()
+            self.bars = None

@@ -1,0 +1,155 @@
+"""The recipe registry: one declaration per dataset, as the fastai course builds it.
+
+Importing this module must stay cheap (`trainer datasets`, `trainer --help`): fastai is
+imported inside each recipe's builder, never at module level.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from trainer.errors import BadInput, did_you_mean
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    build: Callable  # (path, cfg, loader_kwargs) -> fastai DataLoaders
+    layout: str  # the expected on-disk layout, shown in errors and in `trainer datasets`
+    check: str  # which layout check applies: "splits", "pets" or "folder" (see data.py)
+    epochs: int
+    lr: float
+    metrics: tuple[str, ...]
+    url: str | None = None  # attribute of fastai's URLs; None: no download
+    folder: str | None = None  # folder name under a data root (the name untar_data extracts to)
+    splits: tuple[str, str] | None = None  # (train, valid) folder names for check="splits"
+    pretrained: bool = True
+    size: int | None = None  # images are resized to this; None keeps their own size
+    bs: int = 64
+    valid_pct: float | None = None  # random split instead of the folders' split
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(**spec):
+    """Declare a recipe: the decorated function builds its DataLoaders."""
+
+    def wrap(build):
+        summary = (build.__doc__ or "").strip().splitlines()[0]
+        RECIPES[build.__name__] = Recipe(name=build.__name__, summary=summary, build=build, **spec)
+        return build
+
+    return wrap
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise BadInput(
+            f"unknown recipe '{name}'{did_you_mean(name, RECIPES)}; "
+            f"choose one of: {', '.join(RECIPES)} (see `trainer datasets`)"
+        )
+    return RECIPES[name]
+
+
+# Labelling functions live at module level so exported models unpickle anywhere.
+def is_cat(fname) -> bool:
+    """Oxford-IIIT Pet names cat breeds with a capital letter (Persian_1.jpg, beagle_2.jpg)."""
+    return Path(fname).name[0].isupper()
+
+
+PETS_BREED_PATTERN = r"^(.+)_\d+\.jpg$"
+
+
+def _folder_split(path: Path, cfg, loader: dict, train: str, valid: str, **tfms):
+    from fastai.vision.all import ImageDataLoaders
+
+    if cfg.valid_pct:  # a random split of the training folder instead of the official one
+        return ImageDataLoaders.from_folder(path / train, train=".", valid_pct=cfg.valid_pct, **tfms, **loader)
+    return ImageDataLoaders.from_folder(path, train=train, valid=valid, **tfms, **loader)
+
+
+@register(url="MNIST_SAMPLE", folder="mnist_sample", check="splits", splits=("train", "valid"),
+          layout="train/{3,7}/*.png, valid/{3,7}/*.png (labels.csv optional)",
+          epochs=2, lr=1e-2, metrics=("error_rate",))
+def mnist_sample(path, cfg, loader):
+    """MNIST's 3s and 7s, 28x28 (the course's first model)."""
+    return _folder_split(path, cfg, loader, "train", "valid")
+
+
+@register(url="MNIST", folder="mnist_png", check="splits", splits=("training", "testing"),
+          layout="training/{0..9}/*.png, testing/{0..9}/*.png",
+          epochs=2, lr=2e-2, metrics=("error_rate", "accuracy"))
+def mnist(path, cfg, loader):
+    """All 70,000 MNIST digits, 10 classes, 28x28."""
+    return _folder_split(path, cfg, loader, "training", "testing")
+
+
+@register(url="CIFAR", folder="cifar10", check="splits", splits=("train", "test"),
+          layout="train/<class>/*.png, test/<class>/*.png, labels.txt",
+          epochs=10, lr=1e-3, metrics=("error_rate", "accuracy"))
+def cifar10(path, cfg, loader):
+    """CIFAR-10, 60,000 32x32 photos in 10 classes (official test split; --valid-pct for a random one)."""
+    return _folder_split(path, cfg, loader, "train", "test")
+
+
+@register(url="PETS", folder="oxford-iiit-pet", check="pets",
+          layout="images/<Breed>_<n>.jpg (cat breeds capitalised, dog breeds lower case), annotations/",
+          epochs=1, lr=2e-3, metrics=("error_rate",), size=224, valid_pct=0.2)
+def pets(path, cfg, loader):
+    """Oxford-IIIT Pet: cat or dog (the course's lesson 1)."""
+    from fastai.vision.all import ImageDataLoaders, Resize, get_image_files
+
+    files = get_image_files(path / "images")
+    return ImageDataLoaders.from_name_func(path, files, is_cat, valid_pct=cfg.valid_pct,
+                                           item_tfms=Resize(cfg.size), **loader)
+
+
+@register(url="PETS", folder="oxford-iiit-pet", check="pets",
+          layout="images/<breed>_<n>.jpg: 37 breeds, annotations/",
+          epochs=2, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, valid_pct=0.2)
+def pets_breeds(path, cfg, loader):
+    """Oxford-IIIT Pet: the 37 breeds, with the course's presizing."""
+    from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, get_image_files
+
+    files = get_image_files(path / "images")
+    presize = round(cfg.size * 460 / 224)  # the course's Resize(460) before a 224 crop
+    return ImageDataLoaders.from_name_re(path / "images", files, PETS_BREED_PATTERN, valid_pct=cfg.valid_pct,
+                                         item_tfms=Resize(presize),
+                                         batch_tfms=aug_transforms(size=cfg.size, min_scale=0.75), **loader)
+
+
+@register(folder="digits", check="splits", splits=("training", "testing"),
+          layout="training/{0..9}/*.png, testing/{0..9}/*.png (written from scikit-learn's digits)",
+          epochs=3, lr=1e-2, metrics=("error_rate", "accuracy"), pretrained=False)
+def digits(path, cfg, loader):
+    """scikit-learn's 1,797 handwritten digits as 28x28 PNGs: works with no network at all."""
+    return _folder_split(path, cfg, loader, "training", "testing")
+
+
+@register(check="folder",
+          layout="<class>/*.jpg, or train/<class>/ with valid/<class>/ (or test/<class>/)",
+          epochs=1, lr=2e-3, metrics=("error_rate", "accuracy"), size=224)
+def folder(path, cfg, loader):
+    """Your own images in ImageNet-style class folders (--data required)."""
+    from fastai.vision.all import ImageDataLoaders, Resize
+
+    tfms = dict(item_tfms=Resize(cfg.size))
+    valid = next((v for v in ("valid", "test") if (path / v).is_dir()), None)
+    if (path / "train").is_dir() and valid and not cfg.valid_pct:
+        return ImageDataLoaders.from_folder(path, train="train", valid=valid, **tfms, **loader)
+    root = path / "train" if (path / "train").is_dir() else path
+    return ImageDataLoaders.from_folder(root, train=".", valid_pct=cfg.valid_pct or 0.2, **tfms, **loader)
+
+
+def breed_of(fname: str) -> str | None:
+    match = re.match(PETS_BREED_PATTERN, fname)
+    return match.group(1) if match else None

@@ -1,0 +1,147 @@
+"""Run directories (runs/<recipe>/<id>/), atomic writes and run metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trainer.errors import BadInput
+
+
+def check_writable(out: Path) -> None:
+    """Fail before training, not after, when the output folder cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise BadInput(f"--out {out} cannot be written ({e.strerror or e}); choose a writable folder with --out") from None
+
+
+def new_run_dir(out: Path, recipe: str) -> Path:
+    """A fresh runs/<recipe>/<id>/ where ids sort by start time and never collide.
+
+    mkdir without exist_ok is the lock: two processes starting in the same second get -2, -3...
+    """
+    parent = out / recipe
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        run_dir = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        point_latest(parent, run_dir)
+        return run_dir
+    raise RuntimeError(f"could not create a run directory under {parent}")
+
+
+def point_latest(parent: Path, run_dir: Path) -> None:
+    """runs/<recipe>/latest -> the newest run (replaced atomically; best effort where links are not allowed)."""
+    tmp = parent / f".latest-{os.getpid()}"
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, parent / "latest")
+
+
+def run_dirs(out: Path, recipe: str) -> list[Path]:
+    """Run directories of a recipe, oldest first."""
+    parent = out / recipe
+    if not parent.is_dir():
+        return []
+    runs = [d for d in parent.iterdir() if d.is_dir() and not d.is_symlink() and d.name[:1].isdigit()]
+    # "20261125-163012" < "20261125-163012-2" < "20261125-163012-10"
+    return sorted(runs, key=lambda d: (d.name[:15], int(d.name[16:]) if d.name[16:].isdigit() else 1))
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # mkstemp makes 0600 files; artifacts get the usual permissions
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; on success it is renamed over `path`, else removed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=100, bbox_inches="tight")
+
+
+def environment() -> dict:
+    """Versions and code revision, so a run can be reproduced a month later."""
+    import fastai
+    import torch
+    import torchvision
+
+    from trainer import __version__
+
+    return {
+        "trainer": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "fastai": fastai.__version__,
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+
+
+def git_commit() -> str | None:
+    """The trainer checkout's commit (with '-dirty' for local changes), if it is a git checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
