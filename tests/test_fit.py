@@ -1,0 +1,130 @@
+"""`trainer fit` end to end on each recipe's layout, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+
+import pytest
+from conftest import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, run_dir_of
+from PIL import Image
+
+FAST = ["--no-pretrained", "--epochs", "1", "--bs", "8", "--arch", "resnet18"]
+
+
+def check_run(run_dir, recipe, classes, epochs=1, rows=None):
+    """What a user checks in a run directory a month later."""
+    assert run_dir.parent.name == recipe and run_dir.is_dir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"]["classes"] == classes
+    assert config["options"]["epochs"] == epochs and config["options"]["seed"] == 42
+    assert config["environment"]["torch"] and config["environment"]["fastai"].startswith("2.8")
+    with open(run_dir / "metrics.csv") as f:
+        metrics = list(csv.DictReader(f))
+    assert len(metrics) == (rows or epochs)
+    assert {"train_loss", "valid_loss", "error_rate", "seconds"} <= set(metrics[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["error_rate"] == pytest.approx(float(metrics[-1]["error_rate"]))
+    assert summary["train_images_per_second"] > 0
+    with Image.open(run_dir / "history.png") as image:
+        image.load()
+        assert image.width > 400 and image.height > 200
+    from fastai.learner import load_learner
+
+    learn = load_learner(run_dir / "model.pkl")
+    assert [str(c) for c in learn.dls.vocab] == classes
+    assert not list(run_dir.glob(".*.tmp")), "temporary files left behind"
+    return config, metrics, learn
+
+
+def test_mnist_sample_from_fastai_home(trainer, fixtures, isolated):
+    # A folder already in FASTAI_HOME/data is used as is, without the network.
+    (isolated / "fastai_home" / "data").mkdir(parents=True)
+    (isolated / "fastai_home" / "data" / "mnist_sample").symlink_to(fixtures / "mnist_sample")
+    result = trainer("fit", "mnist_sample", *FAST)
+    run_dir = run_dir_of(result)
+    config, _, learn = check_run(run_dir, "mnist_sample", ["3", "7"])
+    assert config["schedule"] == "fit_one_cycle"
+    assert config["data"]["n_train"] == 24 and config["data"]["n_valid"] == 8
+    prediction, _, probs = learn.predict(fixtures / "mnist_sample" / "valid" / "7" / "1_0.png")
+    assert prediction in ("3", "7") and float(probs.sum()) == pytest.approx(1, abs=1e-4)
+    assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
+
+
+def test_mnist_from_archive(trainer, fixtures, isolated):
+    archive = isolated / "mnist_png.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(fixtures / "mnist_png", arcname="mnist_png")
+    run_dir = run_dir_of(trainer("fit", "mnist", "--data", archive, *FAST))
+    check_run(run_dir, "mnist", [str(d) for d in range(10)])
+    # the second run reuses the extracted copy
+    run_dir_of(trainer("fit", "mnist", "--data", archive, *FAST, "--quiet"))
+    assert len(list((isolated / "datasets" / ".extracted").iterdir())) == 1
+
+
+def test_cifar10_official_and_random_split(trainer, fixtures):
+    run_dir = run_dir_of(trainer("fit", "cifar10", "--data", fixtures / "cifar10", *FAST))
+    config, _, _ = check_run(run_dir, "cifar10", CIFAR_CLASSES)
+    assert config["data"]["n_valid"] == 10  # the official test/ folder
+    run_dir = run_dir_of(trainer("fit", "cifar10", "--data", fixtures / "cifar10", "--valid-pct", "0.25", *FAST))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"]["n_train"] + config["data"]["n_valid"] == 30 and config["data"]["n_valid"] == 7
+
+
+def test_pets_cat_or_dog(trainer, fixtures):
+    run_dir = run_dir_of(trainer("fit", "pets", "--data", fixtures / "oxford-iiit-pet", "--size", "32", *FAST))
+    config, _, learn = check_run(run_dir, "pets", ["False", "True"])
+    assert config["options"]["size"] == 32 and config["options"]["valid_pct"] == 0.2
+    assert config["data"]["n_valid"] == 4  # 20% of 24, seed 42
+    # the course's labelling: a capitalised file name is a cat (True)
+    label, _, _ = learn.predict(fixtures / "oxford-iiit-pet" / "images" / "Bengal_1.jpg")
+    assert label in ("True", "False", True, False)
+
+
+def test_pets_breeds(trainer, fixtures):
+    run_dir = run_dir_of(trainer("fit", "pets_breeds", "--data", fixtures / "oxford-iiit-pet", "--size", "32", *FAST))
+    check_run(run_dir, "pets_breeds", sorted(CAT_BREEDS + DOG_BREEDS))
+
+
+@pytest.mark.parametrize("split", ["folders", "random"])
+def test_own_folder(trainer, fixtures, isolated, split):
+    data = fixtures / "own"
+    if split == "folders":  # train/ and valid/ subfolders
+        data = isolated / "split"
+        for name in ("healthy", "rust"):
+            for i, image in enumerate(sorted((fixtures / "own" / name).iterdir())):
+                target = data / ("valid" if i < 2 else "train") / name / image.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(image.read_bytes())
+    run_dir = run_dir_of(trainer("fit", "folder", "--data", data, "--size", "32", *FAST))
+    config, _, _ = check_run(run_dir, "folder", ["healthy", "rust"])
+    assert config["data"]["n_valid"] == (4 if split == "folders" else 3)
+
+
+def test_fine_tune_from_local_weights(trainer, fixtures, isolated):
+    # --weights stands in for the download on an air-gapped machine: fastai's pretrained path
+    # (frozen body, ImageNet normalisation, fine_tune) without any network.
+    import torch
+    import torchvision
+
+    weights = isolated / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--arch", "resnet18",
+                     "--weights", weights, "--epochs", "1", "--bs", "8")
+    config, metrics, learn = check_run(run_dir_of(result), "mnist_sample", ["3", "7"], rows=2)
+    assert config["schedule"] == "fine_tune" and config["options"]["pretrained"] is True
+    assert [row["phase"] for row in metrics] == ["frozen", "train"]
+    assert "Normalize" in str(learn.dls.after_batch)
+
+
+def test_digits_learns(trainer, isolated):
+    """The README's first command, offline: scikit-learn's digits reach 90% accuracy."""
+    result = trainer("fit", "digits")
+    run_dir = run_dir_of(result)
+    config, metrics, _ = check_run(run_dir, "digits", [str(d) for d in range(10)], epochs=3)
+    assert config["options"]["arch"] == "resnet34" and config["options"]["pretrained"] is False
+    assert config["data"]["n_train"] == 1437 and config["data"]["n_valid"] == 360
+    assert float(metrics[-1]["accuracy"]) >= 0.90
+    assert (isolated / "datasets" / "digits" / "testing" / "0").is_dir()
+    assert "accuracy" in result.stdout and str(run_dir) == result.stdout.strip().splitlines()[-1]
