@@ -112,6 +112,16 @@ def run_dir_of(result) -> Path:
 
 
 def no_runs_written(root: Path) -> bool:
-    runs = root / "runs"
-    return not runs.exists() or not any(runs.rglob("*.*"))
+    return not (root / "runs").exists()
 
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory, trainer):
+    """One real `trainer fit digits` (the README's first command), shared by the tests that need a trained model."""
+    base = tmp_path_factory.mktemp("digits")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAINER_DATA", str(base / "datasets"))
+        mp.setenv("TRAINER_OFFLINE", "1")
+        result = trainer("fit", "digits", "--out", base / "runs")
+    return run_dir_of(result), result

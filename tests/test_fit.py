@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 from conftest import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, run_dir_of
@@ -118,13 +119,12 @@ def test_fine_tune_from_local_weights(trainer, fixtures, isolated):
     assert "Normalize" in str(learn.dls.after_batch)
 
 
-def test_digits_learns(trainer, isolated):
+def test_digits_learns(digits_run):
     """The README's first command, offline: scikit-learn's digits reach 90% accuracy."""
-    result = trainer("fit", "digits")
-    run_dir = run_dir_of(result)
+    run_dir, result = digits_run
     config, metrics, _ = check_run(run_dir, "digits", [str(d) for d in range(10)], epochs=3)
     assert config["options"]["arch"] == "resnet34" and config["options"]["pretrained"] is False
     assert config["data"]["n_train"] == 1437 and config["data"]["n_valid"] == 360
     assert float(metrics[-1]["accuracy"]) >= 0.90
-    assert (isolated / "datasets" / "digits" / "testing" / "0").is_dir()
+    assert (Path(config["data"]["path"]) / "testing" / "0").is_dir()
     assert "accuracy" in result.stdout and str(run_dir) == result.stdout.strip().splitlines()[-1]

@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from trainer.errors import BadInput, TrainingFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="fastai's image classification recipes as one command: fit, lr-find, interpret.")
+                  help="fastai's image classification recipes as one command: fit, lr-find, interpret, predict.")
+
+# Options shared by the commands that build a learner (fit, lr-find).
+RECIPE = typer.Argument(..., help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets).")
+BS = typer.Option(None, help="Batch size [default: 64].")
+ARCH = typer.Option(None, help="Architecture: resnet34 (default), resnet18, resnet50, any torchvision or timm name.")
+PRETRAINED = typer.Option(None, "--pretrained/--no-pretrained",
+                          help="Start from ImageNet weights [default: yes, except digits].")
+WEIGHTS = typer.Option(None, help="A local torchvision state dict to start from (no download).")
+DATA = typer.Option(None, help="Dataset folder or .tgz/.tar/.zip archive [default: data root, then FASTAI_HOME, then download].")
+SIZE = typer.Option(None, help="Image size for recipes that resize (pets, pets_breeds, folder) [default: 224].")
+VALID_PCT = typer.Option(None, help="Random validation fraction instead of the folders' split (cifar10, folder).")
+DEVICE = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+PRECISION = typer.Option("auto", help="auto (mixed on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
+WORKERS = typer.Option(None, help="DataLoader worker processes [default: 0 on CPU, up to 8 on GPU].")
+SEED = typer.Option(None, help="Random seed for the split, initial weights and shuffling [default: 42].")
+OUT = typer.Option(Path("runs"), help="Where run directories go: OUT/<recipe>/<id>/.")
+QUIET = typer.Option(False, "--quiet", "-q", help="Print only the run directory.")
+TOP_K = typer.Option(9, help="How many of the highest-loss validation images to show.")
 
 
 def _console(stderr: bool = False):
@@ -24,6 +42,11 @@ def _fail(error: Exception) -> None:
     """One line on stderr and the error's exit code: no traceback for the user."""
     _console(stderr=True).print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
     raise typer.Exit(error.exit_code)
+
+
+def _check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise BadInput(f"--top-k must be at least 1, got {top_k}")
 
 
 @app.command()
@@ -47,36 +70,42 @@ def datasets():
     console.print(table)
 
 
+def _parse_lr(lr: Optional[str]):
+    if lr is None or lr == "auto":
+        return lr
+    try:
+        return float(lr)
+    except ValueError:
+        raise BadInput(f"--lr must be a number (e.g. 1e-3) or 'auto', got '{lr}'") from None
+
+
 @app.command()
 def fit(
-    recipe: str = typer.Argument(..., help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets)."),
+    recipe: str = RECIPE,
     epochs: Optional[int] = typer.Option(None, help="Epochs to train [default: the recipe's]."),
-    lr: Optional[float] = typer.Option(None, help="Base learning rate [default: the recipe's]."),
-    bs: Optional[int] = typer.Option(None, help="Batch size [default: 64]."),
-    arch: Optional[str] = typer.Option(None, help="Architecture: resnet34 (default), resnet18, resnet50, any torchvision or timm name."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights [default: yes, except digits]."),
-    weights: Optional[Path] = typer.Option(None, help="A local torchvision state dict to start from (no download)."),
-    data: Optional[str] = typer.Option(None, help="Dataset folder or .tgz/.tar/.zip archive [default: data root, then FASTAI_HOME, then download]."),
-    size: Optional[int] = typer.Option(None, help="Image size for recipes that resize (pets, pets_breeds, folder) [default: 224]."),
-    valid_pct: Optional[float] = typer.Option(None, help="Random validation fraction instead of the folders' split (cifar10, folder)."),
-    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", help="auto (mixed on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: 0 on CPU, up to 8 on GPU]."),
-    seed: Optional[int] = typer.Option(None, help="Random seed for the split, initial weights and shuffling [default: 42]."),
-    out: Path = typer.Option(Path("runs"), help="Where run directories go: OUT/<recipe>/<id>/."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory."),
+    lr: Optional[str] = typer.Option(None, help="Base learning rate, or 'auto' (lr_find's valley) [default: the recipe's]."),
+    bs: Optional[int] = BS, arch: Optional[str] = ARCH, pretrained: Optional[bool] = PRETRAINED,
+    weights: Optional[Path] = WEIGHTS, data: Optional[str] = DATA, size: Optional[int] = SIZE,
+    valid_pct: Optional[float] = VALID_PCT, device: str = DEVICE, precision: str = PRECISION,
+    workers: Optional[int] = WORKERS, seed: Optional[int] = SEED, out: Path = OUT,
+    interpret: bool = typer.Option(True, "--interpret/--no-interpret",
+                                   help="Write the confusion matrix and top-loss plots at the end."),
+    top_k: int = TOP_K,
+    quiet: bool = QUIET,
 ):
     """Train a recipe and write a run directory: model, config, metrics, plots."""
     from trainer.config import FitConfig
 
-    cfg = FitConfig(recipe=recipe, epochs=epochs, lr=lr, bs=bs, arch=arch, pretrained=pretrained,
-                    weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
-                    device=device, precision=precision, workers=workers, seed=seed, out=str(out))
     console = _console()
     try:
+        _check_top_k(top_k)
+        cfg = FitConfig(recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained,
+                        weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
+                        device=device, precision=precision, workers=workers, seed=seed, out=str(out))
         from trainer.fit import fit as run_fit
 
-        run_dir, summary = run_fit(cfg, console, quiet=quiet, live=console.is_terminal)
+        run_dir, summary = run_fit(cfg, console, quiet=quiet, live=console.is_terminal, interpret=interpret,
+                                   top_k=top_k)
     except (BadInput, TrainingFailed) as e:
         _fail(e)
     if not quiet:
@@ -93,6 +122,114 @@ def _print_summary(console, summary: dict) -> None:
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     table.add_row("train images/s", f"{summary['train_images_per_second']:.1f}")
     table.add_row("device", f"{summary['device']} ({summary['precision']})")
+    console.print(table)
+    if "interpretation" in summary:
+        _print_confused(console, summary["interpretation"]["most_confused"])
+
+
+def _print_confused(console, pairs) -> None:
+    if pairs:
+        console.print("most confused (actual -> predicted, count): "
+                      + ", ".join(f"{a} -> {p} ({n})" for a, p, n in pairs))
+
+
+@app.command("lr-find")
+def lr_find(
+    recipe: str = RECIPE,
+    start_lr: float = typer.Option(1e-7, help="Learning rate to start from."),
+    end_lr: float = typer.Option(10.0, help="Learning rate to end at (stops early if the loss diverges)."),
+    num_it: int = typer.Option(100, help="Number of mini-batches to try."),
+    bs: Optional[int] = BS, arch: Optional[str] = ARCH, pretrained: Optional[bool] = PRETRAINED,
+    weights: Optional[Path] = WEIGHTS, data: Optional[str] = DATA, size: Optional[int] = SIZE,
+    valid_pct: Optional[float] = VALID_PCT, device: str = DEVICE, precision: str = PRECISION,
+    workers: Optional[int] = WORKERS, seed: Optional[int] = SEED, out: Path = OUT, quiet: bool = QUIET,
+):
+    """Find a learning rate: fastai's lr_find with the minimum, steep, valley and slide suggestions."""
+    from trainer.config import FitConfig
+
+    console = _console()
+    try:
+        cfg = FitConfig(recipe=recipe, bs=bs, arch=arch, pretrained=pretrained,
+                        weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
+                        device=device, precision=precision, workers=workers, seed=seed, out=str(out))
+        from trainer.fit import lr_find as run_lr_find
+
+        run_dir, result = run_lr_find(cfg, console, quiet=quiet, start_lr=start_lr, end_lr=end_lr, num_it=num_it)
+    except (BadInput, TrainingFailed) as e:
+        _fail(e)
+    if not quiet:
+        from rich.table import Table
+
+        table = Table("suggestion", "learning rate", title=f"lr_find · {recipe}")
+        for name, value in result["suggestions"].items():
+            table.add_row(name, f"{value:.2e}")
+        console.print(table)
+        console.print(f"plot: {run_dir / 'lr_find.png'}; use one with `trainer fit {recipe} --lr VALUE`, "
+                      f"or `--lr auto` for valley")
+    print(run_dir)
+
+
+@app.command()
+def interpret(
+    target: str = typer.Argument(..., help="A recipe (its latest trained run under --out) or a run directory."),
+    top_k: int = TOP_K,
+    data: Optional[str] = typer.Option(None, help="Where the run's data is now, if it moved."),
+    bs: int = typer.Option(64, help="Batch size for inference."),
+    device: str = DEVICE,
+    out: Path = OUT,
+):
+    """Where the model fails: confusion matrices, top losses, most confused pairs, per-class report."""
+    console = _console()
+    try:
+        _check_top_k(top_k)
+        from trainer.runs import resolve_run
+        from trainer.interpret import interpret_run
+
+        run_dir = resolve_run(target, out)
+        report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device)
+    except BadInput as e:
+        _fail(e)
+    console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images")
+    _print_confused(console, report["most_confused"])
+    console.print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
+                  "most_confused.csv, per_class.csv/.json")
+    print(run_dir)
+
+
+@app.command()
+def predict(
+    target: str = typer.Argument(..., help="A run directory, or a recipe for its latest trained run."),
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders (every image in a folder)."),
+    top_k: int = typer.Option(1, help="Classes to show per image, most probable first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    bs: int = typer.Option(64, help="Batch size for inference."),
+    device: str = DEVICE,
+    out: Path = OUT,
+):
+    """Predict the class of images with a trained run's model."""
+    try:
+        _check_top_k(top_k)
+        from trainer.interpret import predict_images
+        from trainer.runs import resolve_run
+
+        results = predict_images(resolve_run(target, out), images, top_k=top_k, bs=bs, device=device)
+    except BadInput as e:
+        _fail(e)
+    if as_json:
+        import json
+
+        print(json.dumps(results, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("image", "prediction", "probability", *(["others"] if top_k > 1 else []))
+    for row in results:
+        best, *rest = row["predictions"]
+        others = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in rest)
+        table.add_row(row["path"], best["label"], f"{best['probability']:.3f}", *([others] if top_k > 1 else []))
+    console = _console()
+    if not console.is_terminal:
+        console.width = 160
     console.print(table)
 
 

@@ -20,7 +20,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 class FitConfig:
     recipe: str
     epochs: int | None = None
-    lr: float | None = None
+    lr: float | str | None = None  # a number, or "auto": lr_find's valley
     bs: int | None = None
     arch: str | None = None
     pretrained: bool | None = None
@@ -37,7 +37,8 @@ class FitConfig:
     def resolve(self, recipe: Recipe) -> "FitConfig":
         """Validate what the user set and fill the rest from the recipe's defaults."""
         check_positive("--epochs", self.epochs, integer=True)
-        check_positive("--lr", self.lr)
+        if self.lr != "auto":
+            check_positive("--lr", self.lr)
         check_positive("--bs", self.bs, integer=True)
         check_positive("--size", self.size, integer=True)
         if self.workers is not None and self.workers < 0:

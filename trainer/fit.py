@@ -1,4 +1,4 @@
-"""`trainer fit`: data, learner, training and the run directory, in that order.
+"""`trainer fit` and `trainer lr-find`: data, learner, training and the run directory, in that order.
 
 Everything that can be checked (options, data layout, device, weights, --out) is checked
 before the run directory is created, so bad input leaves nothing behind.
@@ -10,12 +10,24 @@ import os
 import time
 import traceback
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainer.config import FitConfig
 from trainer.errors import BadInput, TrainingFailed
-from trainer.recipes import get_recipe
+from trainer.recipes import Recipe, get_recipe
+
+
+@dataclass
+class Prepared:
+    """A checked recipe, its data and a learner, ready to train; no run directory yet."""
+
+    recipe: Recipe
+    cfg: FitConfig
+    data_path: Path
+    dls: object
+    learn: object
+    say: object
 
 
 def default_workers(device) -> int:
@@ -23,9 +35,9 @@ def default_workers(device) -> int:
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
-def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tuple[Path, dict]:
+def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     os.environ.setdefault("MPLBACKEND", "Agg")
-    # fastai's layers still use torch.jit.script, which torch 2.10+ deprecates: not the user's concern
+    # fastai's layers still use torch.jit.script, which recent torch deprecates: not the user's concern
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
     recipe = get_recipe(cfg.recipe)
     cfg = cfg.resolve(recipe)
@@ -38,10 +50,7 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tup
     from fastai.callback.progress import ProgressCallback
     from fastai.torch_core import set_seed
 
-    from trainer import runs
     from trainer.learner import create_learner, resolve_device, resolve_precision
-    from trainer.plots import plot_history
-    from trainer.progress import ConsoleProgress, RunLog
 
     device = resolve_device(cfg.device)
     cfg = replace(cfg, device=str(device), precision=resolve_precision(cfg.precision, device),
@@ -56,45 +65,100 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tup
                        f"validation images; add images or change --valid-pct")
     learn = create_learner(dls, cfg, recipe, Path("."))
     learn.remove_cb(ProgressCallback)
+    return Prepared(recipe, cfg, data_path, dls, learn, say)
 
-    run_dir = runs.new_run_dir(Path(cfg.out), recipe.name)
-    learn.path = run_dir
+
+def start_run(p: Prepared, command: str, **extra) -> Path:
+    """Create the run directory and its config.json (rewritten later with what is learned)."""
+    from trainer import runs
+
+    run_dir = runs.new_run_dir(Path(p.cfg.out), p.recipe.name)
+    p.learn.path = run_dir
+    runs.write_json(run_dir / "config.json", run_config(p, run_dir, command, **extra))
+    return run_dir
+
+
+def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
+    from trainer import runs
+
+    device = p.dls.device
+    return {
+        "run": run_dir.name,
+        "command": command,
+        "options": p.cfg.to_dict(),
+        "recipe": {"name": p.recipe.name, "url": p.recipe.url, "metrics": list(p.recipe.metrics),
+                   "main_metric": p.recipe.main_metric},
+        **extra,
+        "data": {"path": str(p.data_path.resolve()), "classes": [str(c) for c in p.dls.vocab],
+                 "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds)},
+        "device": {"name": str(device), "precision": p.cfg.precision, **device_info(device)},
+        "environment": runs.environment(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=10.0, num_it=100):
+    from trainer.lrfind import find_lr, write_lr_find
+
+    if not 0 < start_lr < end_lr:
+        raise BadInput(f"--start-lr ({start_lr:g}) must be positive and below --end-lr ({end_lr:g})")
+    if num_it < 10:
+        raise BadInput(f"--num-it must be at least 10 (fastai drops the first and last points), got {num_it}")
+    p = prepare(replace(cfg, lr=cfg.lr if cfg.lr not in (None, "auto") else None), console, quiet)
+    run_dir = start_run(p, "lr-find")
+    p.say(f"lr_find from {start_lr:g} to {end_lr:g} over {num_it} iterations, {p.cfg.arch}")
+    result = guarded(run_dir, lambda: find_lr(p.learn, start_lr, end_lr, num_it))
+    write_lr_find(result, run_dir, f"{p.recipe.name} · lr_find · run {run_dir.name} · {p.cfg.arch}")
+    return run_dir, result
+
+
+def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interpret: bool = True,
+        top_k: int = 9) -> tuple[Path, dict]:
+    p = prepare(cfg, console, quiet)  # first: bad input fails before the heavy imports below
+    from trainer import runs
+    from trainer.plots import plot_history, save_batch, save_results
+    from trainer.progress import ConsoleProgress, RunLog
+
+    cfg, learn, recipe = p.cfg, p.learn, p.recipe
+    run_dir = start_run(p, "fit")
+    title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
+    save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch")
+
+    extra = {}
+    if cfg.lr == "auto":
+        from trainer.lrfind import find_lr, write_lr_find
+
+        p.say("--lr auto: running lr_find first")
+        found = guarded(run_dir, lambda: find_lr(learn))
+        write_lr_find(found, run_dir, f"{title} · lr_find")
+        cfg = p.cfg = replace(cfg, lr=found["suggestions"]["valley"])
+        extra["lr_find"] = {"suggestions": found["suggestions"], "chosen": "valley"}
+        p.say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
+              f"training with valley")
+
     schedule = "fine_tune" if cfg.pretrained else "fit_one_cycle"
     why = ("pretrained weights: fine_tune trains the new head for one frozen epoch, then everything"
            if cfg.pretrained else
            "no pretrained weights: fit_one_cycle trains every layer from the start "
            "(fine_tune's frozen epoch would only train a random body's head)")
-    say(f"{schedule} for {cfg.epochs} epoch(s) at lr {cfg.lr:g}, {cfg.arch}: {why}")
-    config = {
-        "run": run_dir.name,
-        "options": cfg.to_dict(),
-        "recipe": {"name": recipe.name, "url": recipe.url, "metrics": list(recipe.metrics),
-                   "main_metric": recipe.main_metric},
-        "schedule": schedule,
-        "schedule_reason": why,
-        "data": {"path": str(data_path.resolve()), "classes": [str(c) for c in dls.vocab],
-                 "n_train": len(dls.train_ds), "n_valid": len(dls.valid_ds)},
-        "device": {"name": str(device), "precision": cfg.precision, **device_info(device)},
-        "environment": runs.environment(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    runs.write_json(run_dir / "config.json", config)
+    p.say(f"{schedule} for {cfg.epochs} epoch(s) at lr {cfg.lr:g}, {cfg.arch}: {why}")
+    runs.write_json(run_dir / "config.json",
+                    run_config(p, run_dir, "fit", schedule=schedule, schedule_reason=why, **extra))
 
     run_log = RunLog(run_dir / "metrics.csv")
     total_epochs = cfg.epochs + (1 if schedule == "fine_tune" else 0)
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
     start = time.perf_counter()
-    try:
+
+    def train():
         with learn.added_cbs([run_log, display]):
             if schedule == "fine_tune":
                 learn.fine_tune(cfg.epochs, cfg.lr)
             else:
                 learn.fit_one_cycle(cfg.epochs, cfg.lr)
-    except (KeyboardInterrupt, BadInput):
-        raise
-    except Exception as e:
-        runs.write_text(run_dir / "error.log", traceback.format_exc())
-        raise TrainingFailed(f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})") from e
+
+    try:
+        guarded(run_dir, train)
     finally:
         display.close()
     wall_seconds = time.perf_counter() - start
@@ -103,7 +167,8 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tup
         learn.to_fp32()  # the exported model loads and predicts anywhere
     with runs.atomic_path(run_dir / "model.pkl") as tmp:
         learn.export(tmp)
-    plot_history(run_log, f"{recipe.name} · run {run_dir.name} · {cfg.arch}", run_dir / "history.png")
+    plot_history(run_log, title, run_dir / "history.png")
+    save_results(learn, run_dir / "results.png", f"{title} · validation: actual / predicted")
     final = {k: v for k, v in run_log.last.items() if k not in ("epoch", "phase", "seconds")}
     summary = {
         "run": run_dir.name,
@@ -114,12 +179,30 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tup
         "wall_seconds": round(wall_seconds, 2),
         "train_seconds": round(run_log.train_seconds, 2),
         "train_images_per_second": round(run_log.images_per_second, 1),
-        "device": str(device),
+        "device": str(p.dls.device),
         "precision": cfg.precision,
         "model": "model.pkl",
     }
+    if interpret:
+        from trainer.interpret import analyse, write_interpretation
+
+        analysis = analyse(learn, p.dls.valid, p.dls.valid_ds.items)
+        summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
     runs.write_json(run_dir / "summary.json", summary)
     return run_dir, summary
+
+
+def guarded(run_dir: Path, step):
+    """Run a training step; a crash becomes exit 1 with its traceback kept in error.log."""
+    from trainer import runs
+
+    try:
+        return step()
+    except (KeyboardInterrupt, BadInput):
+        raise
+    except Exception as e:
+        runs.write_text(run_dir / "error.log", traceback.format_exc())
+        raise TrainingFailed(f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})") from e
 
 
 def device_info(device) -> dict:

@@ -35,3 +35,23 @@ def plot_history(run_log, title: str, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def save_batch(dls, path: Path, title: str, max_n: int = 16) -> None:
+    """What the model is fed: a grid of training images with their labels (fastai's show_batch)."""
+    dls.show_batch(max_n=max_n, figsize=(8, 8))
+    _save_current(path, title)
+
+
+def save_results(learn, path: Path, title: str, max_n: int = 16) -> None:
+    """What the model says: validation images with actual / predicted (fastai's show_results)."""
+    learn.show_results(max_n=max_n, figsize=(8, 8))
+    _save_current(path, title)
+
+
+def _save_current(path: Path, title: str) -> None:
+    fig = plt.gcf()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

@@ -18,13 +18,17 @@ from trainer.errors import BadInput
 
 
 def check_writable(out: Path) -> None:
-    """Fail before training, not after, when the output folder cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise BadInput(f"--out {out} cannot be written ({e.strerror or e}); choose a writable folder with --out") from None
+    """Fail before training, not after, when the output folder cannot be written (creating nothing)."""
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        why = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"no write permission on {existing}"
+    else:
+        return
+    raise BadInput(f"--out {out} cannot be written ({why}); choose a writable folder with --out")
 
 
 def new_run_dir(out: Path, recipe: str) -> Path:
@@ -145,3 +149,48 @@ def git_commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def resolve_run(target: str, out: Path) -> Path:
+    """A run directory from a path, or the latest trained run of a recipe under `out`."""
+    from trainer.recipes import RECIPES
+
+    path = Path(target)
+    if path.is_dir():
+        if not (path / "model.pkl").is_file():
+            recipe = read_config(path).get("recipe", {}).get("name", "RECIPE") if (path / "config.json").is_file() else "RECIPE"
+            raise BadInput(f"{path} holds no trained model (model.pkl); run `trainer fit {recipe}` "
+                           f"and use the run directory it prints")
+        return path
+    if target in RECIPES:
+        trained = [d for d in run_dirs(out, target) if (d / "model.pkl").is_file()]
+        if not trained:
+            raise BadInput(f"no trained run of '{target}' under {out}/; run `trainer fit {target}` first "
+                           f"(or pass a run directory, or --out where your runs are)")
+        return trained[-1]
+    from trainer.errors import did_you_mean
+
+    raise BadInput(f"'{target}' is neither a run directory nor a recipe{did_you_mean(target, RECIPES)}; "
+                   f"give a path like runs/<recipe>/<id> or a recipe name for its latest run")
+
+
+def read_config(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{run_dir}/config.json is missing or unreadable ({type(e).__name__}); "
+                       f"the run is incomplete: train again with `trainer fit`") from None
+
+
+def load_model(run_dir: Path, device):
+    """The run's exported fastai learner, on `device`."""
+    from fastai.learner import load_learner
+
+    try:
+        learn = load_learner(run_dir / "model.pkl", cpu=True)
+    except Exception as e:
+        raise BadInput(f"{run_dir}/model.pkl could not be loaded ({type(e).__name__}: {e}); "
+                       f"the file is damaged or from another fastai: train again with `trainer fit`") from None
+    learn.dls.to(device)
+    learn.model.to(device)
+    return learn

@@ -1,0 +1,131 @@
+"""Bad input: one line naming the problem and the fix, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import no_runs_written
+
+
+def one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_unknown_recipe_lists_recipes(trainer, isolated):
+    message = one_line_error(trainer("fit", "mnist_smaple", expect=2))
+    assert "did you mean 'mnist_sample'" in message
+    for name in ("digits", "mnist", "cifar10", "pets", "pets_breeds", "folder"):
+        assert name in message
+    assert no_runs_written(isolated)
+
+
+def test_missing_data_offline_says_how_to_fix(trainer, isolated):
+    message = one_line_error(trainer("fit", "mnist_sample", "--no-pretrained", expect=2))
+    assert "--data" in message and "FASTAI_HOME" in message and "datasets/mnist_sample" in message
+    assert no_runs_written(isolated)
+
+
+def test_failed_download_says_how_to_fix(trainer, isolated, monkeypatch):
+    # The real code path: untar_data is tried and fails as it does without a network.
+    import urllib.error
+
+    import fastai.data.external
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("TRAINER_OFFLINE")
+    monkeypatch.setattr(fastai.data.external, "untar_data", no_network)
+    message = one_line_error(trainer("fit", "mnist", "--no-pretrained", expect=2))
+    assert "could not download" in message and "mnist_png" in message and "--data" in message
+    assert no_runs_written(isolated)
+
+
+def test_missing_pretrained_weights_offline(trainer, fixtures, isolated):
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", expect=2))
+    assert "pretrained weights" in message and "--weights" in message and "--no-pretrained" in message
+    assert no_runs_written(isolated)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--epochs", "0"], "--epochs must be"),
+    (["--epochs", "-3"], "--epochs must be"),
+    (["--lr", "0"], "--lr must be"),
+    (["--lr", "nan"], "--lr must be"),
+    (["--bs", "0"], "--bs must be"),
+    (["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "--device"),
+    (["--device", "cpus"], "did you mean 'cpu'"),
+    (["--precision", "fp8"], "--precision"),
+    (["--arch", "resnet340"], "did you mean 'resnet34'"),
+])
+def test_bad_option_values(trainer, fixtures, isolated, args, words):
+    result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", *args, expect=2)
+    assert words in one_line_error(result)
+    assert no_runs_written(isolated)
+
+
+def test_data_path_that_does_not_exist(trainer, isolated):
+    message = one_line_error(trainer("fit", "mnist", "--data", isolated / "nowhere", expect=2))
+    assert "no such file or folder" in message and "training/" in message
+
+
+def test_data_in_the_wrong_layout(trainer, fixtures, isolated):
+    # mnist_sample's folders are train/valid, not mnist's training/testing
+    message = one_line_error(trainer("fit", "mnist", "--data", fixtures / "mnist_sample", "--no-pretrained", expect=2))
+    assert "no 'training/' folder" in message and "expected training/" in message and "--data" in message
+    empty = isolated / "one_class" / "only"
+    empty.mkdir(parents=True)
+    (isolated / "one_class" / "only" / "a.png").write_bytes((fixtures / "mnist_sample/train/3/0_0.png").read_bytes())
+    message = one_line_error(trainer("fit", "folder", "--data", isolated / "one_class", expect=2))
+    assert "at least 2 class folders" in message
+    assert no_runs_written(isolated)
+
+
+def test_not_an_archive(trainer, isolated):
+    notes = isolated / "notes.txt"
+    notes.write_text("not images")
+    message = one_line_error(trainer("fit", "folder", "--data", notes, expect=2))
+    assert "not a .tgz/.tar/.zip archive" in message
+
+
+def test_folder_needs_data(trainer):
+    assert "--data PATH" in one_line_error(trainer("fit", "folder", expect=2))
+
+
+def test_unwritable_out(trainer, fixtures, isolated):
+    blocker = isolated / "file_not_folder"
+    blocker.write_text("")
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample",
+                                     "--no-pretrained", "--out", blocker / "runs", expect=2))
+    assert "--out" in message and "cannot be written" in message
+
+
+def test_exit_code_and_no_traceback_in_a_real_process(isolated):
+    """The process boundary is the point: what a shell script sees."""
+    done = subprocess.run([sys.executable, "-m", "trainer", "fit", "nope"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: unknown recipe 'nope'") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["datasets"], ["fit", "--help"]])
+def test_light_commands_do_not_import_torch(args):
+    code = ("import sys; from trainer.cli import app\n"
+            f"try: app({args!r}, prog_name='trainer')\n"
+            "except SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout or "digits" in done.stdout
+
+
+def test_datasets_lists_every_recipe(trainer):
+    out = trainer("datasets").stdout
+    for name in ("mnist_sample", "mnist", "cifar10", "pets", "pets_breeds", "digits", "folder"):
+        assert name in out
+    assert "URLs.MNIST_SAMPLE" in out and "scikit-learn" in out

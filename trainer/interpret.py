@@ -1,0 +1,206 @@
+"""Where the model fails: confusion matrices, top losses, most confused pairs, per-class report.
+
+One inference pass (`get_preds` with losses) feeds every table and plot. fastai's
+ClassificationInterpretation re-runs inference for each of its helpers and has used tens of
+GB on a few thousand images (fastai issues 3141, 3266, 3563); here only the predictions,
+targets and losses are kept, never the images, and the top-k images are re-read from disk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from trainer.runs import save_figure, write_csv, write_json  # noqa: E402
+
+
+@dataclass
+class Analysis:
+    classes: list[str]
+    items: list[Path]
+    probs: torch.Tensor  # N x C
+    targets: torch.Tensor  # N
+    losses: torch.Tensor  # N
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.probs.argmax(dim=1)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predicted == self.targets).float().mean())
+
+    def confusion(self) -> torch.Tensor:
+        """counts[actual, predicted]"""
+        n = len(self.classes)
+        return torch.bincount(self.targets * n + self.predicted, minlength=n * n).reshape(n, n)
+
+    def most_confused(self) -> list[tuple[str, str, int]]:
+        cm = self.confusion()
+        pairs = [(self.classes[a], self.classes[p], int(cm[a, p]))
+                 for a in range(len(self.classes)) for p in range(len(self.classes)) if a != p and cm[a, p] > 0]
+        return sorted(pairs, key=lambda pair: -pair[2])
+
+    def per_class(self) -> list[dict]:
+        cm = self.confusion().double()
+        rows = []
+        for k, name in enumerate(self.classes):
+            true_pos, predicted, support = cm[k, k], cm[:, k].sum(), cm[k, :].sum()
+            precision = float(true_pos / predicted) if predicted else 0.0
+            recall = float(true_pos / support) if support else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            rows.append({"class": name, "precision": round(precision, 4), "recall": round(recall, 4),
+                         "f1": round(f1, 4), "support": int(support)})
+        return rows
+
+    def top_losses(self, k: int) -> list[dict]:
+        losses, order = self.losses.topk(min(k, len(self.losses)))
+        predicted = self.predicted
+        return [{"path": str(self.items[i]), "actual": self.classes[self.targets[i]],
+                 "predicted": self.classes[predicted[i]], "loss": round(float(loss), 6),
+                 "probability": round(float(self.probs[i, predicted[i]]), 6)}
+                for loss, i in zip(losses.tolist(), order.tolist())]
+
+
+def analyse(learn, dl, items) -> Analysis:
+    probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    return Analysis(classes=[str(c) for c in learn.dls.vocab], items=list(items), probs=probs.float(),
+                    targets=targets.long(), losses=losses.float())
+
+
+def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: int = 9) -> dict:
+    """Every table and plot, into the run directory; returns what it printed about."""
+    classes = analysis.classes
+    cm = analysis.confusion()
+    write_csv(run_dir / "confusion_matrix.csv", ["actual \\ predicted", *classes],
+              [[name, *map(int, row)] for name, row in zip(classes, cm)])
+    plot_confusion(cm, classes, f"{title} · confusion matrix (counts)", run_dir / "confusion_matrix.png")
+    plot_confusion(cm, classes, f"{title} · confusion matrix (each row sums to 1)",
+                   run_dir / "confusion_matrix_normalized.png", normalize=True)
+    pairs = analysis.most_confused()
+    write_csv(run_dir / "most_confused.csv", ["actual", "predicted", "count"], [list(p) for p in pairs])
+    report = analysis.per_class()
+    write_csv(run_dir / "per_class.csv", list(report[0]), [list(r.values()) for r in report])
+    write_json(run_dir / "per_class.json", {"accuracy": round(analysis.accuracy, 6), "n": len(analysis.targets),
+                                             "classes": report})
+    top = analysis.top_losses(top_k)
+    write_csv(run_dir / "top_losses.csv", ["path", "actual", "predicted", "loss", "probability"],
+              [list(r.values()) for r in top])
+    plot_top_losses(top, f"{title} · top {len(top)} losses", run_dir / "top_losses.png")
+    return {"accuracy": analysis.accuracy, "n": len(analysis.targets), "most_confused": pairs[:5]}
+
+
+def plot_confusion(cm: torch.Tensor, classes: list[str], title: str, path: Path, normalize: bool = False) -> None:
+    n = len(classes)
+    values = cm.double()
+    if normalize:
+        values = values / values.sum(dim=1, keepdim=True).clamp(min=1)
+    side = min(max(5.0, 0.45 * n + 2.5), 22.0)  # legible from 2 to 37 classes
+    fontsize = max(5, min(11, int(14 - n / 3)))
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(values.numpy(), cmap="Blues", vmin=0)
+    ax.set_xticks(range(n), classes, rotation=90 if n > 10 else 0, fontsize=fontsize)
+    ax.set_yticks(range(n), classes, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title, fontsize=11)
+    threshold = float(values.max()) / 2
+    for a in range(n):
+        for p in range(n):
+            value = float(values[a, p])
+            text = f"{value:.2f}" if normalize else f"{int(value)}"
+            if normalize and value == 0:
+                text = "0"
+            ax.text(p, a, text, ha="center", va="center", fontsize=fontsize - 1,
+                    color="white" if value > threshold else "black")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_top_losses(top: list[dict], title: str, path: Path) -> None:
+    from PIL import Image
+
+    cols = max(1, math.ceil(math.sqrt(len(top))))
+    rows = max(1, math.ceil(len(top) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, top):
+        with Image.open(row["path"]) as image:
+            ax.imshow(image.convert("RGB"))
+        ax.set_title(f"{row['predicted']} / {row['actual']}\nloss {row['loss']:.2f} · p {row['probability']:.2f}",
+                     fontsize=9)
+    fig.suptitle(f"{title}\n(predicted / actual, loss, probability of the prediction)", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto") -> dict:
+    """Rebuild a run's validation set from its config.json and write the interpretation into the run."""
+    from dataclasses import replace
+
+    from trainer.config import FitConfig
+    from trainer.data import build_dls, locate
+    from trainer.errors import BadInput
+    from trainer.learner import resolve_device
+    from trainer.recipes import get_recipe
+    from trainer.runs import load_model, read_config
+
+    config = read_config(run_dir)
+    try:
+        recipe = get_recipe(config["recipe"]["name"])
+        cfg = FitConfig(**config["options"])
+        data_path = Path(data or config["data"]["path"])
+    except (KeyError, TypeError) as e:
+        raise BadInput(f"{run_dir}/config.json lacks {e}; the run is incomplete: train again with `trainer fit`") from None
+    torch_device = resolve_device(device)
+    learn = load_model(run_dir, torch_device)
+    if not data_path.exists():
+        raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
+    # The recipe's own split (same seed) gives the validation files; the exported pipeline labels them.
+    split = build_dls(recipe, locate(recipe, str(data_path)), replace(cfg, workers=0), torch_device)
+    if [str(c) for c in split.vocab] != [str(c) for c in learn.dls.vocab]:
+        raise BadInput(f"the classes in {data_path} differ from the model's; pass --data with the run's dataset")
+    items = list(split.valid_ds.items)
+    dl = learn.dls.test_dl(items, with_labels=True, bs=bs, num_workers=0)
+    analysis = analyse(learn, dl, items)
+    title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
+    return write_interpretation(analysis, run_dir, title, top_k)
+
+
+def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto") -> list[dict]:
+    """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
+    from fastai.data.transforms import get_image_files
+
+    from trainer.errors import BadInput
+    from trainer.learner import resolve_device
+    from trainer.runs import load_model
+
+    items: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(get_image_files(path))
+            if not found:
+                raise BadInput(f"{path} holds no images (.jpg, .png, ...); give image files or a folder of them")
+            items += found
+        elif path.is_file():
+            items.append(path)
+        else:
+            raise BadInput(f"{path}: no such image or folder")
+    learn = load_model(run_dir, resolve_device(device))
+    dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+    probs, _ = learn.get_preds(dl=dl)
+    classes = [str(c) for c in learn.dls.vocab]
+    best_probs, best = probs.topk(min(top_k, len(classes)), dim=1)
+    return [{"path": str(item),
+             "predictions": [{"label": classes[k], "probability": round(float(p), 6)} for p, k in zip(ps, ks)]}
+            for item, ps, ks in zip(items, best_probs.tolist(), best.tolist())]

@@ -1,0 +1,61 @@
+"""`trainer lr-find`: fastai's learning-rate finder with all four suggestion functions.
+
+fastai 2.8 returns only `valley` unless suggestion functions are passed, so the course's
+`lr_min, lr_steep = learn.lr_find()` no longer unpacks; here every suggestion is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from trainer.runs import save_figure, write_json
+
+SUGGESTIONS = ("minimum", "steep", "valley", "slide")
+
+
+def find_lr(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> dict:
+    from fastai.callback.schedule import minimum, slide, steep, valley
+
+    suggested = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False,
+                              suggest_funcs=(minimum, steep, valley, slide))
+    lrs = [float(lr) for lr in learn.recorder.lrs]
+    losses = [float(loss) for loss in learn.recorder.losses]
+    return {
+        "suggestions": {name: float(getattr(suggested, name)) for name in SUGGESTIONS},
+        "start_lr": start_lr, "end_lr": end_lr, "num_it": num_it,
+        "lrs": lrs, "losses": losses,
+    }
+
+
+def write_lr_find(result: dict, run_dir: Path, title: str) -> None:
+    write_json(run_dir / "lr_find.json", result)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lrs, losses = np.array(result["lrs"]), np.array(result["losses"])
+    keep = np.isfinite(losses)
+    lrs, losses = lrs[keep], losses[keep]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(lrs, losses, lw=1.5)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss (smoothed)", title=title)
+    if len(losses) > 1:  # the divergence at the end would flatten the interesting part
+        low, high = losses.min(), np.percentile(losses, 90)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.3 * (high - low))
+    markers = {"minimum": "v", "steep": "o", "valley": "*", "slide": "s"}
+    for name, lr in result["suggestions"].items():
+        if not math.isfinite(lr) or len(lrs) < 2:
+            continue
+        loss = float(np.interp(np.log10(lr), np.log10(lrs), losses))
+        ax.plot([lr], [loss], markers[name], markersize=11, label=f"{name}: {lr:.2e}")
+        ax.annotate(name, (lr, loss), textcoords="offset points", xytext=(6, 8), fontsize=9)
+    ax.legend(title="suggestions")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    save_figure(fig, run_dir / "lr_find.png")
+    plt.close(fig)
