@@ -102,8 +102,8 @@ def plot_confusion(cm: torch.Tensor, classes: list[str], title: str, path: Path,
     values = cm.double()
     if normalize:
         values = values / values.sum(dim=1, keepdim=True).clamp(min=1)
-    side = min(max(5.0, 0.45 * n + 2.5), 22.0)  # legible from 2 to 37 classes
-    fontsize = max(5, min(11, int(14 - n / 3)))
+    side = min(max(5.0, 0.5 * n + 3), 22.0)  # legible from 2 to 37 classes: cells stay ~0.5 inch
+    fontsize = 11 if n <= 10 else 9 if n <= 25 else 8
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(values.numpy(), cmap="Blues", vmin=0)
     ax.set_xticks(range(n), classes, rotation=90 if n > 10 else 0, fontsize=fontsize)
@@ -115,10 +115,10 @@ def plot_confusion(cm: torch.Tensor, classes: list[str], title: str, path: Path,
     for a in range(n):
         for p in range(n):
             value = float(values[a, p])
-            text = f"{value:.2f}" if normalize else f"{int(value)}"
-            if normalize and value == 0:
-                text = "0"
-            ax.text(p, a, text, ha="center", va="center", fontsize=fontsize - 1,
+            if value == 0 and n > 10:
+                continue  # empty cells stay blank so the errors stand out
+            text = f"{value:.2f}".lstrip("0") if normalize and value < 1 else f"{value:g}"
+            ax.text(p, a, text or "0", ha="center", va="center", fontsize=fontsize - 1,
                     color="white" if value > threshold else "black")
     fig.tight_layout()
     save_figure(fig, path)
@@ -136,9 +136,9 @@ def plot_top_losses(top: list[dict], title: str, path: Path) -> None:
     for ax, row in zip(axes.flat, top):
         with Image.open(row["path"]) as image:
             ax.imshow(image.convert("RGB"))
-        ax.set_title(f"{row['predicted']} / {row['actual']}\nloss {row['loss']:.2f} · p {row['probability']:.2f}",
-                     fontsize=9)
-    fig.suptitle(f"{title}\n(predicted / actual, loss, probability of the prediction)", fontsize=11)
+        ax.set_title(f"predicted {row['predicted']} / actual {row['actual']}\n"
+                     f"loss {row['loss']:.2f} · p {row['probability']:.2f}", fontsize=9)
+    fig.suptitle(f"{title}\n(p: the probability the model gave its prediction)", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
