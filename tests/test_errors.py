@@ -129,3 +129,38 @@ def test_datasets_lists_every_recipe(trainer):
     for name in ("mnist_sample", "mnist", "cifar10", "pets", "pets_breeds", "digits", "folder"):
         assert name in out
     assert "URLs.MNIST_SAMPLE" in out and "scikit-learn" in out
+
+
+def test_failed_weights_download_says_how_to_fix(trainer, fixtures, isolated, monkeypatch):
+    # Without TRAINER_OFFLINE the real download is tried; here it fails as it does with no network.
+    import urllib.error
+
+    import torchvision.models._api
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("TRAINER_OFFLINE")
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--arch",
+                                     "resnet18", expect=2))
+    assert "pretrained weights for resnet18" in message and "trainer download mnist_sample --arch resnet18" in message
+    assert "--weights" in message and "--no-pretrained" in message
+    assert no_runs_written(isolated)
+
+
+def test_failure_during_training_exits_1_and_keeps_the_traceback(trainer, fixtures, isolated):
+    data = isolated / "broken"
+    for split in ("train", "valid"):
+        for digit in ("3", "7"):
+            folder = data / split / digit
+            folder.mkdir(parents=True)
+            for image in (fixtures / "mnist_sample" / split / digit).iterdir():
+                (folder / image.name).write_bytes(image.read_bytes())
+    (data / "train" / "3" / "zero_bytes.png").write_bytes(b"")  # fails when its batch is loaded
+    result = trainer("fit", "mnist_sample", "--data", data, "--no-pretrained", "--arch", "resnet18",
+                     "--bs", "32", "--epochs", "1", expect=1)
+    message = one_line_error(result)
+    assert "training failed" in message and "error.log" in message
+    error_logs = list((isolated / "runs" / "mnist_sample").glob("*/error.log"))
+    assert len(error_logs) == 1 and "Traceback" in error_logs[0].read_text()
