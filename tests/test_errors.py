@@ -47,7 +47,7 @@ def test_failed_download_says_how_to_fix(trainer, isolated, monkeypatch):
 
 
 def test_missing_pretrained_weights_offline(trainer, fixtures, isolated):
-    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", expect=2))
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--bs", "8", expect=2))
     assert "pretrained weights" in message and "--weights" in message and "--no-pretrained" in message
     assert no_runs_written(isolated)
 
@@ -58,13 +58,15 @@ def test_missing_pretrained_weights_offline(trainer, fixtures, isolated):
     (["--lr", "0"], "--lr must be"),
     (["--lr", "nan"], "--lr must be"),
     (["--bs", "0"], "--bs must be"),
+    (["--bs", "64"], "larger than the 24 training images"),
     (["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "--device"),
     (["--device", "cpus"], "did you mean 'cpu'"),
     (["--precision", "fp8"], "--precision"),
     (["--arch", "resnet340"], "did you mean 'resnet34'"),
 ])
 def test_bad_option_values(trainer, fixtures, isolated, args, words):
-    result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", *args, expect=2)
+    result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--bs", "8", *args,
+                     expect=2)
     assert words in one_line_error(result)
     assert no_runs_written(isolated)
 
@@ -143,7 +145,7 @@ def test_failed_weights_download_says_how_to_fix(trainer, fixtures, isolated, mo
     monkeypatch.delenv("TRAINER_OFFLINE")
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
     message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--arch",
-                                     "resnet18", expect=2))
+                                     "resnet18", "--bs", "8", expect=2))
     assert "pretrained weights for resnet18" in message and "trainer download mnist_sample --arch resnet18" in message
     assert "--weights" in message and "--no-pretrained" in message
     assert no_runs_written(isolated)
@@ -159,8 +161,31 @@ def test_failure_during_training_exits_1_and_keeps_the_traceback(trainer, fixtur
                 (folder / image.name).write_bytes(image.read_bytes())
     (data / "train" / "3" / "zero_bytes.png").write_bytes(b"")  # fails when its batch is loaded
     result = trainer("fit", "mnist_sample", "--data", data, "--no-pretrained", "--arch", "resnet18",
-                     "--bs", "32", "--epochs", "1", expect=1)
+                     "--bs", "8", "--epochs", "1", expect=1)
     message = one_line_error(result)
     assert "training failed" in message and "error.log" in message
-    error_logs = list((isolated / "runs" / "mnist_sample").glob("*/error.log"))
+    error_logs = list((isolated / "runs" / "mnist_sample").glob("2*/error.log"))  # not through latest/
     assert len(error_logs) == 1 and "Traceback" in error_logs[0].read_text()
+
+
+def test_weights_for_another_architecture(trainer, fixtures, isolated):
+    import torch
+    import torchvision
+
+    weights = isolated / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample",
+                                     "--arch", "resnet34", "--weights", weights, "--bs", "8", expect=2))
+    assert "does not fit resnet34" in message and "--arch" in message
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample",
+                                     "--weights", isolated / "missing.pth", "--bs", "8", expect=2))
+    assert "no such file" in message
+    assert no_runs_written(isolated)
+
+
+def test_download(trainer, isolated):
+    # digits needs no network: `download` writes it into the data root
+    out = trainer("download", "digits", "--no-weights").stdout
+    assert "datasets/digits" in out and (isolated / "datasets" / "digits" / "training" / "9").is_dir()
+    message = one_line_error(trainer("download", "cifar10", expect=2))
+    assert "TRAINER_OFFLINE" in message and "--data" in message

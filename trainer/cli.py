@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from trainer.errors import BadInput, TrainingFailed
+
+# fastai's layers still use torch.jit.script, which recent torch deprecates: not the user's concern
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fastai's image classification recipes as one command: fit, lr-find, interpret, predict.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,8 +37,6 @@ def default_workers(device) -> int:
 
 def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     os.environ.setdefault("MPLBACKEND", "Agg")
-    # fastai's layers still use torch.jit.script, which recent torch deprecates: not the user's concern
-    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
     recipe = get_recipe(cfg.recipe)
     cfg = cfg.resolve(recipe)
     from trainer.data import build_dls, locate
@@ -63,6 +61,9 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     if len(dls.valid_ds) == 0 or len(dls.train_ds) == 0:
         raise BadInput(f"{data_path}: the split left {len(dls.train_ds)} training and {len(dls.valid_ds)} "
                        f"validation images; add images or change --valid-pct")
+    if len(dls.train) == 0:  # fastai drops the last partial training batch
+        raise BadInput(f"--bs {cfg.bs} is larger than the {len(dls.train_ds)} training images, so an epoch "
+                       f"has no batch; use --bs {max(1, len(dls.train_ds) // 2)} or add images")
     learn = create_learner(dls, cfg, recipe, Path("."))
     learn.remove_cb(ProgressCallback)
     return Prepared(recipe, cfg, data_path, dls, learn, say)
@@ -107,20 +108,27 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     p = prepare(replace(cfg, lr=cfg.lr if cfg.lr not in (None, "auto") else None), console, quiet)
     run_dir = start_run(p, "lr-find")
     p.say(f"lr_find from {start_lr:g} to {end_lr:g} over {num_it} iterations, {p.cfg.arch}")
-    result = guarded(run_dir, lambda: find_lr(p.learn, start_lr, end_lr, num_it))
-    write_lr_find(result, run_dir, f"{p.recipe.name} · lr_find · run {run_dir.name} · {p.cfg.arch}")
+    with failures_logged(run_dir):
+        result = find_lr(p.learn, start_lr, end_lr, num_it)
+        write_lr_find(result, run_dir, f"{p.recipe.name} · lr_find · run {run_dir.name} · {p.cfg.arch}")
     return run_dir, result
 
 
 def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interpret: bool = True,
         top_k: int = 9) -> tuple[Path, dict]:
-    p = prepare(cfg, console, quiet)  # first: bad input fails before the heavy imports below
+    p = prepare(cfg, console, quiet)
+    run_dir = start_run(p, "fit")
+    with failures_logged(run_dir):
+        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
+
+
+def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpret: bool, top_k: int) -> dict:
+    """Train, then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
     from trainer.plots import plot_history, save_batch, save_results
     from trainer.progress import ConsoleProgress, RunLog
 
     cfg, learn, recipe = p.cfg, p.learn, p.recipe
-    run_dir = start_run(p, "fit")
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
     save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch")
 
@@ -129,7 +137,7 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
         from trainer.lrfind import find_lr, write_lr_find
 
         p.say("--lr auto: running lr_find first")
-        found = guarded(run_dir, lambda: find_lr(learn))
+        found = find_lr(learn)
         write_lr_find(found, run_dir, f"{title} · lr_find")
         cfg = p.cfg = replace(cfg, lr=found["suggestions"]["valley"])
         extra["lr_find"] = {"suggestions": found["suggestions"], "chosen": "valley"}
@@ -150,15 +158,12 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
     start = time.perf_counter()
 
-    def train():
+    try:
         with learn.added_cbs([run_log, display]):
             if schedule == "fine_tune":
                 learn.fine_tune(cfg.epochs, cfg.lr)
             else:
                 learn.fit_one_cycle(cfg.epochs, cfg.lr)
-
-    try:
-        guarded(run_dir, train)
     finally:
         display.close()
     wall_seconds = time.perf_counter() - start
@@ -189,15 +194,16 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
         analysis = analyse(learn, p.dls.valid, p.dls.valid_ds.items)
         summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
     runs.write_json(run_dir / "summary.json", summary)
-    return run_dir, summary
+    return summary
 
 
-def guarded(run_dir: Path, step):
-    """Run a training step; a crash becomes exit 1 with its traceback kept in error.log."""
+@contextmanager
+def failures_logged(run_dir: Path):
+    """Once a run directory exists, a crash becomes exit 1 with its traceback kept in error.log."""
     from trainer import runs
 
     try:
-        return step()
+        yield
     except (KeyboardInterrupt, BadInput):
         raise
     except Exception as e:

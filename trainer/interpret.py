@@ -130,7 +130,7 @@ def plot_top_losses(top: list[dict], title: str, path: Path) -> None:
 
     cols = max(1, math.ceil(math.sqrt(len(top))))
     rows = max(1, math.ceil(len(top) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, top):

@@ -26,7 +26,12 @@ def plot_history(run_log, title: str, path: Path) -> None:
     loss_ax.legend()
     epochs = [r["epoch"] for r in rows]
     for name in metric_names:
-        metric_ax.plot(epochs, [r[name] for r in rows], "o-", label=name)
+        values = [r[name] for r in rows]
+        metric_ax.plot(epochs, values, "o-", label=name)
+        if len(rows) <= 12:  # few points: print their values too
+            for epoch, value in zip(epochs, values):
+                metric_ax.annotate(f"{value:.4f}", (epoch, value), textcoords="offset points", xytext=(0, 7),
+                                   ha="center", fontsize=8)
     metric_ax.set(xlabel="epoch", title="validation metrics")
     metric_ax.set_xticks(epochs)
     metric_ax.legend()

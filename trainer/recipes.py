@@ -105,7 +105,7 @@ def cifar10(path, cfg, loader):
           layout="images/<Breed>_<n>.jpg (cat breeds capitalised, dog breeds lower case), annotations/",
           epochs=1, lr=2e-3, metrics=("error_rate",), size=224, valid_pct=0.2)
 def pets(path, cfg, loader):
-    """Oxford-IIIT Pet: cat or dog (the course's lesson 1)."""
+    """Oxford-IIIT Pet: cat (True) or dog (False), as the course's lesson 1 labels them."""
     from fastai.vision.all import ImageDataLoaders, Resize, get_image_files
 
     files = get_image_files(path / "images")
