@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import no_runs_written
@@ -189,3 +190,57 @@ def test_download(trainer, isolated):
     assert "datasets/digits" in out and (isolated / "datasets" / "digits" / "training" / "9").is_dir()
     message = one_line_error(trainer("download", "cifar10", expect=2))
     assert "TRAINER_OFFLINE" in message and "--data" in message
+
+
+def _tar_with(path, name, data=b"x", link_to=None):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        member = tarfile.TarInfo(name)
+        if link_to:
+            member.type, member.linkname = tarfile.SYMTYPE, link_to
+            tar.addfile(member)
+        else:
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("name, link_to", [("/tmp/evil.txt", None), ("../evil.txt", None),
+                                           ("mnist_png/link", "/etc/passwd")])
+def test_archive_members_pointing_outside_are_refused(trainer, isolated, name, link_to):
+    archive = isolated / "evil.tgz"
+    _tar_with(archive, name, link_to=link_to)
+    message = one_line_error(trainer("fit", "mnist", "--data", archive, expect=2))
+    assert "refusing" in message
+    assert not (isolated / "evil.txt").exists() and not (isolated.parent / "evil.txt").exists()
+    extracted = isolated / "datasets" / ".extracted"
+    assert not extracted.exists() or not any(extracted.iterdir()), "a half-extracted folder was left"
+
+
+def test_two_processes_extracting_one_archive(fixtures, isolated):
+    """Both get a complete copy, and only one copy is kept: extraction is renamed into place."""
+    import tarfile
+
+    archive = isolated / "mnist_png.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(fixtures / "mnist_png", arcname="mnist_png")
+    code = ("import sys; from pathlib import Path; from trainer.data import extract_archive\n"
+            "print(extract_archive(Path(sys.argv[1])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(archive)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = {p.communicate()[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs) and len(outputs) == 1
+    extracted = isolated / "datasets" / ".extracted"
+    assert [d.name for d in extracted.iterdir()] == [Path(outputs.pop()).name]
+    assert len(list(extracted.rglob("*.png"))) == 40
+
+
+def test_corrupt_model_is_a_clear_error(trainer, fixtures, isolated):
+    run_dir = isolated / "runs" / "digits" / "20260101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text('{"recipe": {"name": "digits"}, "options": {"recipe": "digits"}}')
+    (run_dir / "model.pkl").write_bytes(b"not a pickle")
+    image = fixtures / "mnist_png" / "testing" / "3" / "3_0.png"
+    message = one_line_error(trainer("predict", run_dir, image, expect=2))
+    assert "model.pkl could not be loaded" in message and "trainer fit" in message

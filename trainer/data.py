@@ -184,13 +184,16 @@ def extract_archive(archive: Path) -> Path:
     try:
         if name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    if member.startswith("/") or ".." in Path(member).parts:
-                        raise BadInput(f"--data {archive}: refusing member '{member}' that points outside the archive")
+                refuse_outside_members(archive, zf.namelist())
                 zf.extractall(tmp)
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(tmp, filter="data")  # PEP 706: no absolute paths, '..' or outside links
+                refuse_outside_members(archive, tf.getnames())
+                tf.extractall(tmp, filter="data")  # PEP 706 also stops links and devices that point outside
+    except tarfile.FilterError as e:  # absolute paths, '..', links or devices pointing outside
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BadInput(f"--data {archive}: refusing an archive member that points outside the archive ({e}); "
+                       f"extract it yourself if you trust it") from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BadInput(f"--data {archive} could not be extracted ({e}); check the file or extract it yourself") from None
@@ -202,6 +205,14 @@ def extract_archive(archive: Path) -> Path:
     except OSError:  # another process finished first: use its copy
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def refuse_outside_members(archive: Path, names: list[str]) -> None:
+    for member in names:
+        parts = Path(member).parts
+        if member.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):  # C:\ too
+            raise BadInput(f"--data {archive}: refusing an archive member that points outside the archive "
+                           f"('{member}'); extract it yourself if you trust it")
 
 
 def write_digits(target: Path) -> Path:

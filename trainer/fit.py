@@ -105,7 +105,7 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
         raise BadInput(f"--start-lr ({start_lr:g}) must be positive and below --end-lr ({end_lr:g})")
     if num_it < 10:
         raise BadInput(f"--num-it must be at least 10 (fastai drops the first and last points), got {num_it}")
-    p = prepare(replace(cfg, lr=cfg.lr if cfg.lr not in (None, "auto") else None), console, quiet)
+    p = prepare(cfg, console, quiet)
     run_dir = start_run(p, "lr-find")
     p.say(f"lr_find from {start_lr:g} to {end_lr:g} over {num_it} iterations, {p.cfg.arch}")
     with failures_logged(run_dir):

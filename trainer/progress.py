@@ -101,10 +101,20 @@ class ConsoleProgress(Callback):
         if self.bars:
             self.bars.reset(self.batch_bar, total=len(self.dl), description=description, loss="")
 
+    def before_epoch(self):
+        self.epoch_start = time.perf_counter()
+
     def after_batch(self):
         if self.bars:
             loss = f"loss {float(self.smooth_loss):.4f}" if self.training else ""
             self.bars.update(self.batch_bar, advance=1, loss=loss)
+        elif self.training and not self.quiet:
+            # No bars in a log file: a line at each quarter of a long epoch shows it is alive.
+            done, total = self.iter + 1, len(self.dl)
+            if total >= 40 and done % (total // 4) == 0 and done < total:
+                self.console.print(f"  {100 * done // total}% of the epoch ({done}/{total} batches), "
+                                   f"loss {float(self.smooth_loss):.4f}, {time.perf_counter() - self.epoch_start:.0f}s",
+                                   highlight=False)
 
     def after_epoch(self):
         if self.bars:
@@ -112,7 +122,8 @@ class ConsoleProgress(Callback):
         if not self.quiet:
             row = self.run_log.last
             values = "  ".join(f"{k} {row[k]:.4f}" for k in self.run_log.names)
-            self.console.print(f"epoch {row['epoch']}/{self.total_epochs} ({row['phase']})  {values}  "
+            phase = " (frozen body)" if row["phase"] == "frozen" else ""
+            self.console.print(f"epoch {row['epoch']}/{self.total_epochs}{phase}  {values}  "
                                f"{row['seconds']:.1f}s", highlight=False)
 
     def close(self):
