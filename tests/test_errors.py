@@ -152,44 +152,73 @@ def test_failed_weights_download_says_how_to_fix(trainer, fixtures, isolated, mo
     assert no_runs_written(isolated)
 
 
-def test_failure_during_training_exits_1_and_keeps_the_traceback(trainer, fixtures, isolated):
-    data = isolated / "broken"
-    for split in ("train", "valid"):
-        for digit in ("3", "7"):
-            folder = data / split / digit
-            folder.mkdir(parents=True)
-            for image in (fixtures / "mnist_sample" / split / digit).iterdir():
-                (folder / image.name).write_bytes(image.read_bytes())
-    (data / "train" / "3" / "zero_bytes.png").write_bytes(b"")  # fails when its batch is loaded
-    result = trainer("fit", "mnist_sample", "--data", data, "--no-pretrained", "--arch", "resnet18",
-                     "--bs", "8", "--epochs", "1", expect=1)
+def test_failure_during_training_exits_1_and_keeps_the_traceback(trainer, fixtures, isolated, monkeypatch):
+    from fastai.learner import Learner
+
+    def broken_fit(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(Learner, "fit", broken_fit)
+    result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--arch",
+                     "resnet18", "--bs", "8", "--epochs", "1", expect=1)
     message = one_line_error(result)
-    assert "training failed" in message and "error.log" in message
+    assert "training failed: RuntimeError: CUDA error" in message and "error.log" in message
     error_logs = list((isolated / "runs" / "mnist_sample").glob("2*/error.log"))  # not through latest/
     assert len(error_logs) == 1 and "Traceback" in error_logs[0].read_text()
 
 
-def test_weights_for_another_architecture(trainer, fixtures, isolated):
-    import torch
-    import torchvision
+def copy_tree(source, target):
+    for image in source.rglob("*"):
+        if image.is_file():
+            (target / image.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            (target / image.relative_to(source)).write_bytes(image.read_bytes())
 
-    weights = isolated / "resnet18.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
-    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample",
-                                     "--arch", "resnet34", "--weights", weights, "--bs", "8", expect=2))
-    assert "does not fit resnet34" in message and "--arch" in message
-    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample",
-                                     "--weights", isolated / "missing.pth", "--bs", "8", expect=2))
-    assert "no such file" in message
+
+def test_unreadable_images_are_skipped_and_reported(trainer, fixtures, isolated):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    data = isolated / "messy"
+    copy_tree(fixtures / "mnist_sample", data)
+    good = (data / "train" / "3" / "0_0.png").read_bytes()
+    (data / "train" / "3" / "zero_bytes.png").write_bytes(b"")
+    (data / "train" / "7" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (data / "valid" / "7" / "notes.png").write_text("this is not an image")
+    # every other mode PIL reads is converted, not skipped
+    gray = np.asarray(Image.open(io.BytesIO(good)).convert("L"))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(data / "train" / "3" / "sixteen_bit.png")
+    Image.fromarray(gray).convert("RGBA").save(data / "train" / "3" / "alpha.png")
+    palette = Image.fromarray(gray).convert("P")
+    palette.info["transparency"] = 0
+    palette.save(data / "train" / "7" / "palette.png")
+    Image.fromarray(gray).convert("CMYK").save(data / "train" / "7" / "cmyk.jpg")
+
+    result = trainer("fit", "mnist_sample", "--data", data, "--no-pretrained", "--arch", "resnet18", "--bs", "8",
+                     "--epochs", "1")
+    assert "warning: skipping 3 unreadable of 39 images" in result.stderr and "zero_bytes.png" in result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    skipped = (run_dir / "skipped_images.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0].rsplit("/", 1)[1] for line in skipped) == ["notes.png", "truncated.png",
+                                                                                   "zero_bytes.png"]
+    config = __import__("json").loads((run_dir / "config.json").read_text())
+    assert config["data"]["n_train"] == 24 + 4 and config["data"]["n_valid"] == 8 and config["data"]["n_skipped"] == 3
+    from trainer.images import RGBImage
+
+    sixteen = RGBImage.create(data / "train" / "3" / "sixteen_bit.png")
+    assert sixteen.mode == "RGB" and np.asarray(sixteen).max() == gray.max()  # scaled, not clipped
+
+
+def test_nothing_readable_left(trainer, isolated):
+    data = isolated / "junk"
+    for split in ("train", "valid"):
+        for digit in ("3", "7"):
+            (data / split / digit).mkdir(parents=True)
+            (data / split / digit / "a.png").write_bytes(b"")
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", data, "--no-pretrained", expect=2))
+    assert "none of the 4 images" in message and "can be read" in message
     assert no_runs_written(isolated)
-
-
-def test_download(trainer, isolated):
-    # digits needs no network: `download` writes it into the data root
-    out = trainer("download", "digits", "--no-weights").stdout
-    assert "datasets/digits" in out and (isolated / "datasets" / "digits" / "training" / "9").is_dir()
-    message = one_line_error(trainer("download", "cifar10", expect=2))
-    assert "TRAINER_OFFLINE" in message and "--data" in message
 
 
 def _tar_with(path, name, data=b"x", link_to=None):

@@ -242,6 +242,9 @@ def write_digits(target: Path) -> Path:
     return target
 
 
-def build_dls(recipe: Recipe, path: Path, cfg, device):
-    loader = dict(bs=cfg.bs, num_workers=cfg.workers, seed=cfg.seed, device=device)
-    return recipe.build(path, cfg, loader)
+def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
+    """The recipe's DataLoaders, leaving out the unreadable files in `skip`, reading every image as RGB."""
+    from trainer.images import RGBImage
+
+    loader = dict(bs=cfg.bs, num_workers=cfg.workers, device=device, img_cls=RGBImage)
+    return recipe.build(path, cfg, loader, frozenset(skip))

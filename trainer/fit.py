@@ -28,6 +28,7 @@ class Prepared:
     dls: object
     learn: object
     say: object
+    skipped: list  # (path, reason) of the unreadable images left out
 
 
 def default_workers(device) -> int:
@@ -56,8 +57,12 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     say = (lambda *_: None) if quiet else (lambda msg: console.print(msg, highlight=False))
     say(f"recipe {recipe.name}: data {data_path}, device {device} ({cfg.precision})")
 
+    skipped = skip_unreadable(data_path, console)
     set_seed(cfg.seed)
-    dls = build_dls(recipe, data_path, cfg, device)
+    dls = build_dls(recipe, data_path, cfg, device, skip={path for path, _ in skipped})
+    if len(dls.vocab) < 2:
+        raise BadInput(f"{data_path}: only {len(dls.vocab)} class has readable images; "
+                       f"a classifier needs at least 2 (see the unreadable files above)")
     if len(dls.valid_ds) == 0 or len(dls.train_ds) == 0:
         raise BadInput(f"{data_path}: the split left {len(dls.train_ds)} training and {len(dls.valid_ds)} "
                        f"validation images; add images or change --valid-pct")
@@ -66,7 +71,26 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
                        f"has no batch; use --bs {max(1, len(dls.train_ds) // 2)} or add images")
     learn = create_learner(dls, cfg, recipe, Path("."))
     learn.remove_cb(ProgressCallback)
-    return Prepared(recipe, cfg, data_path, dls, learn, say)
+    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped)
+
+
+def skip_unreadable(data_path: Path, console) -> list:
+    """Find the images that cannot be decoded; say so on stderr (even with --quiet); fail if none is left."""
+    from trainer.images import scan
+
+    total, bad = scan(data_path)
+    if not bad:
+        return bad
+    first = "; ".join(f"{path} ({why})" for path, why in bad[:3])
+    if len(bad) == total:
+        raise BadInput(f"none of the {total} images in {data_path} can be read (e.g. {first}); "
+                       f"check the files or point --data at the right folder")
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"warning: skipping {len(bad)} unreadable of {total} images: {first}"
+        f"{' ...' if len(bad) > 3 else ''} (the full list goes to the run's skipped_images.txt)")
+    return bad
 
 
 def start_run(p: Prepared, command: str, **extra) -> Path:
@@ -75,6 +99,8 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
 
     run_dir = runs.new_run_dir(Path(p.cfg.out), p.recipe.name)
     p.learn.path = run_dir
+    if p.skipped:
+        runs.write_text(run_dir / "skipped_images.txt", "".join(f"{path}\t{why}\n" for path, why in p.skipped))
     runs.write_json(run_dir / "config.json", run_config(p, run_dir, command, **extra))
     return run_dir
 
@@ -91,7 +117,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
                    "main_metric": p.recipe.main_metric},
         **extra,
         "data": {"path": str(p.data_path.resolve()), "classes": [str(c) for c in p.dls.vocab],
-                 "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds)},
+                 "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped)},
         "device": {"name": str(device), "precision": p.cfg.precision, **device_info(device)},
         "environment": runs.environment(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

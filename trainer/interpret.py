@@ -167,7 +167,11 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     if not data_path.exists():
         raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
     # The recipe's own split (same seed) gives the validation files; the exported pipeline labels them.
-    split = build_dls(recipe, locate(recipe, str(data_path)), replace(cfg, workers=0), torch_device)
+    from trainer.images import scan
+
+    root = locate(recipe, str(data_path))
+    _, bad = scan(root)  # leave out the files the run could not read either
+    split = build_dls(recipe, root, replace(cfg, workers=0), torch_device, skip={path for path, _ in bad})
     if [str(c) for c in split.vocab] != [str(c) for c in learn.dls.vocab]:
         raise BadInput(f"the classes in {data_path} differ from the model's; pass --data with the run's dataset")
     items = list(split.valid_ds.items)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,7 @@ from trainer.errors import BadInput, did_you_mean
 class Recipe:
     name: str
     summary: str
-    build: Callable  # (path, cfg, loader_kwargs) -> fastai DataLoaders
+    build: Callable  # (path, cfg, loader_kwargs, skip) -> fastai DataLoaders; skip: unreadable files
     layout: str  # the expected on-disk layout, shown in errors and in `trainer datasets`
     check: str  # which layout check applies: "splits", "pets" or "folder" (see data.py)
     epochs: int
@@ -69,60 +70,83 @@ def is_cat(fname) -> bool:
 PETS_BREED_PATTERN = r"^(.+)_\d+\.jpg$"
 
 
-def _folder_split(path: Path, cfg, loader: dict, train: str, valid: str, **tfms):
-    from fastai.vision.all import ImageDataLoaders
+def from_folder(path: Path, skip, train="train", valid="valid", valid_pct=None, seed=None,
+                item_tfms=None, batch_tfms=None, img_cls=None, **loader):
+    """fastai's ImageDataLoaders.from_folder, leaving out the unreadable files in `skip`."""
+    from fastai.vision.all import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, ImageDataLoaders,
+                                   RandomSplitter, parent_label)
 
+    if not skip:  # the course's own call
+        return ImageDataLoaders.from_folder(path, train=train, valid=valid, valid_pct=valid_pct, seed=seed,
+                                            item_tfms=item_tfms, batch_tfms=batch_tfms, img_cls=img_cls, **loader)
+    # The DataBlock that from_folder builds, with a file list that leaves the bad files out.
+    splitter = (GrandparentSplitter(train_name=train, valid_name=valid) if valid_pct is None
+                else RandomSplitter(valid_pct, seed=seed))
+    get_items = partial(readable_images, folders=None if valid_pct else [train, valid], skip=frozenset(skip))
+    block = DataBlock(blocks=(ImageBlock(img_cls), CategoryBlock), get_items=get_items, splitter=splitter,
+                      get_y=parent_label, item_tfms=item_tfms, batch_tfms=batch_tfms)
+    return ImageDataLoaders.from_dblock(block, path, path=path, **loader)
+
+
+def readable_images(path, folders=None, skip=frozenset()):
+    from fastai.vision.all import get_image_files
+
+    return get_image_files(path, folders=folders).filter(lambda f: f not in skip)
+
+
+def _folder_split(path: Path, cfg, loader: dict, skip, train: str, valid: str, **tfms):
     if cfg.valid_pct:  # a random split of the training folder instead of the official one
-        return ImageDataLoaders.from_folder(path / train, train=".", valid_pct=cfg.valid_pct, **tfms, **loader)
-    return ImageDataLoaders.from_folder(path, train=train, valid=valid, **tfms, **loader)
+        return from_folder(path / train, skip, train=".", valid_pct=cfg.valid_pct, seed=cfg.seed, **tfms, **loader)
+    return from_folder(path, skip, train=train, valid=valid, **tfms, **loader)
 
 
 @register(url="MNIST_SAMPLE", folder="mnist_sample", check="splits", splits=("train", "valid"),
           layout="train/{3,7}/*.png, valid/{3,7}/*.png (labels.csv optional)",
           epochs=2, lr=1e-2, metrics=("error_rate",))
-def mnist_sample(path, cfg, loader):
+def mnist_sample(path, cfg, loader, skip):
     """MNIST's 3s and 7s, 28x28 (the course's first model)."""
-    return _folder_split(path, cfg, loader, "train", "valid")
+    return _folder_split(path, cfg, loader, skip, "train", "valid")
 
 
 @register(url="MNIST", folder="mnist_png", check="splits", splits=("training", "testing"),
           layout="training/{0..9}/*.png, testing/{0..9}/*.png",
           epochs=2, lr=2e-2, metrics=("error_rate", "accuracy"))
-def mnist(path, cfg, loader):
+def mnist(path, cfg, loader, skip):
     """All 70,000 MNIST digits, 10 classes, 28x28."""
-    return _folder_split(path, cfg, loader, "training", "testing")
+    return _folder_split(path, cfg, loader, skip, "training", "testing")
 
 
 @register(url="CIFAR", folder="cifar10", check="splits", splits=("train", "test"),
           layout="train/<class>/*.png, test/<class>/*.png, labels.txt",
           epochs=10, lr=1e-3, metrics=("error_rate", "accuracy"))
-def cifar10(path, cfg, loader):
+def cifar10(path, cfg, loader, skip):
     """CIFAR-10, 60,000 32x32 photos in 10 classes (official test split; --valid-pct for a random one)."""
-    return _folder_split(path, cfg, loader, "train", "test")
+    return _folder_split(path, cfg, loader, skip, "train", "test")
 
 
 @register(url="PETS", folder="oxford-iiit-pet", check="pets",
           layout="images/<Breed>_<n>.jpg (cat breeds capitalised, dog breeds lower case), annotations/",
           epochs=1, lr=2e-3, metrics=("error_rate",), size=224, valid_pct=0.2)
-def pets(path, cfg, loader):
+def pets(path, cfg, loader, skip):
     """Oxford-IIIT Pet: cat (True) or dog (False), as the course's lesson 1 labels them."""
     from fastai.vision.all import ImageDataLoaders, Resize, get_image_files
 
-    files = get_image_files(path / "images")
-    return ImageDataLoaders.from_name_func(path, files, is_cat, valid_pct=cfg.valid_pct,
+    files = get_image_files(path / "images").filter(lambda f: f not in skip)
+    return ImageDataLoaders.from_name_func(path, files, is_cat, valid_pct=cfg.valid_pct, seed=cfg.seed,
                                            item_tfms=Resize(cfg.size), **loader)
 
 
 @register(url="PETS", folder="oxford-iiit-pet", check="pets",
           layout="images/<breed>_<n>.jpg: 37 breeds, annotations/",
           epochs=2, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, valid_pct=0.2)
-def pets_breeds(path, cfg, loader):
+def pets_breeds(path, cfg, loader, skip):
     """Oxford-IIIT Pet: the 37 breeds, with the course's presizing."""
     from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, get_image_files
 
-    files = get_image_files(path / "images")
+    files = get_image_files(path / "images").filter(lambda f: f not in skip)
     presize = round(cfg.size * 460 / 224)  # the course's Resize(460) before a 224 crop
     return ImageDataLoaders.from_name_re(path / "images", files, PETS_BREED_PATTERN, valid_pct=cfg.valid_pct,
+                                         seed=cfg.seed,
                                          item_tfms=Resize(presize),
                                          batch_tfms=aug_transforms(size=cfg.size, min_scale=0.75), **loader)
 
@@ -130,24 +154,24 @@ def pets_breeds(path, cfg, loader):
 @register(folder="digits", check="splits", splits=("training", "testing"),
           layout="training/{0..9}/*.png, testing/{0..9}/*.png (written from scikit-learn's digits)",
           epochs=3, lr=1e-2, metrics=("error_rate", "accuracy"), pretrained=False)
-def digits(path, cfg, loader):
+def digits(path, cfg, loader, skip):
     """scikit-learn's 1,797 handwritten digits as 28x28 PNGs: works with no network at all."""
-    return _folder_split(path, cfg, loader, "training", "testing")
+    return _folder_split(path, cfg, loader, skip, "training", "testing")
 
 
 @register(check="folder",
           layout="<class>/*.jpg, or train/<class>/ with valid/<class>/ (or test/<class>/)",
           epochs=1, lr=2e-3, metrics=("error_rate", "accuracy"), size=224)
-def folder(path, cfg, loader):
+def folder(path, cfg, loader, skip):
     """Your own images in ImageNet-style class folders (--data required)."""
-    from fastai.vision.all import ImageDataLoaders, Resize
+    from fastai.vision.all import Resize
 
     tfms = dict(item_tfms=Resize(cfg.size))
     valid = next((v for v in ("valid", "test") if (path / v).is_dir()), None)
     if (path / "train").is_dir() and valid and not cfg.valid_pct:
-        return ImageDataLoaders.from_folder(path, train="train", valid=valid, **tfms, **loader)
+        return from_folder(path, skip, train="train", valid=valid, **tfms, **loader)
     root = path / "train" if (path / "train").is_dir() else path
-    return ImageDataLoaders.from_folder(root, train=".", valid_pct=cfg.valid_pct or 0.2, **tfms, **loader)
+    return from_folder(root, skip, train=".", valid_pct=cfg.valid_pct or 0.2, seed=cfg.seed, **tfms, **loader)
 
 
 def breed_of(fname: str) -> str | None:

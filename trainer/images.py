@@ -1,0 +1,87 @@
+"""Reading images safely: find unreadable files before training, and read every mode as RGB.
+
+A dataset scraped together by hand has zero-byte, truncated or misnamed files, and images
+in 16-bit, palette, CMYK or RGBA modes. The scan finds the unreadable ones (so they are
+skipped and reported instead of crashing an epoch halfway), and RGBImage converts the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from fastai.vision.core import PILImage
+from PIL import Image
+
+from trainer.data import IMAGE_EXTENSIONS, data_root
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL reads: 16-bit and float scaled down, palette/alpha/CMYK converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = (0.0, 65535.0) if image.mode.startswith("I;16") else (pixels.min(), pixels.max())
+        scaled = (pixels - low) * (255.0 / max(high - low, 1e-12))
+        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # palette transparency is only kept through RGBA
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class RGBImage(PILImage):
+    """fastai's PILImage, reading 16-bit, float, palette, CMYK and alpha images as 8-bit RGB."""
+
+    @classmethod
+    def create(cls, fn, **kwargs):
+        if isinstance(fn, (str, Path)):
+            with Image.open(fn) as opened:
+                opened.load()
+                image = opened._new(opened.im)  # detached from the file, as fastai's load_image does
+            return cls(to_rgb(image))
+        return super().create(fn, **kwargs)
+
+
+def unreadable(path: Path) -> str | None:
+    """Why `path` cannot be decoded, or None. JPEGs decode at 1/8 scale: every byte is still read."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except Exception as e:  # PIL raises many types for bad files; all mean "skip it"
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def image_files(root: Path) -> list[Path]:
+    return sorted(Path(folder) / name for folder, _, names in os.walk(root)
+                  for name in names if Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
+    """How many images `root` holds, and the unreadable ones as (path, reason).
+
+    The result is cached in <data root>/.scans/, keyed by the files' count, sizes and times,
+    so later runs on unchanged data only list the folder.
+    """
+    files = image_files(root)
+    stats = [f.stat() for f in files]
+    signature = [len(files), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
+    cache = data_root() / ".scans" / (hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16] + ".json")
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["signature"] == signature:
+            return len(files), [(Path(p), why) for p, why in cached["bad"]]
+    except (OSError, ValueError, KeyError):
+        pass
+    bad = [(f, why) for f in files if (why := unreadable(f))]
+    try:
+        from trainer.runs import write_json
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json(cache, {"root": str(root.resolve()), "signature": signature, "bad": [[str(p), w] for p, w in bad]})
+    except OSError:
+        pass  # a read-only data root only costs the next run a rescan
+    return len(files), bad
