@@ -273,3 +273,21 @@ def test_corrupt_model_is_a_clear_error(trainer, fixtures, isolated):
     image = fixtures / "mnist_png" / "testing" / "3" / "3_0.png"
     message = one_line_error(trainer("predict", run_dir, image, expect=2))
     assert "model.pkl could not be loaded" in message and "trainer fit" in message
+
+
+def test_two_runs_started_together_get_distinct_directories(fixtures, isolated):
+    """Process boundary: two `trainer fit` at once with the same --out, in the same second."""
+    import os
+
+    command = [sys.executable, "-m", "trainer", "fit", "mnist_sample", "--data", str(fixtures / "mnist_sample"),
+               "--no-pretrained", "--arch", "resnet18", "--bs", "8", "--epochs", "1", "--no-interpret", "--quiet",
+               "--out", str(isolated / "runs")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    run_dirs = {out.strip().splitlines()[-1] for out, _ in results}
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:
+        assert (Path(run_dir) / "summary.json").is_file() and (Path(run_dir) / "model.pkl").is_file()

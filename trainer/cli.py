@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from trainer.errors import BadInput, TrainingFailed
+from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted
 
 # fastai's layers still use torch.jit.script, which recent torch deprecates: not the user's concern
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
@@ -44,7 +44,8 @@ def _console(stderr: bool = False):
 
 def _fail(error: Exception) -> None:
     """One line on stderr and the error's exit code: no traceback for the user."""
-    _console(stderr=True).print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+    label = "interrupted" if isinstance(error, TrainingInterrupted) else "error"
+    _console(stderr=True).print(f"[bold red]{label}:[/] {error}", markup=True, highlight=False)
     raise typer.Exit(error.exit_code)
 
 
@@ -85,7 +86,7 @@ def _parse_lr(lr: Optional[str]):
 
 @app.command()
 def fit(
-    recipe: str = RECIPE,
+    recipe: Optional[str] = typer.Argument(None, help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs to train [default: the recipe's]."),
     lr: Optional[str] = typer.Option(None, help="Base learning rate, or 'auto' (lr_find's valley) [default: the recipe's]."),
     bs: Optional[int] = BS, arch: Optional[str] = ARCH, pretrained: Optional[bool] = PRETRAINED,
@@ -95,6 +96,7 @@ def fit(
     interpret: bool = typer.Option(True, "--interpret/--no-interpret",
                                    help="Write the confusion matrix and top-loss plots at the end."),
     top_k: int = TOP_K,
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run directory from its last epoch."),
     quiet: bool = QUIET,
 ):
     """Train a recipe and write a run directory: model, config, metrics, plots."""
@@ -103,15 +105,30 @@ def fit(
     console = _console()
     try:
         _check_top_k(top_k)
-        cfg = FitConfig(recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained,
-                        weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
-                        device=device, precision=precision, workers=workers, seed=seed, out=str(out))
-        from trainer.fit import fit as run_fit
+        if resume:
+            given = [name for name, value in dict(recipe=recipe, epochs=epochs, lr=lr, bs=bs, arch=arch,
+                     pretrained=pretrained, weights=weights, data=data, size=size, valid_pct=valid_pct,
+                     workers=workers, seed=seed).items() if value is not None]
+            if given:
+                raise BadInput(f"--resume continues with the run's own options; drop {', '.join(given)}")
+            from trainer.fit import resume as run_resume
 
-        run_dir, summary = run_fit(cfg, console, quiet=quiet, live=console.is_terminal, interpret=interpret,
-                                   top_k=top_k)
-    except (BadInput, TrainingFailed) as e:
+            run_dir, summary = run_resume(resume, console, quiet=quiet, live=console.is_terminal,
+                                          interpret=interpret, top_k=top_k)
+        else:
+            if recipe is None:
+                raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
+            cfg = FitConfig(recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained,
+                            weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
+                            device=device, precision=precision, workers=workers, seed=seed, out=str(out))
+            from trainer.fit import fit as run_fit
+
+            run_dir, summary = run_fit(cfg, console, quiet=quiet, live=console.is_terminal, interpret=interpret,
+                                       top_k=top_k)
+    except (BadInput, TrainingFailed, TrainingInterrupted) as e:
         _fail(e)
+    except KeyboardInterrupt:  # before training started: nothing to save
+        _fail(TrainingInterrupted("stopped before training started; nothing was saved", 2))
     if not quiet:
         _print_summary(console, summary)
     print(run_dir)

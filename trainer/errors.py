@@ -19,3 +19,11 @@ def did_you_mean(word: str, choices) -> str:
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class TrainingInterrupted(Exception):
+    """Stopped by SIGINT/SIGTERM after saving (exit 128 + the signal's number: 130, 143)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

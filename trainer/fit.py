@@ -6,6 +6,7 @@ before the run directory is created, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -14,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainer.config import FitConfig
-from trainer.errors import BadInput, TrainingFailed
+from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted
 from trainer.recipes import Recipe, get_recipe
 
 
@@ -148,15 +149,45 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
         return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
 
 
-def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpret: bool, top_k: int) -> dict:
-    """Train, then write the model, plots and summary into `run_dir`; returns the summary."""
+def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, interpret: bool = True,
+           top_k: int = 9) -> tuple[Path, dict]:
+    """Continue an interrupted run from its last completed epoch, with the same options and schedule."""
+    from trainer.runs import read_config
+
+    config = read_config(run_dir)
+    recipe = config.get("recipe", {}).get("name", "RECIPE")
+    if (run_dir / "summary.json").is_file():
+        raise BadInput(f"{run_dir} already finished; start a new run with `trainer fit {recipe}`")
+    try:
+        state = json.loads((run_dir / "checkpoint.json").read_text())
+        options = config["options"]
+    except (OSError, ValueError, KeyError):
+        raise BadInput(f"{run_dir} has no checkpoint: it stopped before its first epoch ended; "
+                       f"start again with `trainer fit {recipe}`") from None
+    # The same options; the data where the run found it (a download or lookup need not happen again).
+    cfg = replace(FitConfig(**options), data=config["data"]["path"])
+    p = prepare(cfg, console, quiet)
+    p.learn.path = run_dir
+    with failures_logged(run_dir):
+        from trainer.checkpoint import load_last
+
+        load_last(p.learn, run_dir)
+        p.say(f"resuming {run_dir} after epoch {state['epochs_done']}")
+        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k, resumed=state, config=config)
+
+
+def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpret: bool, top_k: int,
+          resumed: dict | None = None, config: dict | None = None) -> dict:
+    """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
+    from trainer.checkpoint import Checkpoints, Interrupted, read_metrics, stop_on_signals
     from trainer.plots import plot_history, save_batch, save_results
     from trainer.progress import ConsoleProgress, RunLog
 
     cfg, learn, recipe = p.cfg, p.learn, p.recipe
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
-    save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch")
+    if not resumed:
+        save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch")
 
     extra = {}
     if cfg.lr == "auto":
@@ -176,20 +207,36 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
            "no pretrained weights: fit_one_cycle trains every layer from the start "
            "(fine_tune's frozen epoch would only train a random body's head)")
     p.say(f"{schedule} for {cfg.epochs} epoch(s) at lr {cfg.lr:g}, {cfg.arch}: {why}")
-    runs.write_json(run_dir / "config.json",
-                    run_config(p, run_dir, "fit", schedule=schedule, schedule_reason=why, **extra))
+    if resumed:
+        config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                 "after_epoch": resumed["epochs_done"]})
+    else:
+        config = run_config(p, run_dir, "fit", schedule=schedule, schedule_reason=why, **extra)
+    runs.write_json(run_dir / "config.json", config)
 
     run_log = RunLog(run_dir / "metrics.csv")
+    done = 0
+    if resumed:
+        run_log.restore(*read_metrics(run_dir / "metrics.csv"), resumed["run_log"])
+        done = resumed["epochs_done"]
     total_epochs = cfg.epochs + (1 if schedule == "fine_tune" else 0)
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
+    checkpoints = Checkpoints(run_dir, run_log, recipe.main_metric, best=resumed and resumed["best"])
     start = time.perf_counter()
-
     try:
-        with learn.added_cbs([run_log, display]):
-            if schedule == "fine_tune":
+        with learn.added_cbs([run_log, display, checkpoints]), stop_on_signals(checkpoints):
+            if schedule == "fit_one_cycle":
+                learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=done)  # fastai skips the epochs done
+            elif done == 0:
                 learn.fine_tune(cfg.epochs, cfg.lr)
-            else:
-                learn.fit_one_cycle(cfg.epochs, cfg.lr)
+            else:  # the frozen epoch is done: fine_tune's second half, as fastai writes it
+                learn.unfreeze()
+                learn.fit_one_cycle(cfg.epochs, slice(cfg.lr / 2 / 100, cfg.lr / 2), pct_start=0.3, div=5.0,
+                                    start_epoch=done - 1)
+    except Interrupted as stop:
+        epochs = len(run_log.rows)
+        raise TrainingInterrupted(f"stopped by {stop} after {epochs} of {total_epochs} epochs; the checkpoint is "
+                                  f"saved: continue with `trainer fit --resume {run_dir}`", stop.signum) from None
     finally:
         display.close()
     wall_seconds = time.perf_counter() - start
@@ -213,13 +260,17 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         "device": str(p.dls.device),
         "precision": cfg.precision,
         "model": "model.pkl",
+        "best": checkpoints.best,  # best.pth holds that epoch's weights
     }
+    if resumed:
+        summary["resumed_after_epoch"] = resumed["epochs_done"]
     if interpret:
         from trainer.interpret import analyse, write_interpretation
 
         analysis = analyse(learn, p.dls.valid, p.dls.valid_ds.items)
         summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
     runs.write_json(run_dir / "summary.json", summary)
+    (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
     return summary
 
 
@@ -230,7 +281,7 @@ def failures_logged(run_dir: Path):
 
     try:
         yield
-    except (KeyboardInterrupt, BadInput):
+    except (KeyboardInterrupt, BadInput, TrainingInterrupted):
         raise
     except Exception as e:
         runs.write_text(run_dir / "error.log", traceback.format_exc())

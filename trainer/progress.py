@@ -32,6 +32,18 @@ class RunLog(Callback):
         self.epoch_ends: list[int] = []  # index into batch_losses where each epoch ended
         self.train_seconds = 0.0
         self.train_images = 0
+        self.trained = False  # this epoch ran (not skipped by a resumed schedule's SkipToEpoch)
+        self.appended = False  # after_epoch added a row: later callbacks act on it
+
+    def state(self) -> dict:
+        """What metrics.csv does not hold, for --resume."""
+        return {"batch_losses": self.batch_losses, "epoch_ends": self.epoch_ends,
+                "train_seconds": self.train_seconds, "train_images": self.train_images}
+
+    def restore(self, header: list[str], rows: list[list], state: dict) -> None:
+        self.header, self.rows = header, rows
+        self.batch_losses, self.epoch_ends = state["batch_losses"], state["epoch_ends"]
+        self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
 
     def before_fit(self):
         # fine_tune's first fit trains the head alone, on a frozen body
@@ -44,6 +56,7 @@ class RunLog(Callback):
 
     def before_train(self):
         self.train_start = time.perf_counter()
+        self.trained = True
 
     def after_batch(self):
         if self.training:
@@ -54,6 +67,9 @@ class RunLog(Callback):
         self.train_seconds += time.perf_counter() - self.train_start
 
     def after_epoch(self):
+        self.appended, self.trained = self.trained, False
+        if not self.appended:
+            return
         values = [float(v) for v in self.recorder.log[1:1 + len(self.names)]]
         seconds = round(time.perf_counter() - self.epoch_start, 2)
         self.rows.append([len(self.rows) + 1, self.phase, *[round(v, 6) for v in values], seconds])
@@ -117,6 +133,8 @@ class ConsoleProgress(Callback):
                                    highlight=False)
 
     def after_epoch(self):
+        if not self.run_log.appended:
+            return
         if self.bars:
             self.bars.advance(self.epoch_bar)
         if not self.quiet:

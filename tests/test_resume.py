@@ -1,0 +1,74 @@
+"""Nothing lost: a signal stops training cleanly after a checkpoint, and --resume finishes the run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def start_training(fixtures, out: Path, epochs: int = 12):
+    command = [sys.executable, "-m", "trainer", "fit", "mnist_sample", "--data", str(fixtures / "mnist_sample"),
+               "--no-pretrained", "--arch", "resnet18", "--bs", "2", "--epochs", str(epochs), "--no-interpret",
+               "--out", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(out: Path, epochs: int, proc, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in out.glob("mnist_sample/2*/checkpoint.json"):
+            try:
+                if json.loads(state.read_text())["epochs_done"] >= epochs:
+                    return state.parent
+            except ValueError:
+                pass  # never half-written, but be tolerant
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_after_a_checkpoint_and_resume_finishes(trainer, fixtures, isolated, signum, code):
+    out = isolated / "runs"
+    proc = start_training(fixtures, out)
+    run_dir = wait_for_epochs(out, 2, proc)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert f"interrupted: stopped by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr
+    assert f"trainer fit --resume {run_dir}" in stderr
+    assert not (run_dir / "summary.json").exists() and (run_dir / "last.pth").is_file()
+    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
+    assert 2 <= done < 12
+
+    if signum == signal.SIGINT:
+        return  # one resume is enough
+    result = trainer("fit", "--resume", run_dir, "--no-interpret")
+    assert result.stdout.strip().splitlines()[-1] == str(run_dir)
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 13))  # continuous, as an uninterrupted run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 12 and summary["resumed_after_epoch"] == done
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resumed"][0]["after_epoch"] == done and config["options"]["epochs"] == 12
+    assert (run_dir / "best.pth").is_file() and not (run_dir / "last.pth").exists()
+    assert "resuming" in result.stdout
+
+
+def test_resume_refuses_finished_or_checkpointless_runs(trainer, fixtures, isolated):
+    run_dir = Path(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--arch",
+                           "resnet18", "--bs", "8", "--epochs", "1", "--no-interpret").stdout.strip().splitlines()[-1])
+    result = trainer("fit", "--resume", run_dir, expect=2)
+    assert "already finished" in result.stderr
+    assert "drop epochs" in trainer("fit", "--resume", run_dir, "--epochs", "3", expect=2).stderr
+    (run_dir / "summary.json").unlink()
+    (run_dir / "checkpoint.json").unlink()
+    assert "has no checkpoint" in trainer("fit", "--resume", run_dir, expect=2).stderr
