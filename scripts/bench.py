@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +41,6 @@ def run_row(args: list[str]) -> tuple[dict, float, float]:
 
 def reference(recipe: str, data: str, epochs: int, device: str) -> None:
     """The five notebook lines, timed from inside; prints one JSON line."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
     from fastai.vision.all import (ImageDataLoaders, Resize, error_rate, get_image_files, resnet34,
                                    vision_learner)
 
@@ -120,6 +118,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the table here")
     parser.add_argument("--_row", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")  # fastai's, not ours
     if args._row == "reference":
         return reference(args.recipe, args.data, args.epochs, args.device)
     if args._row == "floor":
