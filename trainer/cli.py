@@ -49,6 +49,11 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(error.exit_code)
 
 
+def _interrupted() -> None:
+    """Ctrl-C outside a training loop: nothing was written that needs saving."""
+    _fail(TrainingInterrupted("stopped by Ctrl-C; nothing was saved", 2))
+
+
 def _check_top_k(top_k: int) -> None:
     if top_k < 1:
         raise BadInput(f"--top-k must be at least 1, got {top_k}")
@@ -128,7 +133,7 @@ def fit(
     except (BadInput, TrainingFailed, TrainingInterrupted) as e:
         _fail(e)
     except KeyboardInterrupt:  # before training started: nothing to save
-        _fail(TrainingInterrupted("stopped before training started; nothing was saved", 2))
+        _interrupted()
     if not quiet:
         _print_summary(console, summary)
     print(run_dir)
@@ -178,6 +183,8 @@ def lr_find(
         run_dir, result = run_lr_find(cfg, console, quiet=quiet, start_lr=start_lr, end_lr=end_lr, num_it=num_it)
     except (BadInput, TrainingFailed) as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
     if not quiet:
         from rich.table import Table
 
@@ -210,6 +217,8 @@ def interpret(
         report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device)
     except BadInput as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
     console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images")
     _print_confused(console, report["most_confused"])
     console.print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
@@ -236,6 +245,8 @@ def predict(
         results = predict_images(resolve_run(target, out), images, top_k=top_k, bs=bs, device=device)
     except BadInput as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
     if as_json:
         import json
 
@@ -274,6 +285,8 @@ def download(
             console.print(f"weights: {_cache_weights(arch)}")
     except BadInput as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
 
 
 def _cache_weights(arch: str) -> str:
