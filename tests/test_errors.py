@@ -272,7 +272,13 @@ def test_corrupt_model_is_a_clear_error(trainer, fixtures, isolated):
     (run_dir / "model.pkl").write_bytes(b"not a pickle")
     image = fixtures / "mnist_png" / "testing" / "3" / "3_0.png"
     message = one_line_error(trainer("predict", run_dir, image, expect=2))
+    assert "no readable model.safetensors" in message and "--trust-pickle" in message
+    message = one_line_error(trainer("predict", run_dir, image, "--trust-pickle", expect=2))
     assert "model.pkl could not be loaded" in message and "trainer fit" in message
+    (run_dir / "model.json").write_text('{"arch": "resnet34", "classes": ["0", "1"], "recipe": "digits"}')
+    (run_dir / "model.safetensors").write_bytes(b"\x00" * 64)
+    message = one_line_error(trainer("predict", run_dir, image, expect=2))
+    assert "model.safetensors" in message and "train again" in message
 
 
 def test_two_runs_started_together_get_distinct_directories(fixtures, isolated):

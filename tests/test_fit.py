@@ -33,8 +33,10 @@ def check_run(run_dir, recipe, classes, epochs=1, rows=None):
         assert image.width > 400 and image.height > 200
     from fastai.learner import load_learner
 
-    learn = load_learner(run_dir / "model.pkl")
+    learn = load_learner(run_dir / "model.pkl")  # fastai users' way in
     assert [str(c) for c in learn.dls.vocab] == classes
+    assert json.loads((run_dir / "model.json").read_text())["classes"] == classes  # trainer's, without pickle
+    assert (run_dir / "model.safetensors").stat().st_size > 1_000_000
     assert not list(run_dir.glob(".*.tmp")), "temporary files left behind"
     return config, metrics, learn
 
@@ -86,6 +88,14 @@ def test_pets_cat_or_dog(trainer, fixtures):
 def test_pets_breeds(trainer, fixtures):
     run_dir = run_dir_of(trainer("fit", "pets_breeds", "--data", fixtures / "oxford-iiit-pet", "--size", "32", *FAST))
     check_run(run_dir, "pets_breeds", sorted(CAT_BREEDS + DOG_BREEDS))
+    # Without pickle, model.json rebuilds the same presize + validation-crop pipeline: same probabilities.
+    images = fixtures / "oxford-iiit-pet" / "images"
+    safe = json.loads(trainer("predict", run_dir, images, "--json", "--top-k", "4").stdout)
+    pickled = json.loads(trainer("predict", run_dir, images, "--json", "--top-k", "4", "--trust-pickle").stdout)
+    for a, b in zip(safe, pickled):
+        assert a["path"] == b["path"]
+        assert {p["label"]: p["probability"] for p in a["predictions"]} == pytest.approx(
+            {p["label"]: p["probability"] for p in b["predictions"]}, abs=1e-4)
 
 
 @pytest.mark.parametrize("split", ["folders", "random"])
@@ -117,6 +127,13 @@ def test_fine_tune_from_local_weights(trainer, fixtures, isolated):
     assert config["schedule"] == "fine_tune" and config["options"]["pretrained"] is True
     assert [row["phase"] for row in metrics] == ["frozen", "train"]
     assert "Normalize" in str(learn.dls.after_batch)
+    run_dir = run_dir_of(result)
+    assert json.loads((run_dir / "model.json").read_text())["normalize"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    images = fixtures / "mnist_sample" / "valid" / "7"
+    safe = json.loads(trainer("predict", run_dir, images, "--json", "--top-k", "2").stdout)
+    pickled = json.loads(trainer("predict", run_dir, images, "--json", "--top-k", "2", "--trust-pickle").stdout)
+    assert [p["predictions"][0]["probability"] for p in safe] == pytest.approx(
+        [p["predictions"][0]["probability"] for p in pickled], abs=1e-4)
 
 
 def test_digits_learns(digits_run):

@@ -77,6 +77,10 @@ def test_predict_returns_the_class(trainer, digits_run):
     assert right / len(predictions) >= 0.9
     assert all(len(p["predictions"]) == 3 and p["predictions"][0]["probability"] >= p["predictions"][1]["probability"]
                for p in predictions)
+    # fastai's pickle, for those who trust the run, predicts the same
+    pickled = _json.loads(trainer("predict", run_dir, f"{testing}/3", "--json", "--trust-pickle").stdout)
+    safe = [p for p in predictions if p["path"].split("/")[-2] == "3"]
+    assert [p["predictions"][0]["label"] for p in pickled] == [p["predictions"][0]["label"] for p in safe]
     one = f"{testing}/7/" + sorted(__import__("os").listdir(f"{testing}/7"))[0]
     table = trainer("predict", run_dir, one).stdout
     assert one.split("/")[-1] in table and "prediction" in table

@@ -34,6 +34,9 @@ SEED = typer.Option(None, help="Random seed for the split, initial weights and s
 OUT = typer.Option(Path("runs"), help="Where run directories go: OUT/<recipe>/<id>/.")
 QUIET = typer.Option(False, "--quiet", "-q", help="Print only the run directory.")
 TOP_K = typer.Option(9, help="How many of the highest-loss validation images to show.")
+TRUST_PICKLE = typer.Option(False, "--trust-pickle",
+                            help="Load fastai's model.pkl instead of model.safetensors. Unpickling runs code: "
+                                 "only for runs you trust.")
 
 
 def _console(stderr: bool = False):
@@ -205,6 +208,7 @@ def interpret(
     bs: int = typer.Option(64, help="Batch size for inference."),
     device: str = DEVICE,
     out: Path = OUT,
+    trust_pickle: bool = TRUST_PICKLE,
 ):
     """Where the model fails: confusion matrices, top losses, most confused pairs, per-class report."""
     console = _console()
@@ -214,7 +218,7 @@ def interpret(
         from trainer.interpret import interpret_run
 
         run_dir = resolve_run(target, out)
-        report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device)
+        report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle)
     except BadInput as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -235,6 +239,7 @@ def predict(
     bs: int = typer.Option(64, help="Batch size for inference."),
     device: str = DEVICE,
     out: Path = OUT,
+    trust_pickle: bool = TRUST_PICKLE,
 ):
     """Predict the class of images with a trained run's model."""
     try:
@@ -242,7 +247,8 @@ def predict(
         from trainer.interpret import predict_images
         from trainer.runs import resolve_run
 
-        results = predict_images(resolve_run(target, out), images, top_k=top_k, bs=bs, device=device)
+        results = predict_images(resolve_run(target, out), images, top_k=top_k, bs=bs, device=device,
+                                 trust_pickle=trust_pickle)
     except BadInput as e:
         _fail(e)
     except KeyboardInterrupt:

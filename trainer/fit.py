@@ -181,6 +181,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
     from trainer.checkpoint import Checkpoints, Interrupted, read_metrics, stop_on_signals
+    from trainer.learner import export_weights
     from trainer.plots import plot_history, save_batch, save_results
     from trainer.progress import ConsoleProgress, RunLog
 
@@ -244,7 +245,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     if cfg.precision != "fp32":
         learn.to_fp32()  # the exported model loads and predicts anywhere
     with runs.atomic_path(run_dir / "model.pkl") as tmp:
-        learn.export(tmp)
+        learn.export(tmp)  # for fastai users (load_learner); trainer itself loads the safetensors below
+    export_weights(learn, run_dir, cfg, recipe)
     plot_history(run_log, title, run_dir / "history.png")
     save_results(learn, run_dir / "results.png", f"{title} · validation: actual / predicted")
     final = {k: v for k, v in run_log.last.items() if k not in ("epoch", "phase", "seconds")}
@@ -259,7 +261,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         "train_images_per_second": round(run_log.images_per_second, 1),
         "device": str(p.dls.device),
         "precision": cfg.precision,
-        "model": "model.pkl",
+        "model": "model.safetensors",
         "best": checkpoints.best,  # best.pth holds that epoch's weights
     }
     if resumed:

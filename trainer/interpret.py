@@ -144,16 +144,18 @@ def plot_top_losses(top: list[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto") -> dict:
+def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto",
+                  trust_pickle: bool = False) -> dict:
     """Rebuild a run's validation set from its config.json and write the interpretation into the run."""
     from dataclasses import replace
 
     from trainer.config import FitConfig
     from trainer.data import build_dls, locate
     from trainer.errors import BadInput
-    from trainer.learner import resolve_device
+    from trainer.images import scan
+    from trainer.learner import inference_learner, load_pickled, load_weights, resolve_device
     from trainer.recipes import get_recipe
-    from trainer.runs import load_model, read_config
+    from trainer.runs import read_config
 
     config = read_config(run_dir)
     try:
@@ -163,31 +165,45 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     except (KeyError, TypeError) as e:
         raise BadInput(f"{run_dir}/config.json lacks {e}; the run is incomplete: train again with `trainer fit`") from None
     torch_device = resolve_device(device)
-    learn = load_model(run_dir, torch_device)
+    if trust_pickle:
+        learn = load_pickled(run_dir, torch_device)
+        classes = [str(c) for c in learn.dls.vocab]
+    else:
+        model, meta = load_weights(run_dir, torch_device)
+        classes = meta["classes"]
     if not data_path.exists():
         raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
-    # The recipe's own split (same seed) gives the validation files; the exported pipeline labels them.
-    from trainer.images import scan
-
+    # The recipe's own split (same seed, same unreadable files left out) gives the validation set.
     root = locate(recipe, str(data_path))
-    _, bad = scan(root)  # leave out the files the run could not read either
-    split = build_dls(recipe, root, replace(cfg, workers=0), torch_device, skip={path for path, _ in bad})
-    if [str(c) for c in split.vocab] != [str(c) for c in learn.dls.vocab]:
+    _, bad = scan(root)
+    split = build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
+    if [str(c) for c in split.vocab] != classes:
         raise BadInput(f"the classes in {data_path} differ from the model's; pass --data with the run's dataset")
     items = list(split.valid_ds.items)
-    dl = learn.dls.test_dl(items, with_labels=True, bs=bs, num_workers=0)
+    if trust_pickle:  # the exported pipeline labels the files
+        dl = learn.dls.test_dl(items, with_labels=True, bs=bs, num_workers=0)
+    else:  # the recipe's pipeline, plus the normalisation the model was trained with
+        add_normalize(split, meta)
+        learn, dl = inference_learner(split, model), split.valid
     analysis = analyse(learn, dl, items)
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
     return write_interpretation(analysis, run_dir, title, top_k)
 
 
-def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto") -> list[dict]:
+def add_normalize(dls, meta: dict) -> None:
+    if meta["normalize"]:
+        from fastai.vision.all import Normalize
+
+        dls.add_tfms([Normalize.from_stats(meta["normalize"]["mean"], meta["normalize"]["std"])], "after_batch")
+
+
+def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto",
+                   trust_pickle: bool = False) -> list[dict]:
     """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
     from fastai.data.transforms import get_image_files
 
     from trainer.errors import BadInput
-    from trainer.learner import resolve_device
-    from trainer.runs import load_model
+    from trainer.learner import inference_learner, load_pickled, load_weights, resolve_device
 
     items: list[Path] = []
     for path in paths:
@@ -200,11 +216,37 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
             items.append(path)
         else:
             raise BadInput(f"{path}: no such image or folder")
-    learn = load_model(run_dir, resolve_device(device))
-    dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+    torch_device = resolve_device(device)
+    if trust_pickle:
+        learn = load_pickled(run_dir, torch_device)
+        classes = [str(c) for c in learn.dls.vocab]
+        dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+    else:
+        model, meta = load_weights(run_dir, torch_device)
+        classes = meta["classes"]
+        dls = inference_dls(meta, items, bs, torch_device)
+        learn, dl = inference_learner(dls, model), dls.valid
     probs, _ = learn.get_preds(dl=dl)
-    classes = [str(c) for c in learn.dls.vocab]
     best_probs, best = probs.topk(min(top_k, len(classes)), dim=1)
     return [{"path": str(item),
              "predictions": [{"label": classes[k], "probability": round(float(p), 6)} for p, k in zip(ps, ks)]}
             for item, ps, ks in zip(items, best_probs.tolist(), best.tolist())]
+
+
+def inference_dls(meta: dict, items: list[Path], bs: int, device):
+    """The recipe's validation-time pipeline over `items`, rebuilt from model.json (no training data needed)."""
+    from types import SimpleNamespace
+
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock
+
+    from trainer.images import RGBImage
+    from trainer.recipes import get_recipe
+
+    tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
+    everything = list(range(len(items)))
+    block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
+                      get_y=lambda _: meta["classes"][0],  # unused: predictions only
+                      splitter=lambda _: (everything, everything), **tfms)
+    dls = block.dataloaders(items, bs=bs, num_workers=0, device=device, shuffle=False)
+    add_normalize(dls, meta)
+    return dls

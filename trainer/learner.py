@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -135,3 +136,78 @@ def no_weights_message(cfg, why: str) -> str:
     return (f"could not get pretrained weights for {cfg.arch} ({why}); on a machine with internet run "
             f"`trainer download {cfg.recipe} --arch {cfg.arch}`, or pass --weights PATH "
             f"(a torchvision state dict), or train from scratch with --no-pretrained")
+
+
+def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
+    """model.safetensors + model.json: everything inference needs, loadable without unpickling."""
+    from fastai.vision.all import Normalize
+    from safetensors.torch import save_file
+
+    from trainer.runs import atomic_path, write_json
+
+    state = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    norm = next((t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)), None)
+    write_json(run_dir / "model.json", {
+        "format": "trainer-model/1",
+        "recipe": recipe.name,
+        "arch": cfg.arch,
+        "classes": [str(c) for c in learn.dls.vocab],
+        "size": cfg.size,  # the recipe's transforms(size) rebuild the input pipeline
+        "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
+                                                "std": norm.std.flatten().tolist()},
+    })
+
+
+def load_weights(run_dir: Path, device):
+    """(model, description) from model.safetensors + model.json, never unpickling anything."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((run_dir / "model.json").read_text())
+        arch, classes = resolve_arch(meta["arch"]), meta["classes"]
+        state = load_file(str(run_dir / "model.safetensors"))
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise BadInput(f"{run_dir} has no readable model.safetensors/model.json ({type(e).__name__}); train again "
+                       f"with `trainer fit`, or pass --trust-pickle to load model.pkl (only for runs you trust)") from None
+    if isinstance(arch, str):
+        from fastai.vision.learner import create_timm_model
+
+        model, _ = create_timm_model(arch, len(classes), pretrained=False)
+    else:
+        from fastai.vision.learner import create_vision_model
+
+        model = create_vision_model(arch, len(classes), pretrained=False)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise BadInput(f"{run_dir}/model.safetensors does not fit {meta['arch']} "
+                       f"({str(e).strip().splitlines()[0]}); the file is damaged: train again") from None
+    return model.to(device).eval(), meta
+
+
+def load_pickled(run_dir: Path, device):
+    """The run's exported fastai learner (model.pkl), on `device`. Unpickling runs code: trusted runs only."""
+    from fastai.learner import load_learner
+
+    try:
+        learn = load_learner(run_dir / "model.pkl", cpu=True)
+    except Exception as e:
+        raise BadInput(f"{run_dir}/model.pkl could not be loaded ({type(e).__name__}: {e}); "
+                       f"the file is damaged or from another fastai: train again with `trainer fit`") from None
+    learn.dls.to(device)
+    learn.model.to(device)
+    return learn
+
+
+def inference_learner(dls, model):
+    """A plain fastai Learner around a loaded model, for get_preds (no progress bars)."""
+    from fastai.callback.progress import ProgressCallback
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
+    learn.remove_cb(ProgressCallback)
+    return learn

@@ -32,6 +32,7 @@ class Recipe:
     size: int | None = None  # images are resized to this; None keeps their own size
     bs: int = 64
     valid_pct: float | None = None  # random split instead of the folders' split
+    transforms: Callable = None  # cfg -> dict(item_tfms=..., batch_tfms=...): also rebuilds inference without pickle
 
     @property
     def main_metric(self) -> str:
@@ -41,8 +42,28 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {}
 
 
+def native_size(cfg) -> dict:
+    """Images used at their own size (MNIST's 28, CIFAR's 32): no transforms."""
+    return {}
+
+
+def resized(cfg) -> dict:
+    from fastai.vision.all import Resize
+
+    return dict(item_tfms=Resize(cfg.size))
+
+
+def presized(cfg) -> dict:
+    """The course's presizing: Resize(460) per item, then augment and crop to 224 per batch."""
+    from fastai.vision.all import Resize, aug_transforms
+
+    return dict(item_tfms=Resize(round(cfg.size * 460 / 224)),
+                batch_tfms=aug_transforms(size=cfg.size, min_scale=0.75))
+
+
 def register(**spec):
     """Declare a recipe: the decorated function builds its DataLoaders."""
+    spec.setdefault("transforms", native_size)
 
     def wrap(build):
         summary = (build.__doc__ or "").strip().splitlines()[0]
@@ -126,29 +147,26 @@ def cifar10(path, cfg, loader, skip):
 
 @register(url="PETS", folder="oxford-iiit-pet", check="pets",
           layout="images/<Breed>_<n>.jpg (cat breeds capitalised, dog breeds lower case), annotations/",
-          epochs=1, lr=2e-3, metrics=("error_rate",), size=224, valid_pct=0.2)
+          epochs=1, lr=2e-3, metrics=("error_rate",), size=224, valid_pct=0.2, transforms=resized)
 def pets(path, cfg, loader, skip):
     """Oxford-IIIT Pet: cat (True) or dog (False), as the course's lesson 1 labels them."""
-    from fastai.vision.all import ImageDataLoaders, Resize, get_image_files
+    from fastai.vision.all import ImageDataLoaders, get_image_files
 
     files = get_image_files(path / "images").filter(lambda f: f not in skip)
     return ImageDataLoaders.from_name_func(path, files, is_cat, valid_pct=cfg.valid_pct, seed=cfg.seed,
-                                           item_tfms=Resize(cfg.size), **loader)
+                                           **resized(cfg), **loader)
 
 
 @register(url="PETS", folder="oxford-iiit-pet", check="pets",
           layout="images/<breed>_<n>.jpg: 37 breeds, annotations/",
-          epochs=2, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, valid_pct=0.2)
+          epochs=2, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, valid_pct=0.2, transforms=presized)
 def pets_breeds(path, cfg, loader, skip):
     """Oxford-IIIT Pet: the 37 breeds, with the course's presizing."""
-    from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, get_image_files
+    from fastai.vision.all import ImageDataLoaders, get_image_files
 
     files = get_image_files(path / "images").filter(lambda f: f not in skip)
-    presize = round(cfg.size * 460 / 224)  # the course's Resize(460) before a 224 crop
     return ImageDataLoaders.from_name_re(path / "images", files, PETS_BREED_PATTERN, valid_pct=cfg.valid_pct,
-                                         seed=cfg.seed,
-                                         item_tfms=Resize(presize),
-                                         batch_tfms=aug_transforms(size=cfg.size, min_scale=0.75), **loader)
+                                         seed=cfg.seed, **presized(cfg), **loader)
 
 
 @register(folder="digits", check="splits", splits=("training", "testing"),
@@ -161,12 +179,10 @@ def digits(path, cfg, loader, skip):
 
 @register(check="folder",
           layout="<class>/*.jpg, or train/<class>/ with valid/<class>/ (or test/<class>/)",
-          epochs=1, lr=2e-3, metrics=("error_rate", "accuracy"), size=224)
+          epochs=1, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, transforms=resized)
 def folder(path, cfg, loader, skip):
     """Your own images in ImageNet-style class folders (--data required)."""
-    from fastai.vision.all import Resize
-
-    tfms = dict(item_tfms=Resize(cfg.size))
+    tfms = resized(cfg)
     valid = next((v for v in ("valid", "test") if (path / v).is_dir()), None)
     if (path / "train").is_dir() and valid and not cfg.valid_pct:
         return from_folder(path, skip, train="train", valid=valid, **tfms, **loader)

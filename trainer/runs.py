@@ -157,13 +157,13 @@ def resolve_run(target: str, out: Path) -> Path:
 
     path = Path(target)
     if path.is_dir():
-        if not (path / "model.pkl").is_file():
+        if not has_model(path):
             recipe = read_config(path).get("recipe", {}).get("name", "RECIPE") if (path / "config.json").is_file() else "RECIPE"
-            raise BadInput(f"{path} holds no trained model (model.pkl); run `trainer fit {recipe}` "
+            raise BadInput(f"{path} holds no trained model (model.safetensors); run `trainer fit {recipe}` "
                            f"and use the run directory it prints")
         return path
     if target in RECIPES:
-        trained = [d for d in run_dirs(out, target) if (d / "model.pkl").is_file()]
+        trained = [d for d in run_dirs(out, target) if has_model(d)]
         if not trained:
             raise BadInput(f"no trained run of '{target}' under {out}/; run `trainer fit {target}` first "
                            f"(or pass a run directory, or --out where your runs are)")
@@ -174,6 +174,10 @@ def resolve_run(target: str, out: Path) -> Path:
                    f"give a path like runs/<recipe>/<id> or a recipe name for its latest run")
 
 
+def has_model(run_dir: Path) -> bool:
+    return (run_dir / "model.safetensors").is_file() or (run_dir / "model.pkl").is_file()
+
+
 def read_config(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "config.json").read_text())
@@ -181,16 +185,3 @@ def read_config(run_dir: Path) -> dict:
         raise BadInput(f"{run_dir}/config.json is missing or unreadable ({type(e).__name__}); "
                        f"the run is incomplete: train again with `trainer fit`") from None
 
-
-def load_model(run_dir: Path, device):
-    """The run's exported fastai learner, on `device`."""
-    from fastai.learner import load_learner
-
-    try:
-        learn = load_learner(run_dir / "model.pkl", cpu=True)
-    except Exception as e:
-        raise BadInput(f"{run_dir}/model.pkl could not be loaded ({type(e).__name__}: {e}); "
-                       f"the file is damaged or from another fastai: train again with `trainer fit`") from None
-    learn.dls.to(device)
-    learn.model.to(device)
-    return learn
