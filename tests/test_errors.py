@@ -89,6 +89,30 @@ def test_data_in_the_wrong_layout(trainer, fixtures, isolated):
     assert no_runs_written(isolated)
 
 
+def test_empty_data_folder_and_class_without_images(trainer, fixtures, isolated):
+    empty = isolated / "empty"
+    empty.mkdir()
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", empty, "--no-pretrained", expect=2))
+    assert "no 'train/' folder" in message and "expected train/{3,7}" in message
+    data = isolated / "hollow"
+    for split, digit in (("train", "3"), ("train", "7"), ("valid", "3"), ("valid", "7")):
+        (data / split / digit).mkdir(parents=True)
+        if digit == "3" or split == "valid":
+            (data / split / digit / "a.png").write_bytes((fixtures / "mnist_sample/train/3/0_0.png").read_bytes())
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", data, "--no-pretrained", expect=2))
+    assert "class folder '7'" in message and "has no images" in message
+    assert no_runs_written(isolated)
+
+
+def test_unreadable_weights_file(trainer, fixtures, isolated):
+    weights = isolated / "weights.pth"
+    weights.write_text("not a state dict")
+    message = one_line_error(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--bs", "8",
+                                     "--arch", "resnet18", "--weights", weights, expect=2))
+    assert "is not a readable torch state dict" in message
+    assert no_runs_written(isolated)
+
+
 def test_not_an_archive(trainer, isolated):
     notes = isolated / "notes.txt"
     notes.write_text("not images")
@@ -265,7 +289,7 @@ def test_two_processes_extracting_one_archive(fixtures, isolated):
     assert len(list(extracted.rglob("*.png"))) == 40
 
 
-def test_corrupt_model_is_a_clear_error(trainer, fixtures, isolated):
+def test_pickle_only_or_corrupt_model_is_refused(trainer, fixtures, isolated):
     run_dir = isolated / "runs" / "digits" / "20260101-000000"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text('{"recipe": {"name": "digits"}, "options": {"recipe": "digits"}}')

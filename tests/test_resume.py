@@ -72,3 +72,17 @@ def test_resume_refuses_finished_or_checkpointless_runs(trainer, fixtures, isola
     (run_dir / "summary.json").unlink()
     (run_dir / "checkpoint.json").unlink()
     assert "has no checkpoint" in trainer("fit", "--resume", run_dir, expect=2).stderr
+
+
+def test_sigkill_mid_training_then_resume_has_every_epoch_once(trainer, fixtures, isolated):
+    out = isolated / "runs"
+    proc = start_training(fixtures, out)
+    run_dir = wait_for_epochs(out, 1, proc)
+    proc.kill()  # SIGKILL: no handler runs; the last completed epoch's checkpoint must suffice
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
+    trainer("fit", "--resume", run_dir, "--no-interpret", "--quiet")
+    with open(run_dir / "metrics.csv") as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == list(range(1, 13)) and done >= 1  # every epoch exactly once
