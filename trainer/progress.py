@@ -128,7 +128,7 @@ class ConsoleProgress(Callback):
             # No bars in a log file: a line at each quarter of a long epoch shows it is alive.
             done, total = self.iter + 1, len(self.dl)
             if total >= 40 and done % (total // 4) == 0 and done < total:
-                self.console.print(f"  {100 * done // total}% of the epoch ({done}/{total} batches), "
+                self.console.print(f"  {round(100 * done / total)}% of the epoch ({done}/{total} batches), "
                                    f"loss {float(self.smooth_loss):.4f}, {time.perf_counter() - self.epoch_start:.0f}s",
                                    highlight=False)
 
