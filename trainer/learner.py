@@ -101,9 +101,6 @@ def weights_cached(arch) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
 
 
-METRICS = ("error_rate", "accuracy")
-
-
 def create_learner(dls, cfg, recipe, run_dir: Path):
     from fastai.vision.all import accuracy, error_rate, vision_learner
 
