@@ -30,6 +30,7 @@ class Prepared:
     learn: object
     say: object
     skipped: list  # (path, reason) of the unreadable images left out
+    config: dict | None = None  # what config.json holds, once start_run has written it
 
 
 def default_workers(device) -> int:
@@ -102,7 +103,8 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
     p.learn.path = run_dir
     if p.skipped:
         runs.write_text(run_dir / "skipped_images.txt", "".join(f"{path}\t{why}\n" for path, why in p.skipped))
-    runs.write_json(run_dir / "config.json", run_config(p, run_dir, command, **extra))
+    p.config = run_config(p, run_dir, command, **extra)
+    runs.write_json(run_dir / "config.json", p.config)
     return run_dir
 
 
@@ -167,17 +169,17 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     # The same options; the data where the run found it (a download or lookup need not happen again).
     cfg = replace(FitConfig(**options), data=config["data"]["path"])
     p = prepare(cfg, console, quiet)
-    p.learn.path = run_dir
+    p.learn.path, p.config = run_dir, config
     with failures_logged(run_dir):
         from trainer.checkpoint import load_last
 
         load_last(p.learn, run_dir)
         p.say(f"resuming {run_dir} after epoch {state['epochs_done']}")
-        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k, resumed=state, config=config)
+        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k, resumed=state)
 
 
 def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpret: bool, top_k: int,
-          resumed: dict | None = None, config: dict | None = None) -> dict:
+          resumed: dict | None = None) -> dict:
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
     from trainer.checkpoint import Checkpoints, Interrupted, read_metrics, stop_on_signals
@@ -209,11 +211,11 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
            "(fine_tune's frozen epoch would only train a random body's head)")
     p.say(f"{schedule} for {cfg.epochs} epoch(s) at lr {cfg.lr:g}, {cfg.arch}: {why}")
     if resumed:
-        config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                 "after_epoch": resumed["epochs_done"]})
-    else:
-        config = run_config(p, run_dir, "fit", schedule=schedule, schedule_reason=why, **extra)
-    runs.write_json(run_dir / "config.json", config)
+        p.config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                   "after_epoch": resumed["epochs_done"]})
+    else:  # start_run wrote the rest; --lr auto may have changed the options since
+        p.config.update(options=cfg.to_dict(), schedule=schedule, schedule_reason=why, **extra)
+    runs.write_json(run_dir / "config.json", p.config)
 
     run_log = RunLog(run_dir / "metrics.csv")
     done = 0
