@@ -190,10 +190,9 @@ def extract_archive(archive: Path) -> Path:
             with tarfile.open(archive) as tf:
                 refuse_outside_members(archive, tf.getnames())
                 tf.extractall(tmp, filter="data")  # PEP 706 also stops links and devices that point outside
-    except tarfile.FilterError as e:  # absolute paths, '..', links or devices pointing outside
+    except tarfile.FilterError as e:  # links or devices pointing outside, which names alone do not show
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BadInput(f"--data {archive}: refusing an archive member that points outside the archive ({e}); "
-                       f"extract it yourself if you trust it") from None
+        raise outside_member(archive, str(e)) from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BadInput(f"--data {archive} could not be extracted ({e}); check the file or extract it yourself") from None
@@ -211,8 +210,12 @@ def refuse_outside_members(archive: Path, names: list[str]) -> None:
     for member in names:
         parts = Path(member).parts
         if member.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):  # C:\ too
-            raise BadInput(f"--data {archive}: refusing an archive member that points outside the archive "
-                           f"('{member}'); extract it yourself if you trust it")
+            raise outside_member(archive, f"'{member}'")
+
+
+def outside_member(archive: Path, detail: str) -> BadInput:
+    return BadInput(f"--data {archive}: refusing an archive member that points outside the archive ({detail}); "
+                    f"extract it yourself if you trust it")
 
 
 def write_digits(target: Path) -> Path:

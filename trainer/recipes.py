@@ -110,6 +110,7 @@ def from_folder(path: Path, skip, train="train", valid="valid", valid_pct=None, 
 
 
 def readable_images(path, folders=None, skip=frozenset()):
+    """fastai's get_image_files without the unreadable files in `skip`."""
     from fastai.vision.all import get_image_files
 
     return get_image_files(path, folders=folders).filter(lambda f: f not in skip)
@@ -150,9 +151,9 @@ def cifar10(path, cfg, loader, skip):
           epochs=1, lr=2e-3, metrics=("error_rate",), size=224, valid_pct=0.2, transforms=resized)
 def pets(path, cfg, loader, skip):
     """Oxford-IIIT Pet: cat (True) or dog (False), as the course's lesson 1 labels them."""
-    from fastai.vision.all import ImageDataLoaders, get_image_files
+    from fastai.vision.all import ImageDataLoaders
 
-    files = get_image_files(path / "images").filter(lambda f: f not in skip)
+    files = readable_images(path / "images", skip=skip)
     return ImageDataLoaders.from_name_func(path, files, is_cat, valid_pct=cfg.valid_pct, seed=cfg.seed,
                                            **resized(cfg), **loader)
 
@@ -162,9 +163,9 @@ def pets(path, cfg, loader, skip):
           epochs=2, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, valid_pct=0.2, transforms=presized)
 def pets_breeds(path, cfg, loader, skip):
     """Oxford-IIIT Pet: the 37 breeds, with the course's presizing."""
-    from fastai.vision.all import ImageDataLoaders, get_image_files
+    from fastai.vision.all import ImageDataLoaders
 
-    files = get_image_files(path / "images").filter(lambda f: f not in skip)
+    files = readable_images(path / "images", skip=skip)
     return ImageDataLoaders.from_name_re(path / "images", files, PETS_BREED_PATTERN, valid_pct=cfg.valid_pct,
                                          seed=cfg.seed, **presized(cfg), **loader)
 
