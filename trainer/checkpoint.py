@@ -34,7 +34,7 @@ class Checkpoints(Callback):
 
     def __init__(self, run_dir: Path, run_log: RunLog, main_metric: str, best: dict | None = None):
         self.run_dir, self.run_log, self.main_metric = run_dir, run_log, main_metric
-        self.best = best  # {"epoch": n, main_metric: value}
+        self.best = best  # {"epoch": n, "metric": main_metric, "value": its value}
         self.signum = None
 
     def after_batch(self):

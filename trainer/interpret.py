@@ -164,6 +164,8 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
         data_path = Path(data or config["data"]["path"])
     except (KeyError, TypeError) as e:
         raise BadInput(f"{run_dir}/config.json lacks {e}; the run is incomplete: train again with `trainer fit`") from None
+    if not data_path.exists():  # before loading the model: the cheap check first
+        raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
     torch_device = resolve_device(device)
     if trust_pickle:
         learn = load_pickled(run_dir, torch_device)
@@ -171,8 +173,6 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
-    if not data_path.exists():
-        raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
     # The recipe's own split (same seed, same unreadable files left out) gives the validation set.
     root = locate(recipe, str(data_path))
     _, bad = scan(root)

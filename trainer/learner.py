@@ -118,8 +118,6 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     try:
         learn = vision_learner(dls, arch, pretrained=cfg.pretrained, metrics=[metrics[m] for m in recipe.metrics],
                                path=run_dir, model_dir=".")
-    except BadInput:
-        raise
     except OSError as e:  # urllib's URLError is an OSError: the weights could not be fetched
         raise BadInput(no_weights_message(cfg, f"{type(e).__name__}: {e}")) from None
     if cfg.precision == "fp16":
