@@ -32,6 +32,7 @@ def plot_history(run_log, title: str, path: Path) -> None:
             for epoch, value in zip(epochs, values):
                 metric_ax.annotate(f"{value:.4f}", (epoch, value), textcoords="offset points", xytext=(0, 7),
                                    ha="center", fontsize=8)
+    metric_ax.margins(y=0.15)  # room for the value labels under the title
     metric_ax.set(xlabel="epoch", title="validation metrics")
     metric_ax.set_xticks(epochs)
     metric_ax.legend()
