@@ -30,6 +30,8 @@ VALID_PCT = typer.Option(None, help="Random validation fraction instead of the f
 DEVICE = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option("auto", help="auto (mixed on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
 WORKERS = typer.Option(None, help="DataLoader worker processes [default: 0 on CPU, up to 8 on GPU].")
+CACHE = typer.Option(None, "--cache/--no-cache",
+                     help="Decode small images (mnist, cifar10, digits) once into a tensor cache [default: on].")
 SEED = typer.Option(None, help="Random seed for the split, initial weights and shuffling [default: 42].")
 OUT = typer.Option(Path("runs"), help="Where run directories go: OUT/<recipe>/<id>/.")
 QUIET = typer.Option(False, "--quiet", "-q", help="Print only the run directory.")
@@ -100,7 +102,7 @@ def fit(
     bs: Optional[int] = BS, arch: Optional[str] = ARCH, pretrained: Optional[bool] = PRETRAINED,
     weights: Optional[Path] = WEIGHTS, data: Optional[str] = DATA, size: Optional[int] = SIZE,
     valid_pct: Optional[float] = VALID_PCT, device: str = DEVICE, precision: str = PRECISION,
-    workers: Optional[int] = WORKERS, seed: Optional[int] = SEED, out: Path = OUT,
+    workers: Optional[int] = WORKERS, cache: Optional[bool] = CACHE, seed: Optional[int] = SEED, out: Path = OUT,
     interpret: bool = typer.Option(True, "--interpret/--no-interpret",
                                    help="Write the confusion matrix and top-loss plots at the end."),
     top_k: int = TOP_K,
@@ -116,7 +118,7 @@ def fit(
         if resume:
             given = [name for name, value in dict(recipe=recipe, epochs=epochs, lr=lr, bs=bs, arch=arch,
                      pretrained=pretrained, weights=weights, data=data, size=size, valid_pct=valid_pct,
-                     workers=workers, seed=seed).items() if value is not None]
+                     workers=workers, cache=cache, seed=seed).items() if value is not None]
             if given:
                 raise BadInput(f"--resume continues with the run's own options; drop {', '.join(given)}")
             from trainer.fit import resume as run_resume
@@ -128,7 +130,7 @@ def fit(
                 raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
             cfg = FitConfig(recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained,
                             weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
-                            device=device, precision=precision, workers=workers, seed=seed, out=str(out))
+                            device=device, precision=precision, workers=workers, cache=cache, seed=seed, out=str(out))
             from trainer.fit import fit as run_fit
 
             run_dir, summary = run_fit(cfg, console, quiet=quiet, live=console.is_terminal, interpret=interpret,
@@ -171,7 +173,8 @@ def lr_find(
     bs: Optional[int] = BS, arch: Optional[str] = ARCH, pretrained: Optional[bool] = PRETRAINED,
     weights: Optional[Path] = WEIGHTS, data: Optional[str] = DATA, size: Optional[int] = SIZE,
     valid_pct: Optional[float] = VALID_PCT, device: str = DEVICE, precision: str = PRECISION,
-    workers: Optional[int] = WORKERS, seed: Optional[int] = SEED, out: Path = OUT, quiet: bool = QUIET,
+    workers: Optional[int] = WORKERS, cache: Optional[bool] = CACHE, seed: Optional[int] = SEED, out: Path = OUT,
+    quiet: bool = QUIET,
 ):
     """Find a learning rate: fastai's lr_find with the minimum, steep, valley and slide suggestions."""
     from trainer.config import FitConfig
@@ -180,7 +183,7 @@ def lr_find(
     try:
         cfg = FitConfig(recipe=recipe, bs=bs, arch=arch, pretrained=pretrained,
                         weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
-                        device=device, precision=precision, workers=workers, seed=seed, out=str(out))
+                        device=device, precision=precision, workers=workers, cache=cache, seed=seed, out=str(out))
         from trainer.fit import lr_find as run_lr_find
 
         run_dir, result = run_lr_find(cfg, console, quiet=quiet, start_lr=start_lr, end_lr=end_lr, num_it=num_it)
@@ -293,6 +296,34 @@ def download(
         _fail(e)
     except KeyboardInterrupt:
         _interrupted()
+
+
+@app.command()
+def bench(
+    recipe: str = RECIPE,
+    data: str = typer.Option(..., help="Dataset folder or archive (e.g. ../shared/data/mnist_sample.tgz)."),
+    epochs: int = typer.Option(1, help="Epochs for the reference and trainer rows."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (the same for every row)."),
+    bs: int = typer.Option(64, help="Batch size for every row."),
+    rows: str = typer.Option("reference,trainer,floor,loader",
+                             help="Comma-separated rows: reference, trainer, trainer-nocache, floor, loader."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON here."),
+):
+    """Benchmark: the plain fastai notebook recipe vs `trainer fit` vs the model's own training step."""
+    from trainer.bench import ROWS, format_table, run_bench
+    from trainer.recipes import get_recipe
+
+    try:
+        get_recipe(recipe)
+        unknown = [row for row in rows.split(",") if row not in ROWS]
+        if unknown:
+            raise BadInput(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+        if epochs < 1:
+            raise BadInput(f"--epochs must be a whole number of at least 1, got {epochs}")
+        result = run_bench(recipe, data, epochs, device, bs, tuple(rows.split(",")), json_out)
+    except BadInput as e:
+        _fail(e)
+    print(format_table(result))
 
 
 def _cache_weights(arch: str) -> str:

@@ -31,6 +31,7 @@ class FitConfig:
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None
+    cache: bool | None = None  # the decoded-image cache (small-image recipes); None: on where it applies
     seed: int | None = None
     out: str = "runs"
 

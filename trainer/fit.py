@@ -30,6 +30,7 @@ class Prepared:
     learn: object
     say: object
     skipped: list  # (path, reason) of the unreadable images left out
+    fast_dls: object = None  # the same data as decoded-tensor batches (cache.py), used while training
     config: dict | None = None  # what config.json holds, once start_run has written it
 
 
@@ -73,7 +74,11 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
                        f"has no batch; use --bs {max(1, len(dls.train_ds) // 2)} or add images")
     learn = create_learner(dls, cfg, recipe, Path("."))
     learn.remove_cb(ProgressCallback)
-    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped)
+    from trainer.cache import cacheable, cached_dls
+
+    fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
+    cfg = replace(cfg, cache=fast_dls is not None)
+    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped, fast_dls=fast_dls)
 
 
 def skip_unreadable(data_path: Path, console) -> list:
@@ -120,7 +125,8 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
                    "main_metric": p.recipe.main_metric},
         **extra,
         "data": {"path": str(p.data_path.resolve()), "classes": [str(c) for c in p.dls.vocab],
-                 "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped)},
+                 "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped),
+                 "decoded_cache": getattr(p.fast_dls, "cache_info", None)},
         "device": {"name": str(device), "precision": p.cfg.precision, **device_info(device)},
         "environment": runs.environment(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -128,6 +134,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
 
 
 def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=10.0, num_it=100):
+    from trainer.cache import swapped_dls
     from trainer.lrfind import find_lr, write_lr_find
 
     if not 0 < start_lr < end_lr:
@@ -137,7 +144,7 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     p = prepare(cfg, console, quiet)
     run_dir = start_run(p, "lr-find")
     p.say(f"lr_find from {start_lr:g} to {end_lr:g} over {num_it} iterations, {p.cfg.arch}")
-    with failures_logged(run_dir):
+    with failures_logged(run_dir), swapped_dls(p.learn, p.fast_dls):
         result = find_lr(p.learn, start_lr, end_lr, num_it)
         write_lr_find(result, run_dir, f"{p.recipe.name} · lr_find · run {run_dir.name} · {p.cfg.arch}")
     return run_dir, result
@@ -182,6 +189,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
           resumed: dict | None = None) -> dict:
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
+    from trainer.cache import swapped_dls
     from trainer.checkpoint import Checkpoints, Interrupted, read_metrics, stop_on_signals
     from trainer.learner import export_weights
     from trainer.plots import plot_history, save_batch, save_results
@@ -197,7 +205,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         from trainer.lrfind import find_lr, write_lr_find
 
         p.say("--lr auto: running lr_find first")
-        found = find_lr(learn)
+        with swapped_dls(learn, p.fast_dls):
+            found = find_lr(learn)
         write_lr_find(found, run_dir, f"{title} · lr_find")
         cfg = p.cfg = replace(cfg, lr=found["suggestions"]["valley"])
         extra["lr_find"] = {"suggestions": found["suggestions"], "chosen": "valley"}
@@ -227,7 +236,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     checkpoints = Checkpoints(run_dir, run_log, recipe.main_metric, best=resumed and resumed["best"])
     start = time.perf_counter()
     try:
-        with learn.added_cbs([run_log, display, checkpoints]), stop_on_signals(checkpoints):
+        with learn.added_cbs([run_log, display, checkpoints]), stop_on_signals(checkpoints), \
+                swapped_dls(learn, p.fast_dls):
             if schedule == "fit_one_cycle":
                 learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=done)  # fastai skips the epochs done
             elif done == 0:
@@ -271,7 +281,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     if interpret:
         from trainer.interpret import analyse, write_interpretation
 
-        analysis = analyse(learn, p.dls.valid, p.dls.valid_ds.items)
+        analysis = analyse(learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items)
         summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
     runs.write_json(run_dir / "summary.json", summary)
     (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay

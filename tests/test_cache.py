@@ -1,0 +1,64 @@
+"""The decoded-image cache: the same batches as fastai's PIL path, reused across runs, refreshed on change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import torch
+from conftest import draw, run_dir_of
+
+from trainer.cache import cached_dls
+from trainer.config import FitConfig
+from trainer.data import build_dls, locate
+from trainer.recipes import get_recipe
+
+
+def recipe_dls(name, data):
+    recipe = get_recipe(name)
+    cfg = replace(FitConfig(name, bs=8).resolve(recipe), workers=0)
+    return build_dls(recipe, locate(recipe, str(data)), cfg, torch.device("cpu"))
+
+
+def test_cached_batches_equal_fastais(fixtures, isolated):
+    data = isolated / "cifar10"
+    shutil.copytree(fixtures / "cifar10", data)  # this test changes a file
+    dls = recipe_dls("cifar10", data)
+    said = []
+    fast = cached_dls(dls, said.append)
+    assert fast.cache_info["reused"] is False and "decoded once" in said[-1]
+    assert len(fast.train) == len(dls.train) and len(fast.valid) == len(dls.valid)
+    # validation is unshuffled: batch for batch, the same pixels and labels as PIL decoding gives
+    for (x_pil, y_pil), (x_fast, y_fast) in zip(dls.valid, fast.valid):
+        assert type(x_fast) is type(x_pil) and x_fast.dtype == x_pil.dtype == torch.float32
+        assert torch.equal(x_pil, x_fast) and torch.equal(y_pil, y_fast)
+    # a shuffled epoch sees every training image once (drop_last drops the partial batch)
+    seen = sum(len(y) for _, y in fast.train)
+    assert seen == len(dls.train) * dls.train.bs
+
+    # the next run reads the saved tensor; a changed file makes it decode again
+    assert cached_dls(dls, said.append).cache_info["reused"] is True
+    first = dls.train_ds.items[0]
+    draw(first, 0, 10, size=(32, 32), mode="RGB", seed=99)
+    assert cached_dls(dls, said.append).cache_info["reused"] is False
+
+
+def test_images_of_different_sizes_are_not_cached(fixtures, isolated):
+    data = isolated / "mixed"
+    shutil.copytree(fixtures / "mnist_sample", data)
+    draw(data / "train" / "3" / "big.png", 0, 2, size=(40, 40))
+    said = []
+    assert cached_dls(recipe_dls("mnist_sample", data), said.append) is None
+    assert "differ in size" in said[-1]
+
+
+def test_fit_records_the_cache(trainer, fixtures, digits_run):
+    run_dir, _ = digits_run
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["options"]["cache"] is True
+    assert config["data"]["decoded_cache"]["megabytes"] > 0
+    result = trainer("fit", "mnist", "--data", fixtures / "mnist_png", "--no-cache", "--no-pretrained",
+                     "--epochs", "1", "--bs", "8", "--arch", "resnet18", "--no-interpret")
+    config = json.loads((run_dir_of(result) / "config.json").read_text())
+    assert config["options"]["cache"] is False and config["data"]["decoded_cache"] is None

@@ -1,0 +1,237 @@
+"""Side-by-side benchmark: the course's plain fastai recipe, `trainer fit`, and the model's floor.
+
+    trainer bench mnist_sample --data ../shared/data/mnist_sample.tgz --epochs 1
+    python -m trainer.bench mnist --data ../shared/data/mnist_png.tgz --json bench_mnist.json
+    python scripts/bench.py ...  (the same)
+
+Each row runs in its own process, one after the other, on the same data and device:
+  reference       the notebook: ImageDataLoaders factory, vision_learner(pretrained=False), fine_tune(epochs, lr)
+  trainer         `trainer fit RECIPE --no-pretrained` with its defaults (the decoded-image cache where it applies)
+  trainer-nocache the same with --no-cache: PIL decoding every epoch, as fastai does
+  floor           the same model's training step alone, on random tensors already in memory (images/s)
+  loader          the training DataLoader alone, no model: fastai's PIL path, then the decoded-image cache
+Columns: wall seconds, training images/s, final error, peak RSS, and the ratios trainer/reference
+(wall time) and trainer/floor (throughput). All rows are from scratch (--no-pretrained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+def run_row(args: list[str]) -> tuple[dict, float, float]:
+    """Run one row in its own process; its JSON result, wall s, peak RSS MB."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(args)} failed (exit {os.waitstatus_to_exitcode(status)})")
+    last = out.strip().splitlines()[-1]
+    return json.loads(last) if last.startswith("{") else {"output": last}, wall, usage.ru_maxrss / 1024
+
+
+def reference(recipe: str, data: str, epochs: int, device: str) -> None:
+    """The five notebook lines, timed from inside; prints one JSON line."""
+    from fastai.vision.all import (ImageDataLoaders, Resize, error_rate, get_image_files, resnet34,
+                                   vision_learner)
+
+    from trainer.data import locate  # only to find/extract the data the same way
+    from trainer.recipes import get_recipe, is_cat
+
+    r = get_recipe(recipe)
+    path = locate(r, data)
+    start = time.perf_counter()
+    if r.check == "splits":
+        dls = ImageDataLoaders.from_folder(path, train=r.splits[0], valid=r.splits[1], device=device)
+    elif recipe == "pets":
+        dls = ImageDataLoaders.from_name_func(path, get_image_files(path / "images"), is_cat, valid_pct=0.2,
+                                              seed=42, item_tfms=Resize(224), device=device)
+    else:
+        raise SystemExit(f"no plain reference for '{recipe}'")
+    learn = vision_learner(dls, resnet34, pretrained=False, metrics=error_rate)
+    learn.fine_tune(epochs, r.lr)
+    seconds = time.perf_counter() - start
+    images = len(dls.train) * dls.train.bs * (epochs + 1)  # fine_tune adds its frozen epoch
+    print(json.dumps({"error_rate": float(learn.recorder.values[-1][2]), "fit_seconds": seconds,
+                      "train_images": images}))
+
+
+def floor(recipe: str, data: str, bs: int, device: str, steps: int = 40) -> None:
+    """fwd+bwd+step of the same model on random in-memory batches; prints images/s as JSON."""
+    import torch
+    from fastai.vision.all import Adam, create_vision_model, resnet34
+
+    from trainer.data import locate
+    from trainer.recipes import get_recipe
+
+    r = get_recipe(recipe)
+    path = locate(r, data)
+    if r.size:
+        side = r.size
+    else:
+        from PIL import Image
+
+        sample = next(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        side = Image.open(sample).size[0]
+    classes = 2 if recipe in ("mnist_sample", "pets") else 10
+    model = create_vision_model(resnet34, classes, pretrained=False).to(device)
+    opt = Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(bs, 3, side, side, device=device)
+    y = torch.randint(0, classes, (bs,), device=device)
+    loss_func = torch.nn.CrossEntropyLoss()
+
+    # trainer's --precision auto: mixed precision on CUDA (bf16 where supported), fp32 elsewhere
+    cuda = device.startswith("cuda")
+    half = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(enabled=cuda and half == torch.float16)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    def step():
+        with torch.autocast(device.split(":")[0], dtype=half, enabled=cuda):
+            loss = loss_func(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+
+    for _ in range(5):  # warm-up
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    print(json.dumps({"images_per_second": bs * steps / (time.perf_counter() - start), "side": side}))
+
+
+def loader(recipe: str, data: str, bs: int, device: str, batches: int = 200) -> None:
+    """Images/s of the training DataLoader alone: fastai's PIL path, then the decoded-image cache."""
+    import torch
+
+    from trainer.cache import cacheable, cached_dls
+    from trainer.config import FitConfig
+    from trainer.data import build_dls, locate
+    from trainer.recipes import get_recipe
+
+    r = get_recipe(recipe)
+    cfg = replace(FitConfig(recipe, bs=bs).resolve(r), workers=0 if device == "cpu" else min(8, os.cpu_count()))
+    dls = build_dls(r, locate(r, data), cfg, torch.device(device))
+    result = {"pil": images_per_second(dls.train, batches)}
+    if cacheable(r, cfg):
+        fast = cached_dls(dls, lambda _: None)
+        result["cache"] = images_per_second(fast.train, batches) if fast else None
+    print(json.dumps(result))
+
+
+def images_per_second(dl, batches: int) -> float:
+    import torch
+
+    seen, start = 0, time.perf_counter()
+    for i, (x, _) in enumerate(dl):
+        seen += len(x)
+        if i + 1 == batches:
+            break
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+ROWS = ("reference", "trainer", "trainer-nocache", "floor", "loader")
+
+
+def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: int = 64,
+              rows: tuple[str, ...] = ("reference", "trainer", "floor", "loader"), json_path: Path | None = None,
+              log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
+    """Run the rows one after the other; the table as a dict (also written to `json_path`)."""
+    me = [sys.executable, "-m", "trainer.bench", recipe, "--data", data, "--device", device,
+          "--epochs", str(epochs), "--bs", str(bs)]
+    table = {}
+    for row in rows:
+        log(f"running {row} ...")
+        if row.startswith("trainer"):
+            with tempfile.TemporaryDirectory() as out:
+                _, wall, rss = run_row([sys.executable, "-m", "trainer", "fit", recipe, "--data", data,
+                                        "--epochs", str(epochs), "--no-pretrained", "--device", device,
+                                        "--bs", str(bs), "--out", out, "--quiet", "--no-interpret",
+                                        *(["--no-cache"] if row == "trainer-nocache" else [])])
+                run = next(Path(out).glob("*/2*"))
+                summary = json.loads((run / "summary.json").read_text())
+                cache = json.loads((run / "config.json").read_text())["data"].get("decoded_cache")
+            table[row] = {"wall_s": wall, "images_per_s": summary["train_images_per_second"],
+                          "error_rate": summary["final"]["error_rate"], "peak_rss_mb": rss, "cache": cache}
+        elif row == "reference":
+            result, wall, rss = run_row([*me, "--_row", "reference"])
+            table[row] = {"wall_s": wall, "images_per_s": result["train_images"] / result["fit_seconds"],
+                          "error_rate": result["error_rate"], "peak_rss_mb": rss}
+        elif row == "floor":
+            result, wall, rss = run_row([*me, "--_row", "floor"])
+            table[row] = {"wall_s": wall, "images_per_s": result["images_per_second"], "error_rate": None,
+                          "peak_rss_mb": rss}
+        elif row == "loader":
+            result, wall, rss = run_row([*me, "--_row", "loader"])
+            for kind, speed in result.items():
+                if speed is not None:
+                    table[f"loader ({kind})"] = {"wall_s": None, "images_per_s": speed, "error_rate": None,
+                                                 "peak_rss_mb": None}
+    ratios = {}
+    if "trainer" in table and "reference" in table:
+        ratios["trainer/reference wall"] = table["trainer"]["wall_s"] / table["reference"]["wall_s"]
+    if "trainer" in table and "floor" in table:
+        ratios["trainer/floor throughput"] = table["trainer"]["images_per_s"] / table["floor"]["images_per_s"]
+    result = {"recipe": recipe, "epochs": epochs, "device": device, "bs": bs, "data": data,
+              "date": time.strftime("%Y-%m-%d"), "rows": table, "ratios": ratios}
+    if json_path:
+        from trainer.runs import write_json
+
+        write_json(Path(json_path), result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    def cell(value, fmt):
+        return format("-", ">" + fmt.split(".")[0]) if value is None else format(value, fmt)
+
+    lines = [f"{'row':<16} {'wall s':>8} {'images/s':>10} {'error':>8} {'peak RSS MB':>12}"]
+    for name, row in result["rows"].items():
+        lines.append(f"{name:<16} {cell(row['wall_s'], '8.1f')} {cell(row['images_per_s'], '10.1f')} "
+                     f"{cell(row['error_rate'], '8.4f')} {cell(row['peak_rss_mb'], '12.0f')}")
+    lines += [f"{name}: {value:.2f}" for name, value in result["ratios"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer.bench",
+                                     description="reference vs trainer vs floor, one table")
+    parser.add_argument("recipe")
+    parser.add_argument("--data", required=True, help="dataset folder or archive (e.g. ../shared/data/mnist_sample.tgz)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--rows", default="reference,trainer,floor,loader", help=f"comma-separated, from {ROWS}")
+    parser.add_argument("--json", type=Path, help="also write the table here")
+    parser.add_argument("--_row", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")  # fastai's, not ours
+    if args._row:
+        row = {"reference": reference, "floor": floor, "loader": loader}[args._row]
+        return row(args.recipe, args.data, *((args.epochs,) if args._row == "reference" else (args.bs,)),
+                   args.device)
+    print(format_table(run_bench(args.recipe, args.data, args.epochs, args.device, args.bs,
+                                 tuple(args.rows.split(",")), args.json)))
+
+
+if __name__ == "__main__":
+    main()
