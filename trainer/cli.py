@@ -50,7 +50,9 @@ def _console(stderr: bool = False):
 def _fail(error: Exception) -> None:
     """One line on stderr and the error's exit code: no traceback for the user."""
     label = "interrupted" if isinstance(error, TrainingInterrupted) else "error"
-    _console(stderr=True).print(f"[bold red]{label}:[/] {error}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[bold red]{label}:[/] {escape(str(error))}", markup=True, highlight=False)
     raise typer.Exit(error.exit_code)
 
 
@@ -107,6 +109,8 @@ def fit(
                                    help="Write the confusion matrix and top-loss plots at the end."),
     top_k: int = TOP_K,
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run directory from its last epoch."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Train with N processes on this machine (one per GPU "
+                                        "on CUDA, CPU processes otherwise): runs torchrun for you. --bs is per process."),
     quiet: bool = QUIET,
 ):
     """Train a recipe and write a run directory: model, config, metrics, plots."""
@@ -115,6 +119,13 @@ def fit(
     console = _console()
     try:
         _check_top_k(top_k)
+        if nproc is not None:
+            from trainer.distributed import launch
+
+            check_cfg = None if resume else FitConfig(
+                recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained, data=data,
+                size=size, valid_pct=valid_pct, device=device, precision=precision, workers=workers, seed=seed)
+            raise typer.Exit(launch(nproc, sys.argv[1:], check_cfg))
         if resume:
             given = [name for name, value in dict(recipe=recipe, epochs=epochs, lr=lr, bs=bs, arch=arch,
                      pretrained=pretrained, weights=weights, data=data, size=size, valid_pct=valid_pct,
@@ -139,6 +150,8 @@ def fit(
         _fail(e)
     except KeyboardInterrupt:  # before training started: nothing to save
         _interrupted()
+    if run_dir is None:  # a distributed worker other than rank 0: rank 0 reports
+        return
     if not quiet:
         _print_summary(console, summary)
     print(run_dir)

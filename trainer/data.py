@@ -236,11 +236,11 @@ def write_digits(target: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray((pixels * (255 / 16)).astype(np.uint8), mode="L")
         image.resize((28, 28), Image.BILINEAR).save(folder / f"{i}.png")
-    if target.is_dir():
-        target.rmdir()  # an empty folder given with --data
     try:
+        if target.is_dir():
+            target.rmdir()  # an empty folder given with --data
         tmp.rename(target)
-    except OSError:  # another process wrote it first
+    except OSError:  # another process (a second run, a distributed rank) wrote it first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 

@@ -31,6 +31,7 @@ class Prepared:
     say: object
     skipped: list  # (path, reason) of the unreadable images left out
     fast_dls: object = None  # the same data as decoded-tensor batches (cache.py), used while training
+    world: object = None  # distributed.World: this process's rank among how many
     config: dict | None = None  # what config.json holds, once start_run has written it
 
 
@@ -52,13 +53,22 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     from fastai.callback.progress import ProgressCallback
     from fastai.torch_core import set_seed
 
+    from trainer.distributed import join, world_from_env
     from trainer.learner import create_learner, resolve_device, resolve_precision
 
-    device = resolve_device(cfg.device)
+    world = world_from_env()
+    if world.size > 1 and cfg.lr == "auto":
+        raise BadInput("--lr auto runs lr_find in one process: run `trainer lr-find` first, then pass --lr")
+    device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
     cfg = replace(cfg, device=str(device), precision=resolve_precision(cfg.precision, device),
                   workers=default_workers(device) if cfg.workers is None else cfg.workers)
+    quiet = quiet or not world.main  # only rank 0 talks
     say = (lambda *_: None) if quiet else (lambda msg: console.print(msg, highlight=False))
     say(f"recipe {recipe.name}: data {data_path}, device {device} ({cfg.precision})")
+    world = join(world, device)
+    if world.size > 1:
+        say(f"distributed: {world.size} processes ({world.backend}), batch size {cfg.bs} per process "
+            f"({cfg.bs * world.size} per step), lr {cfg.lr} as given")
 
     skipped = skip_unreadable(data_path, console)
     set_seed(cfg.seed)
@@ -78,7 +88,7 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
 
     fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
     cfg = replace(cfg, cache=fast_dls is not None)
-    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped, fast_dls=fast_dls)
+    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world)
 
 
 def skip_unreadable(data_path: Path, console) -> list:
@@ -128,6 +138,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
                  "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped),
                  "decoded_cache": getattr(p.fast_dls, "cache_info", None)},
         "device": {"name": str(device), "precision": p.cfg.precision, **device_info(device)},
+        "distributed": p.world.to_dict(),
         "environment": runs.environment(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -141,6 +152,10 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
         raise BadInput(f"--start-lr ({start_lr:g}) must be positive and below --end-lr ({end_lr:g})")
     if num_it < 10:
         raise BadInput(f"--num-it must be at least 10 (fastai drops the first and last points), got {num_it}")
+    from trainer.distributed import world_from_env
+
+    if world_from_env().size > 1:
+        raise BadInput("lr-find runs in one process: start it without torchrun or --nproc")
     p = prepare(cfg, console, quiet)
     run_dir = start_run(p, "lr-find")
     p.say(f"lr_find from {start_lr:g} to {end_lr:g} over {num_it} iterations, {p.cfg.arch}")
@@ -153,9 +168,21 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
 def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interpret: bool = True,
         top_k: int = 9) -> tuple[Path, dict]:
     p = prepare(cfg, console, quiet)
+    if not p.world.main:
+        return follow(p)
     run_dir = start_run(p, "fit")
     with failures_logged(run_dir):
         return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
+
+
+def follow(p: Prepared, done: int = 0) -> tuple[None, None]:
+    """Ranks 1..N-1: the same schedule as rank 0, in lockstep, writing nothing."""
+    from trainer.cache import swapped_dls
+    from trainer.distributed import distributed
+
+    with swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
+        run_schedule(p.learn, p.cfg, done)
+    return None, None
 
 
 def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, interpret: bool = True,
@@ -176,10 +203,13 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     # The same options; the data where the run found it (a download or lookup need not happen again).
     cfg = replace(FitConfig(**options), data=config["data"]["path"])
     p = prepare(cfg, console, quiet)
+    from trainer.checkpoint import load_last
+
+    if not p.world.main:
+        load_last(p.learn, run_dir)
+        return follow(p, state["epochs_done"])
     p.learn.path, p.config = run_dir, config
     with failures_logged(run_dir):
-        from trainer.checkpoint import load_last
-
         load_last(p.learn, run_dir)
         p.say(f"resuming {run_dir} after epoch {state['epochs_done']}")
         return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k, resumed=state)
@@ -191,6 +221,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     from trainer import runs
     from trainer.cache import swapped_dls
     from trainer.checkpoint import Checkpoints, Interrupted, read_metrics, stop_on_signals
+    from trainer.distributed import distributed
     from trainer.learner import export_weights
     from trainer.plots import plot_history, save_batch, save_results
     from trainer.progress import ConsoleProgress, RunLog
@@ -213,7 +244,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         p.say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
               f"training with valley")
 
-    schedule = "fine_tune" if cfg.pretrained else "fit_one_cycle"
+    schedule = schedule_of(cfg)
     why = ("pretrained weights: fine_tune trains the new head for one frozen epoch, then everything"
            if cfg.pretrained else
            "no pretrained weights: fit_one_cycle trains every layer from the start "
@@ -237,15 +268,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     start = time.perf_counter()
     try:
         with learn.added_cbs([run_log, display, checkpoints]), stop_on_signals(checkpoints), \
-                swapped_dls(learn, p.fast_dls):
-            if schedule == "fit_one_cycle":
-                learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=done)  # fastai skips the epochs done
-            elif done == 0:
-                learn.fine_tune(cfg.epochs, cfg.lr)
-            else:  # the frozen epoch is done: fine_tune's second half, as fastai writes it
-                learn.unfreeze()
-                learn.fit_one_cycle(cfg.epochs, slice(cfg.lr / 2 / 100, cfg.lr / 2), pct_start=0.3, div=5.0,
-                                    start_epoch=done - 1)
+                swapped_dls(learn, p.fast_dls), distributed(learn, p.world, p.dls.device):
+            run_schedule(learn, cfg, done)
     except Interrupted as stop:
         epochs = len(run_log.rows)
         raise TrainingInterrupted(f"stopped by {stop} after {epochs} of {total_epochs} epochs; the checkpoint is "
@@ -270,7 +294,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         "epochs_run": len(run_log.rows),
         "wall_seconds": round(wall_seconds, 2),
         "train_seconds": round(run_log.train_seconds, 2),
-        "train_images_per_second": round(run_log.images_per_second, 1),
+        "train_images_per_second": round(run_log.images_per_second * p.world.size, 1),  # every rank's images
         "device": str(p.dls.device),
         "precision": cfg.precision,
         "model": "model.safetensors",
@@ -286,6 +310,22 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     runs.write_json(run_dir / "summary.json", summary)
     (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
     return summary
+
+
+def schedule_of(cfg: FitConfig) -> str:
+    return "fine_tune" if cfg.pretrained else "fit_one_cycle"
+
+
+def run_schedule(learn, cfg: FitConfig, done: int) -> None:
+    """fine_tune or fit_one_cycle, continuing after `done` epochs (--resume)."""
+    if schedule_of(cfg) == "fit_one_cycle":
+        learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=done)  # fastai skips the epochs done
+    elif done == 0:
+        learn.fine_tune(cfg.epochs, cfg.lr)
+    else:  # the frozen epoch is done: fine_tune's second half, as fastai writes it
+        learn.unfreeze()
+        learn.fit_one_cycle(cfg.epochs, slice(cfg.lr / 2 / 100, cfg.lr / 2), pct_start=0.3, div=5.0,
+                            start_epoch=done - 1)
 
 
 @contextmanager

@@ -11,12 +11,15 @@ import torch
 from trainer.errors import BadInput, did_you_mean
 
 
-def resolve_device(spec: str) -> torch.device:
-    """'auto' is CUDA, then MPS, then CPU; an explicit device must exist."""
+def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
+    """'auto' is CUDA, then MPS, then CPU; an explicit device must exist. In a distributed job
+    (`local_rank` set), 'cuda' means this process's own GPU."""
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps and mps.is_available())
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if spec == "cuda" and local_rank is not None:
+        spec = f"cuda:{local_rank}"
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise BadInput(f"--device {spec}: this machine has no CUDA GPU that torch can use; "

@@ -1,0 +1,73 @@
+"""Two CPU processes, one job: gloo, rank 0 writes the one run directory, and the model learns.
+
+Subprocesses, because the process boundary is the point: torchrun's workers, their exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ACCURACY_FLOOR = 0.90  # the single-process learning test's threshold (test_fit.test_digits_learns)
+
+
+def trainer_env(base: Path) -> dict:
+    env = dict(os.environ, TRAINER_DATA=str(base / "datasets"), TRAINER_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_two_cpu_processes_train_digits(tmp_path):
+    # --bs 32 per process: 64 images per step, the steps per epoch of the single-process run.
+    result = subprocess.run([sys.executable, "-m", "trainer", "fit", "digits", "--nproc", "2", "--bs", "32",
+                             "--out", tmp_path / "runs", "--device", "cpu"],
+                            cwd=tmp_path, env=trainer_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p for p in (tmp_path / "runs" / "digits").iterdir() if not p.is_symlink()]
+    assert len(runs) == 1, f"one run directory, written by rank 0: {runs}"
+    run_dir = runs[0]
+    assert result.stdout.strip().splitlines()[-1] == str(Path("runs") / "digits" / run_dir.name) or \
+        result.stdout.strip().splitlines()[-1].endswith(run_dir.name)
+    assert result.stdout.count("epoch 3/3") == 1, "only rank 0 prints progress"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["distributed"]["world_size"] == 2 and config["distributed"]["backend"] == "gloo"
+    assert config["options"]["bs"] == 32
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["accuracy"] >= ACCURACY_FLOOR
+    # the final metrics cover the whole validation set: the confusion matrix sums to it
+    with open(run_dir / "confusion_matrix.csv") as f:
+        counts = [int(v) for line in list(f)[1:] for v in line.strip().split(",")[1:]]
+    assert sum(counts) == config["data"]["n_valid"] == 360
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "model.pkl").is_file()
+
+
+def test_a_dead_worker_stops_the_job(tmp_path):
+    """SIGKILL one worker mid-training: the launcher ends the others and exits 1 with one clear line."""
+    launcher = subprocess.Popen([sys.executable, "-m", "trainer", "fit", "digits", "--nproc", "2",
+                                 "--epochs", "20", "--out", tmp_path / "runs", "--device", "cpu"],
+                                cwd=tmp_path, env=trainer_env(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        workers = []
+        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("digits/2*/metrics.csv")):
+            time.sleep(0.5)  # wait until an epoch has been trained
+        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                                       text=True).stdout.split()]
+        assert len(workers) == 2, workers
+        os.kill(max(workers), signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: worker rank") and "every worker was ended" in last, stderr[-2000:]
+    assert not subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True).stdout, \
+        "a worker outlived the job"

@@ -1,0 +1,160 @@
+"""Several processes, one job: fastai's DistributedDataParallel training through accelerate.
+
+`torchrun --nproc_per_node N -m trainer fit ...` (or `trainer fit ... --nproc N`, which runs
+torchrun itself) starts N copies of the same command. torchrun sets RANK, LOCAL_RANK and
+WORLD_SIZE; each process builds the same data and learner, fastai's DistributedTrainer gives
+each rank its shard of every batch and all-reduces the gradients, and only rank 0 prints and
+writes the run directory. --bs is per process; the learning rate is used as given.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def to_dict(self) -> dict:
+        return {"world_size": self.size, "backend": self.backend, "rank_of_writer": 0}
+
+
+def world_from_env() -> World:
+    """What torchrun (or accelerate launch, or SLURM through torchrun) told this process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), size)
+
+
+def join(world: World, device) -> World:
+    """Join the process group: nccl between GPUs, gloo between CPU processes."""
+    import torch.distributed as dist
+
+    if world.size <= 1:
+        return world
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)  # nccl's collectives run on the current device
+    if not dist.is_initialized():
+        # A dead peer should end the job in minutes, not hang it for torch's default half hour.
+        dist.init_process_group(backend, timeout=timedelta(minutes=float(os.environ.get("TRAINER_DIST_TIMEOUT_MIN", 10))))
+    return World(world.rank, world.local_rank, world.size, dist.get_backend())
+
+
+def leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def trainer_callback(world: World, device):
+    """fastai's DistributedTrainer, with one step adapted so CPU (gloo) processes work too."""
+    import torch
+    import torch.distributed as dist
+    from fastai.distributed import DistributedDL, DistributedTrainer
+
+    class IndexBroadcastDL(DistributedDL):
+        def _broadcast(self, t, rank):
+            # fastai moves the shuffled indices to CUDA because nccl only sends CUDA tensors;
+            # gloo sends CPU tensors, and a CPU-only process has no CUDA to move them to.
+            t = torch.LongTensor(t)
+            if dist.get_backend() == "nccl":
+                t = t.cuda()
+            dist.broadcast(t, rank)
+            return t.cpu().tolist()
+
+    class Trainer(DistributedTrainer):
+        def _wrap_dl(self, dl):
+            return dl if isinstance(dl, DistributedDL) else IndexBroadcastDL(dl, device=self.learn.model.device)
+
+    # SyncBatchNorm needs CUDA tensors (nccl); CPU ranks keep their own BatchNorm statistics.
+    return Trainer(sync_bn=world.backend == "nccl", cpu=device.type == "cpu")
+
+
+@contextmanager
+def distributed(learn, world: World, device):
+    """Train `learn` as one rank of `world` (nothing changes for a single process)."""
+    if world.size <= 1:
+        yield
+        return
+    callback = trainer_callback(world, device)
+    learn.add_cb(callback)
+    try:
+        yield
+        barrier()  # every rank is past its last collective before any tears the group down
+    finally:
+        learn.remove_cb(callback)
+        leave()
+        # What follows (rank 0's export and interpretation) runs in one process; fastai's gather
+        # helpers read WORLD_SIZE, so from here on they must see a single process.
+        os.environ["WORLD_SIZE"] = "1"
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    return args
+
+
+def launch(nproc: int, argv: list[str], cfg=None) -> int:
+    """`trainer fit ... --nproc N`: the same command in N processes under torchrun's elastic agent,
+    which stops every worker when one fails. Returns the exit code for the user."""
+    from trainer.errors import BadInput, TrainingFailed
+
+    if nproc < 1:
+        raise BadInput(f"--nproc must be a whole number of at least 1, got {nproc}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BadInput("--nproc inside torchrun or accelerate launch: drop --nproc, the launcher starts the processes")
+    if cfg is not None:  # bad options fail here, once, not in N processes
+        from trainer.recipes import get_recipe
+
+        cfg.resolve(get_recipe(cfg.recipe))
+    import torch
+
+    if cfg is not None and cfg.device.startswith("cuda") or cfg is None and torch.cuda.is_available():
+        if nproc > torch.cuda.device_count():
+            raise BadInput(f"--nproc {nproc}: only {torch.cuda.device_count()} GPU(s) here; one process per GPU")
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="trainer",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores: each process gets its part, not all of them
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    try:
+        elastic_launch(config, sys.executable)("-m", "trainer", *without_nproc(argv))
+    except ChildFailedError as e:
+        codes = {failure.exitcode for failure in e.failures.values()}
+        if codes == {2}:
+            return 2  # every rank refused the same bad input and said why
+        rank, failure = e.get_first_failure()  # the cause; the others were ended because of it
+        raise TrainingFailed(f"worker rank {rank} exited with code {failure.exitcode}: the job stopped, "
+                             f"every worker was ended (see the worker's message above)") from None
+    return 0
