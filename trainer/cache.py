@@ -21,7 +21,7 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.torch_core import TensorCategory, TensorImage
 
-from trainer.data import data_root
+from trainer.data import data_root, labels_of
 from trainer.runs import atomic_path
 
 MAX_DEVICE_BYTES = 2 * 1024**3  # a larger cache stays in CPU memory and is copied batch by batch
@@ -98,7 +98,7 @@ def cached_dls(dls, say):
     images, info = load_or_decode(items, say)
     if images is None:
         return None
-    labels = torch.tensor([int(y) for y in dls.train_ds.tls[1]] + [int(y) for y in dls.valid_ds.tls[1]])
+    labels = torch.tensor(labels_of(dls.train_ds) + labels_of(dls.valid_ds))
     device = dls.device
     if device is not None and device.type != "cpu" and images.numel() <= MAX_DEVICE_BYTES:
         images, labels = images.to(device), labels.to(device)

@@ -109,6 +109,21 @@ def fit(
                                    help="Write the confusion matrix and top-loss plots at the end."),
     top_k: int = TOP_K,
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run directory from its last epoch."),
+    opt: Optional[str] = typer.Option(None, help="Optimiser: adam (default), sgd, rmsprop, lamb, ranger "
+                                      "(fastai's; momentum follows the one-cycle schedule where it applies)."),
+    wd: Optional[float] = typer.Option(None, help="Weight decay [default: the optimiser's fastai default, "
+                                       "0.01 for adam and ranger, 0 for sgd, rmsprop, lamb]."),
+    dropout: Optional[float] = typer.Option(None, help="Dropout probability of the head's last layer [default: 0.5]."),
+    init: Optional[str] = typer.Option(None, help="Initialise the layers trained from scratch: default "
+                                       "(torchvision's), kaiming (He) or xavier (Glorot)."),
+    early_stop: Optional[int] = typer.Option(None, help="Stop when the recipe's main metric has not improved "
+                                             "for this many epochs; keeps the best epoch's weights."),
+    save_best: Optional[bool] = typer.Option(None, "--save-best", help="Export the best epoch's weights "
+                                             "(by the main metric) instead of the last epoch's."),
+    activation_stats: Optional[bool] = typer.Option(None, "--activation-stats", help="Record per-layer "
+                                                    "activation statistics: activations.png/.json."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Log losses, metrics and learning rate per step "
+                                     "to RUN_DIR/tensorboard/ (needs the tensorboard package)."),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Train with N processes on this machine (one per GPU "
                                         "on CUDA, CPU processes otherwise): runs torchrun for you. --bs is per process."),
     quiet: bool = QUIET,
@@ -124,12 +139,15 @@ def fit(
 
             check_cfg = None if resume else FitConfig(
                 recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained, data=data,
-                size=size, valid_pct=valid_pct, device=device, precision=precision, workers=workers, seed=seed)
+                size=size, valid_pct=valid_pct, device=device, precision=precision, workers=workers, seed=seed,
+                opt=opt, wd=wd, dropout=dropout, init=init, early_stop=early_stop)
             raise typer.Exit(launch(nproc, sys.argv[1:], check_cfg))
         if resume:
             given = [name for name, value in dict(recipe=recipe, epochs=epochs, lr=lr, bs=bs, arch=arch,
                      pretrained=pretrained, weights=weights, data=data, size=size, valid_pct=valid_pct,
-                     workers=workers, cache=cache, seed=seed).items() if value is not None]
+                     workers=workers, cache=cache, seed=seed, opt=opt, wd=wd, dropout=dropout, init=init,
+                     early_stop=early_stop, save_best=save_best, activation_stats=activation_stats).items()
+                     if value is not None]
             if given:
                 raise BadInput(f"--resume continues with the run's own options; drop {', '.join(given)}")
             from trainer.fit import resume as run_resume
@@ -141,11 +159,13 @@ def fit(
                 raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
             cfg = FitConfig(recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained,
                             weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
-                            device=device, precision=precision, workers=workers, cache=cache, seed=seed, out=str(out))
+                            device=device, precision=precision, workers=workers, cache=cache, seed=seed, out=str(out),
+                            opt=opt, wd=wd, dropout=dropout, init=init, early_stop=early_stop, save_best=save_best,
+                            activation_stats=activation_stats)
             from trainer.fit import fit as run_fit
 
             run_dir, summary = run_fit(cfg, console, quiet=quiet, live=console.is_terminal, interpret=interpret,
-                                       top_k=top_k)
+                                       top_k=top_k, tensorboard=tensorboard)
     except (BadInput, TrainingFailed, TrainingInterrupted) as e:
         _fail(e)
     except KeyboardInterrupt:  # before training started: nothing to save
@@ -154,6 +174,7 @@ def fit(
         return
     if not quiet:
         _print_summary(console, summary)
+        console.print(f"report: {run_dir / 'report.html'}")
     print(run_dir)
 
 
@@ -166,6 +187,9 @@ def _print_summary(console, summary: dict) -> None:
     table.add_row("wall time", f"{summary['wall_seconds']:.1f} s")
     table.add_row("train images/s", f"{summary['train_images_per_second']:.1f}")
     table.add_row("device", f"{summary['device']} ({summary['precision']})")
+    baseline = summary.get("baseline")
+    if baseline and baseline["status"] != "not comparable":
+        table.add_row("baseline", f"{baseline['metric']} {baseline['expected']:g}: {baseline['status']}")
     console.print(table)
     if "interpretation" in summary:
         _print_confused(console, summary["interpretation"]["most_confused"])
@@ -244,6 +268,129 @@ def interpret(
     console.print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
                   "most_confused.csv, per_class.csv/.json")
     print(run_dir)
+
+
+@app.command()
+def evaluate(
+    target: str = typer.Argument(..., help="A run directory, or a recipe name for its newest trained run."),
+    data: str = typer.Option(..., help="Labelled test images: <class>/ folders, or a folder with a test/ of them."),
+    bs: int = typer.Option(64, help="Batch size for inference."),
+    device: str = DEVICE,
+    out: Path = OUT,
+):
+    """A trained run's metrics on a separate labelled test set: test_metrics.json and its confusion matrix."""
+    console = _console()
+    try:
+        from trainer.runs import resolve_run
+
+        run_dir = resolve_run(target, out)
+        from trainer.evaluate import evaluate_run
+
+        result = evaluate_run(run_dir, data, bs=bs, device=device)
+    except BadInput as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
+    console.print(f"test set {result['data']}: accuracy {result['accuracy']:.4f}, error_rate "
+                  f"{result['error_rate']:.4f}, loss {result['loss']:.4f} on {result['n']} images")
+    _print_confused(console, result["most_confused"][:5])
+    console.print("wrote test_metrics.json, test_confusion_matrix.png/.csv")
+    print(run_dir)
+
+
+@app.command()
+def runs(
+    recipe: Optional[str] = typer.Argument(None, help="Only this recipe's runs; or `show RUN` for one run."),
+    run: Optional[str] = typer.Argument(None, help="With `show`: a run directory, run id or recipe (its newest run)."),
+    out: Path = OUT,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Past runs, newest first (`trainer runs [RECIPE]`), or one run's config and metrics (`trainer runs show RUN`)."""
+    import json
+
+    from trainer.listing import describe, find_run, list_runs
+
+    console = _console()
+    try:
+        if recipe == "show":
+            if run is None:
+                raise BadInput("`trainer runs show` needs a RUN: a run directory, a run id or a recipe name")
+            run_dir = find_run(run, out)
+            _show_run(console, run_dir, describe(run_dir), json_out)
+            return
+        if run is not None:
+            raise BadInput(f"unexpected '{run}': use `trainer runs [RECIPE]` or `trainer runs show RUN`")
+        from trainer.recipes import RECIPES
+
+        if recipe and recipe not in RECIPES and not (out / recipe).is_dir():
+            from trainer.recipes import get_recipe
+
+            get_recipe(recipe)  # the unknown-recipe error, with its suggestion
+        rows = list_runs(out, recipe)
+    except BadInput as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(f"no runs under {out}/" + (f"{recipe}/" if recipe else "") + "; start one with `trainer fit`")
+        return
+    from rich.table import Table
+
+    table = Table("id", "recipe", "arch", "epochs", "pretrained", "device", "final metrics", "wall s", "date",
+                  "state", title=f"runs under {out}/ (newest first)")
+    for r in rows:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in (r["final"] or {}).items() if not k.endswith("_loss"))
+        table.add_row(r["id"], r["recipe"], r["arch"] or "-", str(r["epochs"] or "-"),
+                      {True: "yes", False: "no"}.get(r["pretrained"], "-"), r["device"] or "-", metrics or "-",
+                      f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-",
+                      (r["started"] or "-")[:16].replace("T", " "), r["state"])
+    if not console.is_terminal:
+        console.width = max(console.width, 180)  # a pipe or a file gets whole cells, not ellipses
+    console.print(table)
+
+
+def _show_run(console, run_dir: Path, row: dict, json_out: bool) -> None:
+    import json
+
+    from trainer.listing import read_json
+    from trainer.report import read_csv
+
+    config, problem = read_json(run_dir / "config.json")
+    header, rows = read_csv(run_dir / "metrics.csv")
+    if json_out:
+        print(json.dumps({**row, "config": config, "metrics": [dict(zip(header, r)) for r in rows]}, indent=2))
+        return
+    console.print(f"{run_dir}  ({row['state']})")
+    console.print(json.dumps(config, indent=2) if config else f"config.json {problem}")
+    if header:
+        from rich.table import Table
+
+        table = Table(*header, title="metrics.csv")
+        for r in rows:
+            table.add_row(*r)
+        console.print(table)
+    if (run_dir / "report.html").is_file():
+        console.print(f"report: {run_dir / 'report.html'}")
+
+
+@app.command()
+def report(
+    target: str = typer.Argument(..., help="A run directory, run id or recipe name (its newest run)."),
+    out: Path = OUT,
+):
+    """Rebuild a run's report.html (one self-contained page: config, metrics, plots, interpretation)."""
+    try:
+        from trainer.listing import find_run
+        from trainer.report import write_report
+
+        run_dir = find_run(target, out)
+        if not (run_dir / "config.json").is_file():
+            raise BadInput(f"{run_dir} is not a run directory (no config.json); see `trainer runs`")
+        path = write_report(run_dir)
+    except BadInput as e:
+        _fail(e)
+    print(path)
 
 
 @app.command()

@@ -14,6 +14,8 @@ from trainer.recipes import Recipe
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "lamb", "ranger")
+INITS = ("default", "kaiming", "xavier")
 
 
 @dataclass
@@ -32,6 +34,13 @@ class FitConfig:
     precision: str = "auto"
     workers: int | None = None
     cache: bool | None = None  # the decoded-image cache (small-image recipes); None: on where it applies
+    opt: str | None = None  # fastai optimiser: adam, sgd, rmsprop, lamb, ranger
+    wd: float | None = None  # weight decay; None: the optimiser's fastai default
+    dropout: float | None = None  # the head's dropout (fastai's ps)
+    init: str | None = None  # initialisation of the layers trained from scratch
+    early_stop: int | None = None  # patience in epochs on the recipe's main metric
+    save_best: bool | None = None  # export the best epoch's weights instead of the last
+    activation_stats: bool | None = None  # fastai's ActivationStats -> activations.png
     seed: int | None = None
     out: str = "runs"
 
@@ -52,6 +61,16 @@ class FitConfig:
         if self.precision not in PRECISIONS:
             raise BadInput(f"unknown --precision '{self.precision}'{did_you_mean(self.precision, PRECISIONS)}; "
                            f"use one of {', '.join(PRECISIONS)}")
+        if self.opt is not None and self.opt not in OPTIMIZERS:
+            raise BadInput(f"unknown --opt '{self.opt}'{did_you_mean(self.opt, OPTIMIZERS)}; "
+                           f"use one of {', '.join(OPTIMIZERS)}")
+        if self.init is not None and self.init not in INITS:
+            raise BadInput(f"unknown --init '{self.init}'{did_you_mean(self.init, INITS)}; use one of {', '.join(INITS)}")
+        if self.wd is not None and not (math.isfinite(self.wd) and self.wd >= 0):
+            raise BadInput(f"--wd must be 0 or a positive number (e.g. 0.01), got {self.wd}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise BadInput(f"--dropout must be at least 0 and below 1 (e.g. 0.5), got {self.dropout}")
+        check_positive("--early-stop", self.early_stop, integer=True)
         if recipe.check == "folder" and not self.data:
             raise BadInput(f"recipe '{recipe.name}' trains on your own images: pass --data PATH "
                            f"(layout: {recipe.layout})")
@@ -68,10 +87,25 @@ class FitConfig:
             size=self.size or recipe.size,
             valid_pct=self.valid_pct if self.valid_pct is not None else recipe.valid_pct,
             seed=42 if self.seed is None else self.seed,
+            opt=self.opt or "adam",
+            wd=self.wd if self.wd is not None else default_wd(self.opt or "adam"),
+            dropout=0.5 if self.dropout is None else self.dropout,  # fastai's head default
+            init=self.init or "default",
+            save_best=bool(self.save_best or self.early_stop),  # early stopping keeps the best epoch
+            activation_stats=bool(self.activation_stats),
         )
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def default_wd(opt: str) -> float:
+    """fastai's own default weight decay for an optimiser (Adam's 0.01, SGD's 0, ...)."""
+    import inspect
+
+    from trainer.learner import optimizer  # imports fastai: only reached when training
+
+    return inspect.signature(optimizer(opt)).parameters["wd"].default
 
 
 def check_positive(flag: str, value, integer: bool = False) -> None:

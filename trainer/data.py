@@ -253,3 +253,23 @@ def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
     loader = dict(bs=cfg.bs, num_workers=cfg.workers, device=device, img_cls=RGBImage,
                   pin_memory=device.type == "cuda")
     return recipe.build(path, cfg, loader, frozenset(skip))
+
+
+def labels_of(ds) -> list[int]:
+    """The class index of every item of a fastai Datasets, without decoding an image."""
+    return [int(y) for y in ds.tls[1]]
+
+
+def split_hash(dls, root: Path) -> str:
+    """A fingerprint of the train/valid split: sha256 of the sorted "split, path under the dataset
+    root, label" lines. Two runs with the same hash used the same files with the same labels,
+    wherever the dataset was stored."""
+    import hashlib
+
+    lines = []
+    for split, ds in (("train", dls.train_ds), ("valid", dls.valid_ds)):
+        for item, label in zip(ds.items, labels_of(ds)):
+            item = Path(item)
+            name = item.relative_to(root) if item.is_relative_to(root) else item
+            lines.append(f"{split}\t{name.as_posix()}\t{dls.vocab[label]}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()

@@ -32,6 +32,7 @@ class Prepared:
     skipped: list  # (path, reason) of the unreadable images left out
     fast_dls: object = None  # the same data as decoded-tensor batches (cache.py), used while training
     world: object = None  # distributed.World: this process's rank among how many
+    tensorboard: bool = False  # log to <run>/tensorboard/ (fastai's TensorBoardCallback)
     config: dict | None = None  # what config.json holds, once start_run has written it
 
 
@@ -125,6 +126,7 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
 
 def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
     from trainer import runs
+    from trainer.data import split_hash
 
     device = p.dls.device
     return {
@@ -136,6 +138,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
         **extra,
         "data": {"path": str(p.data_path.resolve()), "classes": [str(c) for c in p.dls.vocab],
                  "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped),
+                 "split_sha256": split_hash(p.dls, p.data_path),
                  "decoded_cache": getattr(p.fast_dls, "cache_info", None)},
         "device": {"name": str(device), "precision": p.cfg.precision, **device_info(device)},
         "distributed": p.world.to_dict(),
@@ -162,12 +165,18 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     with failures_logged(run_dir), swapped_dls(p.learn, p.fast_dls):
         result = find_lr(p.learn, start_lr, end_lr, num_it)
         write_lr_find(result, run_dir, f"{p.recipe.name} · lr_find · run {run_dir.name} · {p.cfg.arch}")
+        from trainer.report import write_report
+
+        write_report(run_dir)
     return run_dir, result
 
 
 def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interpret: bool = True,
-        top_k: int = 9) -> tuple[Path, dict]:
+        top_k: int = 9, tensorboard: bool = False) -> tuple[Path, dict]:
+    if tensorboard:
+        tensorboard_callback(None)  # a missing package is bad input: before anything is written
     p = prepare(cfg, console, quiet)
+    p.tensorboard = tensorboard
     if not p.world.main:
         return follow(p)
     run_dir = start_run(p, "fit")
@@ -180,8 +189,9 @@ def follow(p: Prepared, done: int = 0) -> tuple[None, None]:
     from trainer.cache import swapped_dls
     from trainer.distributed import distributed
 
-    with swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
-        run_schedule(p.learn, p.cfg, done)
+    with p.learn.added_cbs(early_stopping(p.cfg, p.recipe)), swapped_dls(p.learn, p.fast_dls), \
+            distributed(p.learn, p.world, p.dls.device):
+        run_schedule(p.learn, p.cfg, done)  # every rank sees the same gathered metrics: they stop together
     return None, None
 
 
@@ -203,6 +213,7 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     # The same options; the data where the run found it (a download or lookup need not happen again).
     cfg = replace(FitConfig(**options), data=config["data"]["path"])
     p = prepare(cfg, console, quiet)
+    p.tensorboard = bool(config.get("tensorboard"))
     from trainer.checkpoint import load_last
 
     if not p.world.main:
@@ -254,7 +265,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         p.config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                    "after_epoch": resumed["epochs_done"]})
     else:  # start_run wrote the rest; --lr auto may have changed the options since
-        p.config.update(options=cfg.to_dict(), schedule=schedule, schedule_reason=why, **extra)
+        p.config.update(options=cfg.to_dict(), schedule=schedule, schedule_reason=why, tensorboard=p.tensorboard,
+                        **extra)
     runs.write_json(run_dir / "config.json", p.config)
 
     run_log = RunLog(run_dir / "metrics.csv")
@@ -265,9 +277,18 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     total_epochs = cfg.epochs + (1 if schedule == "fine_tune" else 0)
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
     checkpoints = Checkpoints(run_dir, run_log, recipe.main_metric, best=resumed and resumed["best"])
+    callbacks = [run_log, display, checkpoints, *early_stopping(cfg, recipe)]
+    if p.tensorboard:
+        callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
+    stats = None
+    if cfg.activation_stats:
+        from trainer.activations import activation_callback
+
+        stats = activation_callback(learn.model)
+        callbacks.append(stats)
     start = time.perf_counter()
     try:
-        with learn.added_cbs([run_log, display, checkpoints]), stop_on_signals(checkpoints), \
+        with learn.added_cbs(callbacks), stop_on_signals(checkpoints), \
                 swapped_dls(learn, p.fast_dls), distributed(learn, p.world, p.dls.device):
             run_schedule(learn, cfg, done)
     except Interrupted as stop:
@@ -277,15 +298,31 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     finally:
         display.close()
     wall_seconds = time.perf_counter() - start
+    stopped_early = cfg.early_stop is not None and len(run_log.rows) < total_epochs
+    if stopped_early:
+        p.say(f"early stop: {recipe.main_metric} did not improve for {cfg.early_stop} epoch(s); "
+              f"stopped after epoch {len(run_log.rows)} of {total_epochs}")
+    final_row = run_log.last
+    if cfg.save_best and checkpoints.best and checkpoints.best["epoch"] != final_row["epoch"]:
+        from fastai.learner import load_model
+
+        # the exported model is the best epoch's (best.pth), and so are the final metrics
+        load_model(run_dir / "best.pth", learn.model, None, with_opt=False, device=learn.dls.device)
+        final_row = dict(zip(run_log.header, run_log.rows[checkpoints.best["epoch"] - 1]))
+        p.say(f"keeping epoch {checkpoints.best['epoch']}'s weights (best {recipe.main_metric})")
+    if cfg.activation_stats:
+        from trainer.activations import write_activations
+
+        write_activations(stats, run_dir, f"{title} · activations")
 
     if cfg.precision != "fp32":
         learn.to_fp32()  # the exported model loads and predicts anywhere
     with runs.atomic_path(run_dir / "model.pkl") as tmp:
         learn.export(tmp)  # for fastai users (load_learner); trainer itself loads the safetensors below
     export_weights(learn, run_dir, cfg, recipe)
-    plot_history(run_log, title, run_dir / "history.png")
+    plot_history(run_log, title, run_dir / "history.png", best=checkpoints.best)
     save_results(learn, run_dir / "results.png", f"{title} · validation: actual / predicted")
-    final = {k: v for k, v in run_log.last.items() if k not in ("epoch", "phase", "seconds")}
+    final = {k: v for k, v in final_row.items() if k not in ("epoch", "phase", "seconds")}
     summary = {
         "run": run_dir.name,
         "recipe": recipe.name,
@@ -299,6 +336,9 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         "precision": cfg.precision,
         "model": "model.safetensors",
         "best": checkpoints.best,  # best.pth holds that epoch's weights
+        "final_epoch": final_row["epoch"],  # the epoch whose weights were exported
+        "stopped_early": stopped_early,
+        "baseline": recipe.baseline.judge(cfg.to_dict(), final) if recipe.baseline else None,
     }
     if resumed:
         summary["resumed_after_epoch"] = resumed["epochs_done"]
@@ -308,8 +348,34 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         analysis = analyse(learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items)
         summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
     runs.write_json(run_dir / "summary.json", summary)
+    from trainer.report import write_report
+
+    write_report(run_dir)
     (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
     return summary
+
+
+def early_stopping(cfg: FitConfig, recipe: Recipe) -> list:
+    """fastai's EarlyStoppingCallback on the recipe's main metric, with --early-stop's patience."""
+    if not cfg.early_stop:
+        return []
+    import numpy as np
+    from fastai.callback.tracker import EarlyStoppingCallback
+
+    lower_is_better = recipe.main_metric in ("error_rate", "valid_loss")
+    return [EarlyStoppingCallback(monitor=recipe.main_metric, comp=np.less if lower_is_better else np.greater,
+                                  min_delta=0.0, patience=cfg.early_stop)]
+
+
+def tensorboard_callback(log_dir: Path | None):
+    """fastai's TensorBoardCallback: losses, metrics and every optimiser hyper-parameter (lr, mom) per step."""
+    try:
+        from fastai.callback.tensorboard import TensorBoardCallback
+    except ImportError:
+        raise BadInput("--tensorboard needs the tensorboard package: pip install tensorboard "
+                       "(or pip install 'trainer[tensorboard]')") from None
+    # No graph tracing (fails under mixed precision) and no prediction images: scalars only.
+    return log_dir and TensorBoardCallback(log_dir=str(log_dir), trace_model=False, log_preds=False)
 
 
 def schedule_of(cfg: FitConfig) -> str:

@@ -187,7 +187,11 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
         learn, dl = inference_learner(split, model), split.valid
     analysis = analyse(learn, dl, items)
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
-    return write_interpretation(analysis, run_dir, title, top_k)
+    written = write_interpretation(analysis, run_dir, title, top_k)
+    from trainer.report import write_report
+
+    write_report(run_dir)  # the page shows the new interpretation
+    return written
 
 
 def add_normalize(dls, meta: dict) -> None:
@@ -233,11 +237,12 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
             for item, ps, ks in zip(items, best_probs.tolist(), best.tolist())]
 
 
-def inference_dls(meta: dict, items: list[Path], bs: int, device):
-    """The recipe's validation-time pipeline over `items`, rebuilt from model.json (no training data needed)."""
+def inference_dls(meta: dict, items: list[Path], bs: int, device, labelled: bool = False):
+    """The recipe's validation-time pipeline over `items`, rebuilt from model.json (no training data needed).
+    `labelled`: each image's class is its folder's name (a labelled test set)."""
     from types import SimpleNamespace
 
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
 
     from trainer.images import RGBImage
     from trainer.recipes import get_recipe
@@ -245,8 +250,9 @@ def inference_dls(meta: dict, items: list[Path], bs: int, device):
     tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
     everything = list(range(len(items)))
     block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
-                      get_y=lambda _: meta["classes"][0],  # unused: predictions only
+                      get_y=parent_label if labelled else lambda _: meta["classes"][0],  # unlabelled: unused
                       splitter=lambda _: (everything, everything), **tfms)
     dls = block.dataloaders(items, bs=bs, num_workers=0, device=device, shuffle=False)
     add_normalize(dls, meta)
     return dls
+

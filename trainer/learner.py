@@ -106,6 +106,27 @@ def weights_cached(arch) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
 
 
+def optimizer(name: str):
+    from fastai.optimizer import SGD, Adam, Lamb, RMSProp, ranger
+
+    return {"adam": Adam, "sgd": SGD, "rmsprop": RMSProp, "lamb": Lamb, "ranger": ranger}[name]
+
+
+def initialise(model, scheme: str) -> None:
+    """Re-initialise every conv and linear layer (for layers trained from scratch): He (Kaiming) keeps
+    a ReLU network's activations at unit scale layer after layer; Xavier (Glorot) suits tanh/linear."""
+    if scheme == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            if scheme == "kaiming":
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            else:
+                torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
 def create_learner(dls, cfg, recipe, run_dir: Path):
     from fastai.vision.all import accuracy, error_rate, vision_learner
 
@@ -122,9 +143,11 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
             raise BadInput(no_weights_message(cfg, "TRAINER_OFFLINE is set"))
     try:
         learn = vision_learner(dls, arch, pretrained=cfg.pretrained, metrics=[metrics[m] for m in recipe.metrics],
-                               path=run_dir, model_dir=".")
+                               path=run_dir, model_dir=".", opt_func=optimizer(cfg.opt), wd=cfg.wd, ps=cfg.dropout)
     except OSError as e:  # urllib's URLError is an OSError: the weights could not be fetched
         raise BadInput(no_weights_message(cfg, f"{type(e).__name__}: {e}")) from None
+    # --init: the head always starts fresh; the body too when it has no pretrained weights
+    initialise(learn.model if not cfg.pretrained else learn.model[-1], cfg.init)
     if cfg.precision == "fp16":
         learn.to_fp16()
     elif cfg.precision == "bf16":
@@ -155,6 +178,7 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
         "arch": cfg.arch,
         "classes": [str(c) for c in learn.dls.vocab],
         "size": cfg.size,  # the recipe's transforms(size) rebuild the input pipeline
+        "dropout": cfg.dropout,  # the head's layout depends on it (no Dropout module at 0)
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
                                                 "std": norm.std.flatten().tolist()},
     })
@@ -175,11 +199,11 @@ def load_weights(run_dir: Path, device):
     if isinstance(arch, str):
         from fastai.vision.learner import create_timm_model
 
-        model, _ = create_timm_model(arch, len(classes), pretrained=False)
+        model, _ = create_timm_model(arch, len(classes), pretrained=False, ps=meta.get("dropout", 0.5))
     else:
         from fastai.vision.learner import create_vision_model
 
-        model = create_vision_model(arch, len(classes), pretrained=False)
+        model = create_vision_model(arch, len(classes), pretrained=False, ps=meta.get("dropout", 0.5))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

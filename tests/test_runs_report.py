@@ -1,0 +1,190 @@
+"""Run history and reports: `trainer runs`, report.html (parsed, and loaded in a real browser), TensorBoard."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_dir_of
+from PIL import Image
+
+
+def copy_run(source: Path, target: Path, files=("config.json", "summary.json", "metrics.csv")) -> Path:
+    target.mkdir(parents=True)
+    for name in files:
+        shutil.copy(source / name, target / name)
+    return target
+
+
+def test_runs_lists_newest_first_and_survives_damage(trainer, digits_run, tmp_path):
+    source, _ = digits_run
+    out = tmp_path / "history"
+    copy_run(source, out / "digits" / "20261101-100000")
+    copy_run(source, out / "digits" / "20261102-100000")
+    stopped = copy_run(source, out / "digits" / "20261104-000000", files=("config.json", "metrics.csv"))
+    (stopped / "checkpoint.json").write_text("{}")
+    damaged = out / "mnist" / "20261103-090000"
+    damaged.mkdir(parents=True)
+    (damaged / "config.json").write_text('{"options": {"arch": "resn')  # cut off mid-write by a crash
+    (out / "mnist" / "20261103-090000-2").mkdir()  # a run that died before writing anything
+    (out / "mnist" / "latest").symlink_to("20261103-090000-2")
+
+    rows = json.loads(trainer("runs", "--out", out, "--json").stdout)
+    assert [r["id"] for r in rows] == ["20261104-000000", "20261103-090000-2", "20261103-090000",
+                                      "20261102-100000", "20261101-100000"]
+    states = {r["id"]: r["state"] for r in rows}
+    assert states == {"20261104-000000": "stopped (resumable)", "20261103-090000-2": "damaged (config.json missing)",
+                      "20261103-090000": "damaged (config.json unreadable)", "20261102-100000": "done",
+                      "20261101-100000": "done"}
+    done = rows[-1]
+    summary = json.loads((source / "summary.json").read_text())
+    assert done["final"] == summary["final"] and done["arch"] == "resnet34" and done["epochs"] == 3
+    assert rows[0]["final"]["accuracy"] == pytest.approx(summary["final"]["accuracy"])  # from metrics.csv
+
+    table = trainer("runs", "--out", out).stdout
+    assert all(r["id"] in table for r in rows) and "damaged (config.json unreadable)" in table
+    assert table.index("20261104-000000") < table.index("20261101-100000")
+    assert [r["recipe"] for r in json.loads(trainer("runs", "digits", "--out", out, "--json").stdout)] == ["digits"] * 3
+
+    shown = json.loads(trainer("runs", "show", "20261102-100000", "--out", out, "--json").stdout)
+    assert shown["config"]["options"]["epochs"] == 3 and len(shown["metrics"]) == 3
+    assert "damaged" in trainer("runs", "show", str(damaged), "--out", out).stdout
+    assert "no run 'nope'" in trainer("runs", "show", "nope", "--out", out, expect=2).stderr
+    assert "unknown recipe" in trainer("runs", "mnsit", "--out", out, expect=2).stderr
+
+
+class Page(HTMLParser):
+    """The images and links of a page, and the cells of each table."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.tables, self._cell = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag in ("a", "link", "script") and (attrs.get("href") or attrs.get("src")):
+            self.links.append(attrs.get("href") or attrs.get("src"))
+        if tag == "table":
+            self.tables.append([])
+        if tag == "tr":
+            self.tables[-1].append([])
+        if tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append(self._cell)
+            self._cell = None
+
+
+def test_report_is_self_contained_and_matches_metrics(trainer, digits_run):
+    run_dir, _ = digits_run
+    page = Page()
+    page.feed((run_dir / "report.html").read_text())
+    assert not page.links, f"the report must not load anything: {page.links}"
+    shown = set()
+    for image in page.images:
+        assert image["src"].startswith("data:image/png;base64,")
+        png = base64.b64decode(image["src"].split(",", 1)[1])
+        assert png == (run_dir / image["data-file"]).read_bytes()  # the run's own file, embedded
+        with Image.open(io.BytesIO(png)) as decoded:
+            decoded.load()
+        shown.add(image["data-file"])
+    assert {"history.png", "confusion_matrix.png", "confusion_matrix_normalized.png", "top_losses.png"} <= shown
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        expected = [[float(v) if i != 1 else v for i, v in enumerate(row)] for row in list(csv.reader(f))[1:]]
+    epochs = next(t for t in page.tables if t[0][:2] == ["epoch", "phase"])
+    assert [[float(v) if i != 1 else v for i, v in enumerate(row)] for row in epochs[1:]] == expected
+    text = (run_dir / "report.html").read_text()
+    assert "trainer fit digits --epochs 3 --lr 0.01 --bs 64 --arch resnet34 --no-pretrained" in text
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["baseline"]["status"] == ("met" if summary["final"]["accuracy"] >= 0.9 else "missed")
+    assert f'>{summary["baseline"]["status"]}</span>' in text
+
+    (run_dir / "report.html").unlink()
+    assert trainer("report", str(run_dir)).stdout.strip() == str(run_dir / "report.html")
+    assert (run_dir / "report.html").read_text() == text
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+PROBE = """<script>window.addEventListener('load', () => {
+  const failed = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.dataset.file);
+  document.body.dataset.failed = JSON.stringify(failed); document.body.dataset.images = document.images.length;
+});</script>"""
+
+
+def load_in_browser(page: Path) -> tuple[list, int]:
+    """Open `page` from disk in headless chromium; (images that failed to load, images on the page)."""
+    probe = page.with_name("probe-" + page.name)
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = BodyAttributes()
+    body.feed(dom)
+    probe.unlink()
+    return json.loads(body.attributes["data-failed"]), int(body.attributes["data-images"])
+
+
+class BodyAttributes(HTMLParser):
+    def handle_starttag(self, tag, attrs):
+        if tag == "body":
+            self.attributes = dict(attrs)
+
+
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_a_browser(digits_run, tmp_path):
+    run_dir, _ = digits_run
+    page = tmp_path / "report.html"
+    shutil.copy(run_dir / "report.html", page)  # on its own: nothing next to it to fall back on
+    failed, images = load_in_browser(page)
+    assert failed == [] and images >= 6
+
+    # the probe does catch a broken image
+    broken = tmp_path / "broken.html"
+    broken.write_text('<html><body><img src="missing.png" data-file="missing.png"></body></html>')
+    assert load_in_browser(broken) == (["missing.png"], 1)
+
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1200)
+    assert pixels.std() > 20 and (pixels < 128).mean() > 0.01, "the screenshot is blank"
+
+
+def test_tensorboard_logs_scalars(trainer, fixtures):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--epochs", "2",
+                     "--bs", "8", "--arch", "resnet18", "--no-interpret", "--tensorboard")
+    run_dir = run_dir_of(result)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "valid_loss", "error_rate", "lr_0", "mom_0"} <= tags
+    steps = json.loads((run_dir / "config.json").read_text())["data"]["n_train"] // 8 * 2
+    assert len(events.Scalars("lr_0")) >= steps  # every training step
+    valid = [e.value for e in events.Scalars("valid_loss")]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        assert valid == pytest.approx([float(r["valid_loss"]) for r in csv.DictReader(f)], rel=1e-4)
+    assert json.loads((run_dir / "config.json").read_text())["tensorboard"] is True

@@ -1,0 +1,54 @@
+"""`trainer evaluate`: a trained run's metrics on a separate, labelled test set.
+
+The validation set chose the epochs and the learning rate, so its error is optimistic; a test
+set the run never saw gives the honest figure. Written into the run directory beside the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.interpret import analyse, inference_dls, plot_confusion
+from trainer.runs import write_csv, write_json
+
+
+def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -> dict:
+    """Metrics of a trained run on a separate labelled test set (class folders, or a test/ subfolder of
+    them), written into the run as test_metrics.json and test_confusion_matrix.png/.csv."""
+    from fastai.data.transforms import get_image_files
+
+    from trainer.errors import BadInput
+    from trainer.images import scan
+    from trainer.learner import inference_learner, load_weights, resolve_device
+
+    root = Path(data)
+    if not root.is_dir():
+        raise BadInput(f"--data {data}: no such folder; give a folder of <class>/ subfolders of labelled test images")
+    test = root / "test" if (root / "test").is_dir() else root
+    _, bad = scan(test)
+    skip = {path for path, _ in bad}
+    items = [f for f in sorted(get_image_files(test)) if f not in skip]
+    if not items:
+        raise BadInput(f"{test} holds no readable images; give a folder of <class>/ subfolders of images")
+    torch_device = resolve_device(device)
+    model, meta = load_weights(run_dir, torch_device)
+    unknown = sorted({f.parent.name for f in items} - set(meta["classes"]))
+    if unknown:
+        raise BadInput(f"{test}: folder(s) {', '.join(unknown[:5])} are not classes of this model "
+                       f"({', '.join(meta['classes'][:10])}); each test image must sit in its class's folder")
+    dls = inference_dls(meta, items, bs, torch_device, labelled=True)
+    analysis = analyse(inference_learner(dls, model), dls.valid, items)
+    classes, cm = analysis.classes, analysis.confusion()
+    title = f"{meta['recipe']} · run {run_dir.name} · test set {test}"
+    write_csv(run_dir / "test_confusion_matrix.csv", ["actual \\ predicted", *classes],
+              [[name, *map(int, row)] for name, row in zip(classes, cm)])
+    plot_confusion(cm, classes, f"{title} · confusion matrix (counts)", run_dir / "test_confusion_matrix.png")
+    result = {"data": str(test.resolve()), "n": len(items), "n_skipped": len(bad),
+              "accuracy": round(analysis.accuracy, 6), "error_rate": round(1 - analysis.accuracy, 6),
+              "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class(),
+              "most_confused": analysis.most_confused()[:10]}
+    write_json(run_dir / "test_metrics.json", result)
+    from trainer.report import write_report
+
+    write_report(run_dir)
+    return result

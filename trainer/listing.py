@@ -1,0 +1,104 @@
+"""`trainer runs`: past runs under --out, newest first, read from their JSON files only.
+
+No torch or fastai here: listing must stay instant. A run directory with missing, partial or
+corrupt files is still listed, with its state saying what is wrong; it never stops the listing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from trainer.errors import BadInput
+from trainer.runs import run_dirs
+
+
+def read_json(path: Path) -> tuple[dict | None, str | None]:
+    """(content, problem): problem is None, 'missing' or 'unreadable'."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError):
+        return None, "unreadable"
+    return (value, None) if isinstance(value, dict) else (None, "unreadable")
+
+
+def run_state(run_dir: Path, config_problem: str | None, summary: dict | None, summary_problem: str | None) -> str:
+    if config_problem:
+        return f"damaged (config.json {config_problem})"
+    if summary is not None:
+        return "done"
+    if summary_problem == "unreadable":
+        return "damaged (summary.json unreadable)"
+    if (run_dir / "error.log").is_file():
+        return "failed"
+    if (run_dir / "lr_find.json").is_file():
+        return "lr-find"
+    if (run_dir / "checkpoint.json").is_file():
+        return "stopped (resumable)"
+    return "incomplete"
+
+
+def describe(run_dir: Path) -> dict:
+    """One row of the listing; every field may be None when its file is missing."""
+    config, config_problem = read_json(run_dir / "config.json")
+    summary, summary_problem = read_json(run_dir / "summary.json")
+    config, summary = config or {}, summary or None
+    options = config.get("options", {}) if isinstance(config.get("options"), dict) else {}
+    final = (summary or {}).get("final") or last_metrics(run_dir / "metrics.csv")
+    return {
+        "id": run_dir.name,
+        "recipe": run_dir.parent.name,
+        "path": str(run_dir),
+        "state": run_state(run_dir, config_problem, summary, summary_problem),
+        "command": config.get("command"),
+        "arch": options.get("arch"),
+        "epochs": options.get("epochs"),
+        "pretrained": options.get("pretrained"),
+        "device": (config.get("device") or {}).get("name"),
+        "world_size": (config.get("distributed") or {}).get("world_size", 1) if config else None,
+        "final": final,
+        "wall_seconds": (summary or {}).get("wall_seconds"),
+        "started": config.get("started"),
+        "baseline": (summary or {}).get("baseline"),
+    }
+
+
+def last_metrics(path: Path) -> dict:
+    """The last epoch's row of metrics.csv (for a run that stopped before summary.json)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {k: float(v) for k, v in rows[-1].items() if k not in ("epoch", "phase", "seconds")}
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return {}
+
+
+def list_runs(out: Path, recipe: str | None = None) -> list[dict]:
+    """Every run under `out` (or one recipe's), newest first."""
+    if not out.is_dir():
+        return []
+    recipes = [recipe] if recipe else sorted(d.name for d in out.iterdir() if d.is_dir() and not d.is_symlink())
+    rows = [describe(d) for name in recipes for d in run_dirs(out, name)]
+    # ids are start times (YYYYmmdd-HHMMSS[-n]); run_dirs orders a recipe's runs, so sort by its key
+    return sorted(rows, key=lambda r: (r["id"][:15], int(r["id"][16:]) if r["id"][16:].isdigit() else 1),
+                  reverse=True)
+
+
+def find_run(target: str, out: Path) -> Path:
+    """A run directory from a path, an id under `out`, or a recipe name (its newest run)."""
+    path = Path(target)
+    if path.is_dir():
+        return path
+    matches = [Path(r["path"]) for r in list_runs(out) if r["id"] == target]
+    if len(matches) == 1:
+        return matches[0]
+    runs = list_runs(out, target) if (out / target).is_dir() else []
+    if runs:
+        return Path(runs[0]["path"])
+    if len(matches) > 1:
+        raise BadInput(f"run id {target} exists for several recipes: give the path, e.g. {matches[0]}")
+    raise BadInput(f"no run '{target}' under {out}/: give a run directory, a run id or a recipe name "
+                   f"(see `trainer runs`)")
