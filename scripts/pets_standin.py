@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("cifar10", type=Path, help="extracted cifar10/ folder (train/cat, train/dog)")
     parser.add_argument("out", type=Path, help="folder to create")
     parser.add_argument("--per-class", type=int, default=200, help="images taken from each of cat and dog")
+    parser.add_argument("--photo-size", type=int, default=0,
+                        help="upscale to this width (3:4, JPEG) to imitate PETS' ~500x375 photos; 0 keeps 32x32")
     args = parser.parse_args()
     images = args.out / "images"
     images.mkdir(parents=True, exist_ok=False)
@@ -30,7 +32,15 @@ def main() -> None:
     for animal, breeds in (("cat", CAT_BREEDS), ("dog", DOG_BREEDS)):
         sources = sorted((args.cifar10 / "train" / animal).iterdir())[: args.per_class]
         for i, source in enumerate(sources):
-            shutil.copy(source, images / f"{breeds[i % len(breeds)]}_{i}.jpg")
+            target = images / f"{breeds[i % len(breeds)]}_{i}.jpg"
+            if args.photo_size:
+                from PIL import Image
+
+                with Image.open(source) as image:
+                    size = (args.photo_size, args.photo_size * 3 // 4)
+                    image.convert("RGB").resize(size, Image.BICUBIC).save(target, quality=90)
+            else:
+                shutil.copy(source, target)
     print(f"{args.out}: {len(list(images.iterdir()))} images")
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from conftest import draw, run_dir_of
+from PIL import Image
 
 from trainer.cache import cached_dls
 from trainer.config import FitConfig
@@ -62,3 +65,24 @@ def test_fit_records_the_cache(trainer, fixtures, digits_run):
                      "--epochs", "1", "--bs", "8", "--arch", "resnet18", "--no-interpret")
     config = json.loads((run_dir_of(result) / "config.json").read_text())
     assert config["options"]["cache"] is False and config["data"]["decoded_cache"] is None
+
+
+def test_photos_are_shrunk_once_and_keep_their_paths(trainer, fixtures, isolated):
+    args = ["fit", "pets", "--data", fixtures / "oxford-iiit-pet", "--size", "32", "--no-pretrained", "--epochs", "1",
+            "--bs", "4", "--arch", "resnet18"]
+    cached = json.loads((run_dir_of(trainer(*args)) / "config.json").read_text())
+    info = cached["data"]["resized_cache"]
+    assert info["side"] == 32 and info["copies"] == info["of"] == 24 and info["reused"] is False
+    copies = sorted(Path(info["path"]).glob("*.jpg"))
+    assert len(copies) == 24
+    with Image.open(copies[0]) as image:
+        assert min(image.size) == 32  # the fixture photos are 64x48
+    run_dir = run_dir_of(trainer(*args))
+    again = json.loads((run_dir / "config.json").read_text())
+    assert again["data"]["resized_cache"]["reused"] is True
+    # the items keep their own paths: the same split, and top losses name the original files
+    assert again["data"]["split_sha256"] == cached["data"]["split_sha256"]
+    with open(run_dir / "top_losses.csv", newline="") as f:
+        assert all(row["path"].startswith(str(fixtures)) for row in csv.DictReader(f))
+    plain = json.loads((run_dir_of(trainer(*args, "--no-cache")) / "config.json").read_text())
+    assert plain["data"]["resized_cache"] is None and plain["data"]["split_sha256"] == cached["data"]["split_sha256"]

@@ -10,6 +10,7 @@ Each row runs in its own process, one after the other, on the same data and devi
   trainer-nocache the same with --no-cache: PIL decoding every epoch, as fastai does
   floor           the same model's training step alone, on random tensors already in memory (images/s)
   loader          the training DataLoader alone, no model: fastai's PIL path, then the decoded-image cache
+                  (small images) or the presized copies (photos)
 Columns: wall seconds, training images/s, final error, peak RSS, and the ratios trainer/reference
 (wall time) and trainer/floor (throughput). All rows are from scratch (--no-pretrained).
 """
@@ -121,18 +122,21 @@ def loader(recipe: str, data: str, bs: int, device: str, batches: int = 200) -> 
     """Images/s of the training DataLoader alone: fastai's PIL path, then the decoded-image cache."""
     import torch
 
-    from trainer.cache import cacheable, cached_dls
+    from trainer.cache import cacheable, cached_dls, presize
     from trainer.config import FitConfig
     from trainer.data import build_dls, locate
     from trainer.recipes import get_recipe
 
     r = get_recipe(recipe)
     cfg = replace(FitConfig(recipe, bs=bs).resolve(r), workers=0 if device == "cpu" else min(8, os.cpu_count()))
-    dls = build_dls(r, locate(r, data), cfg, torch.device(device))
+    root = locate(r, data)
+    dls = build_dls(r, root, cfg, torch.device(device))
     result = {"pil": images_per_second(dls.train, batches)}
     if cacheable(r, cfg):
         fast = cached_dls(dls, lambda _: None)
         result["cache"] = images_per_second(fast.train, batches) if fast else None
+    elif presize(r, cfg, root, set(), lambda _: None):  # the same loader, reading the shrunk copies
+        result["presized"] = images_per_second(dls.train, batches)
     print(json.dumps(result))
 
 

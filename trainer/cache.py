@@ -1,4 +1,8 @@
-"""The decoded-image cache for small-image recipes (MNIST, CIFAR-10, digits).
+"""Caches that take image decoding off the training loop.
+
+Small-image recipes (MNIST, CIFAR-10, digits) get the decoded-image cache below; recipes that
+resize full photos per item (pets, pets_breeds, folder) get `presize`: a copy of every photo
+shrunk once to the resize target.
 
 fastai decodes every PNG with PIL and collates items one by one in Python, every epoch. For
 28-32 px images that work, not the model, limits a GPU. Here each image is decoded once into
@@ -11,6 +15,9 @@ the device. The recipe's ordinary DataLoaders stay what is exported and used for
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -108,6 +115,71 @@ def cached_dls(dls, say):
     fast = DataLoaders(train, valid, path=dls.path, device=device)
     fast.cache_info = {**info, "on": str(images.device), "megabytes": round(images.numel() / 2**20, 1)}
     return fast
+
+
+def resize_target(recipe, cfg) -> int | None:
+    """The side a recipe's per-item Resize produces (pets 224, pets_breeds' presizing 460), if any."""
+    from fastai.vision.augment import Resize
+
+    item_tfms = recipe.transforms(cfg).get("item_tfms")
+    return max(item_tfms.size) if isinstance(item_tfms, Resize) else None
+
+
+def shrink(source: Path, target: Path, side: int) -> bool:
+    """Save `source` with its short side at `side` (JPEG q95 for JPEGs, PNG otherwise); False when
+    it is already that small (the original is read as it is)."""
+    from PIL import Image
+
+    from trainer.images import to_rgb
+
+    with Image.open(source) as image:
+        if min(image.size) <= side:
+            return False
+        image.draft("RGB", (side, side))  # JPEG: decode at the smallest scale still >= side
+        image = to_rgb(image)
+        scale = side / min(image.size)
+        if scale < 1:
+            image = image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))),
+                                 Image.BILINEAR)  # fastai's Resize default
+        if target.suffix == ".jpg":
+            image.save(target, quality=95)
+        else:
+            image.save(target)
+    return True
+
+
+def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
+    """For recipes that resize full photos per item: shrink every image once to the resize target's
+    short side, into <data root>/.resized/<key>/, and point RGBImage at the copies. Each epoch then
+    decodes a 224-460 px image instead of a full photo; the crop and resize still happen per item."""
+    from trainer.images import RGBImage, image_files
+
+    RGBImage.copies = {}
+    side = resize_target(recipe, cfg) if cfg.cache is not False else None
+    if side is None:
+        return None
+    start = time.perf_counter()
+    files = [f for f in image_files(root) if f not in skip]
+    folder = data_root() / ".resized" / f"{signature(files)}-{side}"
+    names = [folder / f"{i}{'.jpg' if f.suffix.lower() in ('.jpg', '.jpeg') else '.png'}" for i, f in enumerate(files)]
+    reused = (folder / "done.json").is_file()
+    if not reused:
+        tmp = folder.with_name(f".{folder.name}-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+            shrunk = list(pool.map(lambda i: shrink(files[i], tmp / names[i].name, side), range(len(files))))
+        (tmp / "done.json").write_text(json.dumps({"side": side, "copies": [n.name for n, s in zip(names, shrunk) if s]}))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    made = set(json.loads((folder / "done.json").read_text())["copies"])
+    RGBImage.copies = {str(f): n for f, n in zip(files, names) if n.name in made}
+    info = {"path": str(folder), "side": side, "copies": len(RGBImage.copies), "of": len(files), "reused": reused,
+            "seconds": round(time.perf_counter() - start, 2)}
+    say(f"resized-image cache: {info['copies']} of {len(files)} images at short side {side} "
+        f"{'from' if reused else 'written to'} {folder}")
+    return info
 
 
 @contextmanager

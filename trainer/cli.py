@@ -31,7 +31,8 @@ DEVICE = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, 
 PRECISION = typer.Option("auto", help="auto (mixed on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
 WORKERS = typer.Option(None, help="DataLoader worker processes [default: 0 on CPU, up to 8 on GPU].")
 CACHE = typer.Option(None, "--cache/--no-cache",
-                     help="Decode small images (mnist, cifar10, digits) once into a tensor cache [default: on].")
+                     help="Decode small images (mnist, cifar10, digits) once into a tensor cache; shrink photos "
+                          "(pets, folder) once to the resize size [default: on].")
 SEED = typer.Option(None, help="Random seed for the split, initial weights and shuffling [default: 42].")
 OUT = typer.Option(Path("runs"), help="Where run directories go: OUT/<recipe>/<id>/.")
 QUIET = typer.Option(False, "--quiet", "-q", help="Print only the run directory.")

@@ -249,6 +249,7 @@ def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
     """The recipe's DataLoaders, leaving out the unreadable files in `skip`, reading every image as RGB."""
     from trainer.images import RGBImage
 
+    RGBImage.copies = {}  # no presized copies unless cache.presize says so for this run
     # Pinned host memory makes the copy to a GPU asynchronous; it only costs memory elsewhere.
     loader = dict(bs=cfg.bs, num_workers=cfg.workers, device=device, img_cls=RGBImage,
                   pin_memory=device.type == "cuda")

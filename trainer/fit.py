@@ -33,6 +33,7 @@ class Prepared:
     fast_dls: object = None  # the same data as decoded-tensor batches (cache.py), used while training
     world: object = None  # distributed.World: this process's rank among how many
     tensorboard: bool = False  # log to <run>/tensorboard/ (fastai's TensorBoardCallback)
+    presized: dict | None = None  # the resized-image cache (cache.presize), for config.json
     config: dict | None = None  # what config.json holds, once start_run has written it
 
 
@@ -85,11 +86,13 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
                        f"has no batch; use --bs {max(1, len(dls.train_ds) // 2)} or add images")
     learn = create_learner(dls, cfg, recipe, Path("."))
     learn.remove_cb(ProgressCallback)
-    from trainer.cache import cacheable, cached_dls
+    from trainer.cache import cacheable, cached_dls, presize
 
     fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
-    cfg = replace(cfg, cache=fast_dls is not None)
-    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world)
+    presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, say)
+    cfg = replace(cfg, cache=fast_dls is not None or presized is not None)
+    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
+                    presized=presized)
 
 
 def skip_unreadable(data_path: Path, console) -> list:
@@ -139,7 +142,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
         "data": {"path": str(p.data_path.resolve()), "classes": [str(c) for c in p.dls.vocab],
                  "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped),
                  "split_sha256": split_hash(p.dls, p.data_path),
-                 "decoded_cache": getattr(p.fast_dls, "cache_info", None)},
+                 "decoded_cache": getattr(p.fast_dls, "cache_info", None), "resized_cache": p.presized},
         "device": {"name": str(device), "precision": p.cfg.precision, **device_info(device)},
         "distributed": p.world.to_dict(),
         "environment": runs.environment(),
@@ -242,19 +245,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     if not resumed:
         save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch")
 
-    extra = {}
-    if cfg.lr == "auto":
-        from trainer.lrfind import find_lr, write_lr_find
-
-        p.say("--lr auto: running lr_find first")
-        with swapped_dls(learn, p.fast_dls):
-            found = find_lr(learn)
-        write_lr_find(found, run_dir, f"{title} · lr_find")
-        cfg = p.cfg = replace(cfg, lr=found["suggestions"]["valley"])
-        extra["lr_find"] = {"suggestions": found["suggestions"], "chosen": "valley"}
-        p.say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
-              f"training with valley")
-
+    extra = {"lr_find": auto_lr(p, run_dir, title)} if cfg.lr == "auto" else {}
+    cfg = p.cfg
     schedule = schedule_of(cfg)
     why = ("pretrained weights: fine_tune trains the new head for one frozen epoch, then everything"
            if cfg.pretrained else
@@ -302,14 +294,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     if stopped_early:
         p.say(f"early stop: {recipe.main_metric} did not improve for {cfg.early_stop} epoch(s); "
               f"stopped after epoch {len(run_log.rows)} of {total_epochs}")
-    final_row = run_log.last
-    if cfg.save_best and checkpoints.best and checkpoints.best["epoch"] != final_row["epoch"]:
-        from fastai.learner import load_model
-
-        # the exported model is the best epoch's (best.pth), and so are the final metrics
-        load_model(run_dir / "best.pth", learn.model, None, with_opt=False, device=learn.dls.device)
-        final_row = dict(zip(run_log.header, run_log.rows[checkpoints.best["epoch"] - 1]))
-        p.say(f"keeping epoch {checkpoints.best['epoch']}'s weights (best {recipe.main_metric})")
+    final_row = keep_best(p, run_dir, run_log, checkpoints.best) if cfg.save_best else run_log.last
     if cfg.activation_stats:
         from trainer.activations import write_activations
 
@@ -353,6 +338,32 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     write_report(run_dir)
     (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
     return summary
+
+
+def auto_lr(p: Prepared, run_dir: Path, title: str) -> dict:
+    """--lr auto: lr_find first, then train with its valley suggestion (p.cfg.lr is set)."""
+    from trainer.cache import swapped_dls
+    from trainer.lrfind import find_lr, write_lr_find
+
+    p.say("--lr auto: running lr_find first")
+    with swapped_dls(p.learn, p.fast_dls):
+        found = find_lr(p.learn)
+    write_lr_find(found, run_dir, f"{title} · lr_find")
+    p.cfg = replace(p.cfg, lr=found["suggestions"]["valley"])
+    p.say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
+          f"training with valley")
+    return {"suggestions": found["suggestions"], "chosen": "valley"}
+
+
+def keep_best(p: Prepared, run_dir: Path, run_log, best: dict | None) -> dict:
+    """--save-best (and --early-stop): load the best epoch's weights; its row of metrics.csv is the result."""
+    if not best or best["epoch"] == run_log.last["epoch"]:
+        return run_log.last
+    from fastai.learner import load_model
+
+    load_model(run_dir / "best.pth", p.learn.model, None, with_opt=False, device=p.learn.dls.device)
+    p.say(f"keeping epoch {best['epoch']}'s weights (best {p.recipe.main_metric})")
+    return dict(zip(run_log.header, run_log.rows[best["epoch"] - 1]))
 
 
 def early_stopping(cfg: FitConfig, recipe: Recipe) -> list:

@@ -32,11 +32,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 class RGBImage(PILImage):
-    """fastai's PILImage, reading 16-bit, float, palette, CMYK and alpha images as 8-bit RGB."""
+    """fastai's PILImage, reading 16-bit, float, palette, CMYK and alpha images as 8-bit RGB.
+
+    `copies` maps an image's path to a smaller copy made once (cache.presize): the item keeps its
+    own path everywhere (splits, labels, top losses), only the pixels come from the copy."""
+
+    copies: dict[str, Path] = {}
 
     @classmethod
     def create(cls, fn, **kwargs):
         if isinstance(fn, (str, Path)):
+            fn = cls.copies.get(str(fn), fn)
             with Image.open(fn) as opened:
                 opened.load()
                 image = opened._new(opened.im)  # detached from the file, as fastai's load_image does
