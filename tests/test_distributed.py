@@ -71,3 +71,29 @@ def test_a_dead_worker_stops_the_job(tmp_path):
     assert last.startswith("error: worker rank") and "every worker was ended" in last, stderr[-2000:]
     assert not subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True).stdout, \
         "a worker outlived the job"
+
+
+def test_sigterm_stops_every_rank_and_resume_continues(tmp_path):
+    env = trainer_env(tmp_path)
+    launcher = subprocess.Popen([sys.executable, "-m", "trainer", "fit", "digits", "--nproc", "2", "--bs", "32",
+                                 "--epochs", "4", "--out", tmp_path / "runs", "--device", "cpu"],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("digits/2*/checkpoint.json")):
+            time.sleep(0.5)
+        launcher.send_signal(signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 143, stderr[-2000:]
+    run_dir = next((tmp_path / "runs" / "digits").glob("2*"))
+    assert f"trainer fit --resume {run_dir} --nproc 2" in stderr
+    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
+    assert 1 <= done < 4 and not (run_dir / "summary.json").exists()
+
+    result = subprocess.run([sys.executable, "-m", "trainer", "fit", "--resume", run_dir, "--nproc", "2", "--quiet"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["resumed_after_epoch"] == done

@@ -208,9 +208,9 @@ def format_table(result: dict) -> str:
     def cell(value, fmt):
         return format("-", ">" + fmt.split(".")[0]) if value is None else format(value, fmt)
 
-    lines = [f"{'row':<16} {'wall s':>8} {'images/s':>10} {'error':>8} {'peak RSS MB':>12}"]
+    lines = [f"{'row':<18} {'wall s':>8} {'images/s':>10} {'error':>8} {'peak RSS MB':>12}"]
     for name, row in result["rows"].items():
-        lines.append(f"{name:<16} {cell(row['wall_s'], '8.1f')} {cell(row['images_per_s'], '10.1f')} "
+        lines.append(f"{name:<18} {cell(row['wall_s'], '8.1f')} {cell(row['images_per_s'], '10.1f')} "
                      f"{cell(row['error_rate'], '8.4f')} {cell(row['peak_rss_mb'], '12.0f')}")
     lines += [f"{name}: {value:.2f}" for name, value in result["ratios"].items()]
     return "\n".join(lines)

@@ -61,11 +61,12 @@ class Checkpoints(Callback):
 
 
 @contextlib.contextmanager
-def stop_on_signals(checkpoints: Checkpoints):
-    """SIGINT and SIGTERM set a flag that the training loop acts on at the next batch."""
+def stop_on_signals(target):
+    """SIGINT and SIGTERM set `target.signum` (Checkpoints, or distributed.signal_sync's flag), which the
+    training loop acts on at the next batch."""
 
     def flag(signum, frame):
-        checkpoints.signum = signum
+        target.signum = signum
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield

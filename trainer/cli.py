@@ -53,7 +53,8 @@ def _fail(error: Exception) -> None:
     label = "interrupted" if isinstance(error, TrainingInterrupted) else "error"
     from rich.markup import escape
 
-    _console(stderr=True).print(f"[bold red]{label}:[/] {escape(str(error))}", markup=True, highlight=False)
+    if str(error):  # a distributed worker other than rank 0 stops quietly: rank 0 reports
+        _console(stderr=True).print(f"[bold red]{label}:[/] {escape(str(error))}", markup=True, highlight=False)
     raise typer.Exit(error.exit_code)
 
 
@@ -338,12 +339,13 @@ def runs(
         return
     from rich.table import Table
 
-    table = Table("id", "recipe", "arch", "epochs", "pretrained", "device", "final metrics", "wall s", "date",
-                  "state", title=f"runs under {out}/ (newest first)")
+    table = Table("id", "recipe", "arch", "epochs", "pretrained", "options", "device", "final metrics", "wall s",
+                  "date", "state", title=f"runs under {out}/ (newest first)")
     for r in rows:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in (r["final"] or {}).items() if not k.endswith("_loss"))
         table.add_row(r["id"], r["recipe"], r["arch"] or "-", str(r["epochs"] or "-"),
-                      {True: "yes", False: "no"}.get(r["pretrained"], "-"), r["device"] or "-", metrics or "-",
+                      {True: "yes", False: "no"}.get(r["pretrained"], "-"), r["changes"] or "", r["device"] or "-",
+                      metrics or "-",
                       f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-",
                       (r["started"] or "-")[:16].replace("T", " "), r["state"])
     if not console.is_terminal:

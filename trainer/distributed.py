@@ -92,6 +92,49 @@ def trainer_callback(world: World, device):
     return Trainer(sync_bn=world.backend == "nccl", cpu=device.type == "cpu")
 
 
+def signal_sync(checkpoints=None):
+    """A callback that makes every rank stop at the same batch on Ctrl-C/SIGTERM.
+
+    Ranks stopping one batch apart would leave the others waiting in an all-reduce. So the signal
+    handler (checkpoint.stop_on_signals) only sets this callback's `signum`; after each training
+    batch and each epoch the ranks share it (all_reduce max), and all act on it together: rank 0
+    hands it to its Checkpoints (which stops at once while training, or saves the epoch first),
+    the others stop."""
+    import torch
+    import torch.distributed as dist
+    from fastai.callback.core import Callback
+
+    from trainer.checkpoint import Checkpoints, Interrupted
+
+    class SignalSync(Callback):
+        order = Checkpoints.order - 1
+
+        def __init__(self):
+            self.signum = None
+
+        def shared(self) -> int:
+            flag = torch.tensor([self.signum or 0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return int(flag.item())
+
+        def act(self):
+            signum = self.shared()
+            if not signum:
+                return
+            if checkpoints is None:
+                raise Interrupted(signum)
+            checkpoints.signum = signum
+
+        def after_batch(self):
+            if self.training:
+                self.act()
+
+        def after_epoch(self):
+            self.act()
+
+    return SignalSync()
+
+
 @contextmanager
 def distributed(learn, world: World, device):
     """Train `learn` as one rank of `world` (nothing changes for a single process)."""
@@ -148,9 +191,24 @@ def launch(nproc: int, argv: list[str], cfg=None) -> int:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores: each process gets its part, not all of them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     try:
         elastic_launch(config, sys.executable)("-m", "trainer", *without_nproc(argv))
+    except SignalException as e:  # Ctrl-C or SIGTERM: torchrun passed it on; rank 0 saved and said how to resume
+        import signal
+
+        from trainer.errors import TrainingInterrupted
+
+        raise TrainingInterrupted(f"stopped by {signal.Signals(e.sigval).name}; every worker was stopped "
+                                  f"(rank 0's message above has the --resume command)", e.sigval) from None
     except ChildFailedError as e:
+        signals = {failure.exitcode - 128 for failure in e.failures.values() if failure.exitcode in (130, 143)}
+        if signals:  # the workers were signalled directly (not through the launcher)
+            from trainer.errors import TrainingInterrupted
+
+            raise TrainingInterrupted("the workers were stopped by a signal (rank 0's message above has the "
+                                      "--resume command)", max(signals)) from None
         codes = {failure.exitcode for failure in e.failures.values()}
         if codes == {2}:
             return 2  # every rank refused the same bad input and said why

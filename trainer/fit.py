@@ -190,11 +190,16 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
 def follow(p: Prepared, done: int = 0) -> tuple[None, None]:
     """Ranks 1..N-1: the same schedule as rank 0, in lockstep, writing nothing."""
     from trainer.cache import swapped_dls
-    from trainer.distributed import distributed
+    from trainer.checkpoint import Interrupted, stop_on_signals
+    from trainer.distributed import distributed, signal_sync
 
-    with p.learn.added_cbs(early_stopping(p.cfg, p.recipe)), swapped_dls(p.learn, p.fast_dls), \
-            distributed(p.learn, p.world, p.dls.device):
-        run_schedule(p.learn, p.cfg, done)  # every rank sees the same gathered metrics: they stop together
+    flag = signal_sync()
+    try:
+        with p.learn.added_cbs([*early_stopping(p.cfg, p.recipe), flag]), stop_on_signals(flag), \
+                swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
+            run_schedule(p.learn, p.cfg, done)  # every rank sees the same gathered metrics: they stop together
+    except Interrupted as stop:
+        raise TrainingInterrupted("", stop.signum) from None  # rank 0 says what happened
     return None, None
 
 
@@ -270,6 +275,12 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
     checkpoints = Checkpoints(run_dir, run_log, recipe.main_metric, best=resumed and resumed["best"])
     callbacks = [run_log, display, checkpoints, *early_stopping(cfg, recipe)]
+    flag = checkpoints  # what a signal sets: Checkpoints itself, or (distributed) a flag every rank shares
+    if p.world.size > 1:
+        from trainer.distributed import signal_sync
+
+        flag = signal_sync(checkpoints)
+        callbacks.append(flag)
     if p.tensorboard:
         callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
     stats = None
@@ -280,13 +291,14 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         callbacks.append(stats)
     start = time.perf_counter()
     try:
-        with learn.added_cbs(callbacks), stop_on_signals(checkpoints), \
+        with learn.added_cbs(callbacks), stop_on_signals(flag), \
                 swapped_dls(learn, p.fast_dls), distributed(learn, p.world, p.dls.device):
             run_schedule(learn, cfg, done)
     except Interrupted as stop:
         epochs = len(run_log.rows)
         raise TrainingInterrupted(f"stopped by {stop} after {epochs} of {total_epochs} epochs; the checkpoint is "
-                                  f"saved: continue with `trainer fit --resume {run_dir}`", stop.signum) from None
+                                  f"saved: continue with `trainer fit --resume {run_dir}"
+                                  f"{f' --nproc {p.world.size}' if p.world.size > 1 else ''}`", stop.signum) from None
     finally:
         display.close()
     wall_seconds = time.perf_counter() - start

@@ -59,11 +59,25 @@ def describe(run_dir: Path) -> dict:
         "pretrained": options.get("pretrained"),
         "device": (config.get("device") or {}).get("name"),
         "world_size": (config.get("distributed") or {}).get("world_size", 1) if config else None,
+        "changes": changes(options, config),
         "final": final,
         "wall_seconds": (summary or {}).get("wall_seconds"),
         "started": config.get("started"),
         "baseline": (summary or {}).get("baseline"),
     }
+
+
+# Options whose defaults are fixed: a run that set them differently says so in the listing.
+DEFAULTS = {"opt": "adam", "init": "default", "dropout": 0.5, "bs": 64, "early_stop": None, "save_best": False,
+            "activation_stats": False, "valid_pct": None, "weights": None}
+
+
+def changes(options: dict, config: dict) -> str:
+    """The options a run set away from the defaults, as flags (`--opt sgd --bs 32`)."""
+    words = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in options.items()
+             if k in DEFAULTS and v != DEFAULTS[k] and v is not False]
+    world_size = (config.get("distributed") or {}).get("world_size", 1)
+    return " ".join(words + ([f"--nproc {world_size}"] if world_size > 1 else []))
 
 
 def last_metrics(path: Path) -> dict:

@@ -80,7 +80,8 @@ def reproduce_command(config: dict) -> str:
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            words.append(flag if value else "--no-" + name.replace("_", "-"))
+            if value or name in ("pretrained", "cache"):  # the flags that have a --no- form
+                words.append(flag if value else "--no-" + name.replace("_", "-"))
         else:
             words += [flag, str(value)]
     world_size = (config.get("distributed") or {}).get("world_size", 1)
