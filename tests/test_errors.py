@@ -151,6 +151,13 @@ def test_light_commands_do_not_import_torch(args):
     assert "Usage" in done.stdout or "digits" in done.stdout
 
 
+def test_help_shows_the_defaults(trainer, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "220")
+    out = trainer("fit", "--help").stdout
+    for text in ("[default: 64]", "[default: 42]", "[default: 0.5]", "[default: the recipe's]"):
+        assert text in out, f"{text} missing from fit --help (rich markup would eat unescaped brackets)"
+
+
 def test_datasets_lists_every_recipe(trainer):
     out = trainer("datasets").stdout
     for name in ("mnist_sample", "mnist", "cifar10", "pets", "pets_breeds", "digits", "folder"):

@@ -19,21 +19,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 # Options shared by the commands that build a learner (fit, lr-find).
 RECIPE = typer.Argument(..., help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets).")
-BS = typer.Option(None, help="Batch size [default: 64].")
+BS = typer.Option(None, help="Batch size \\[default: 64].")
 ARCH = typer.Option(None, help="Architecture: resnet34 (default), resnet18, resnet50, any torchvision or timm name.")
 PRETRAINED = typer.Option(None, "--pretrained/--no-pretrained",
-                          help="Start from ImageNet weights [default: yes, except digits].")
+                          help="Start from ImageNet weights \\[default: yes, except digits].")
 WEIGHTS = typer.Option(None, help="A local torchvision state dict to start from (no download).")
-DATA = typer.Option(None, help="Dataset folder or .tgz/.tar/.zip archive [default: data root, then FASTAI_HOME, then download].")
-SIZE = typer.Option(None, help="Image size for recipes that resize (pets, pets_breeds, folder) [default: 224].")
+DATA = typer.Option(None, help="Dataset folder or .tgz/.tar/.zip archive \\[default: data root, then FASTAI_HOME, then download].")
+SIZE = typer.Option(None, help="Image size for recipes that resize (pets, pets_breeds, folder) \\[default: 224].")
 VALID_PCT = typer.Option(None, help="Random validation fraction instead of the folders' split (cifar10, folder).")
 DEVICE = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option("auto", help="auto (mixed on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
-WORKERS = typer.Option(None, help="DataLoader worker processes [default: 0 on CPU, up to 8 on GPU].")
+WORKERS = typer.Option(None, help="DataLoader worker processes \\[default: 0 on CPU, up to 8 on GPU].")
 CACHE = typer.Option(None, "--cache/--no-cache",
                      help="Decode small images (mnist, cifar10, digits) once into a tensor cache; shrink photos "
-                          "(pets, folder) once to the resize size [default: on].")
-SEED = typer.Option(None, help="Random seed for the split, initial weights and shuffling [default: 42].")
+                          "(pets, folder) once to the resize size \\[default: on].")
+SEED = typer.Option(None, help="Random seed for the split, initial weights and shuffling \\[default: 42].")
 OUT = typer.Option(Path("runs"), help="Where run directories go: OUT/<recipe>/<id>/.")
 QUIET = typer.Option(False, "--quiet", "-q", help="Print only the run directory.")
 TOP_K = typer.Option(9, help="How many of the highest-loss validation images to show.")
@@ -101,8 +101,8 @@ def _parse_lr(lr: Optional[str]):
 @app.command()
 def fit(
     recipe: Optional[str] = typer.Argument(None, help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs to train [default: the recipe's]."),
-    lr: Optional[str] = typer.Option(None, help="Base learning rate, or 'auto' (lr_find's valley) [default: the recipe's]."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs to train \\[default: the recipe's]."),
+    lr: Optional[str] = typer.Option(None, help="Base learning rate, or 'auto' (lr_find's valley) \\[default: the recipe's]."),
     bs: Optional[int] = BS, arch: Optional[str] = ARCH, pretrained: Optional[bool] = PRETRAINED,
     weights: Optional[Path] = WEIGHTS, data: Optional[str] = DATA, size: Optional[int] = SIZE,
     valid_pct: Optional[float] = VALID_PCT, device: str = DEVICE, precision: str = PRECISION,
@@ -113,9 +113,9 @@ def fit(
     resume: Optional[Path] = typer.Option(None, help="Continue an interrupted run directory from its last epoch."),
     opt: Optional[str] = typer.Option(None, help="Optimiser: adam (default), sgd, rmsprop, lamb, ranger "
                                       "(fastai's; momentum follows the one-cycle schedule where it applies)."),
-    wd: Optional[float] = typer.Option(None, help="Weight decay [default: the optimiser's fastai default, "
+    wd: Optional[float] = typer.Option(None, help="Weight decay \\[default: the optimiser's fastai default, "
                                        "0.01 for adam and ranger, 0 for sgd, rmsprop, lamb]."),
-    dropout: Optional[float] = typer.Option(None, help="Dropout probability of the head's last layer [default: 0.5]."),
+    dropout: Optional[float] = typer.Option(None, help="Dropout probability of the head's last layer \\[default: 0.5]."),
     init: Optional[str] = typer.Option(None, help="Initialise the layers trained from scratch: default "
                                        "(torchvision's), kaiming (He) or xavier (Glorot)."),
     early_stop: Optional[int] = typer.Option(None, help="Stop when the recipe's main metric has not improved "

@@ -193,6 +193,11 @@ def launch(nproc: int, argv: list[str], cfg=None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
+    import logging
+
+    # torchrun's agent logs each worker it ends; the workers' own messages and ours below say it in one line each
+    for name in [n for n in logging.Logger.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # torch sets each module's own level
     try:
         elastic_launch(config, sys.executable)("-m", "trainer", *without_nproc(argv))
     except SignalException as e:  # Ctrl-C or SIGTERM: torchrun passed it on; rank 0 saved and said how to resume
