@@ -86,3 +86,15 @@ def test_photos_are_shrunk_once_and_keep_their_paths(trainer, fixtures, isolated
         assert all(row["path"].startswith(str(fixtures)) for row in csv.DictReader(f))
     plain = json.loads((run_dir_of(trainer(*args, "--no-cache")) / "config.json").read_text())
     assert plain["data"]["resized_cache"] is None and plain["data"]["split_sha256"] == cached["data"]["split_sha256"]
+
+
+def test_bench_loader_rows(trainer, fixtures, isolated):
+    """`trainer bench` plumbing, on its cheapest row: the cache is what makes the loader fast."""
+    out = isolated / "bench.json"
+    table = trainer("bench", "mnist", "--data", fixtures / "mnist_png", "--rows", "loader", "--bs", "4",
+                    "--json", out).stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"loader (pil)", "loader (cache)"} and "loader (cache)" in table
+    assert rows["loader (cache)"]["images_per_s"] > rows["loader (pil)"]["images_per_s"] > 0
+    assert "unknown --rows fast" in trainer("bench", "mnist", "--data", fixtures / "mnist_png", "--rows", "fast",
+                                            expect=2).stderr
