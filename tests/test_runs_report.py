@@ -35,14 +35,17 @@ def test_runs_lists_newest_first_and_survives_damage(trainer, digits_run, tmp_pa
     damaged.mkdir(parents=True)
     (damaged / "config.json").write_text('{"options": {"arch": "resn')  # cut off mid-write by a crash
     (out / "mnist" / "20261103-090000-2").mkdir()  # a run that died before writing anything
+    odd = copy_run(source, out / "mnist" / "20261102-120000")
+    (odd / "config.json").write_text('{"options": "resnet34", "device": "cpu"}')  # JSON, but not trainer's
     (out / "mnist" / "latest").symlink_to("20261103-090000-2")
 
     rows = json.loads(trainer("runs", "--out", out, "--json").stdout)
     assert [r["id"] for r in rows] == ["20261104-000000", "20261103-090000-2", "20261103-090000",
-                                      "20261102-100000", "20261101-100000"]
+                                      "20261102-120000", "20261102-100000", "20261101-100000"]
     states = {r["id"]: r["state"] for r in rows}
     assert states == {"20261104-000000": "stopped (resumable)", "20261103-090000-2": "damaged (config.json missing)",
-                      "20261103-090000": "damaged (config.json unreadable)", "20261102-100000": "done",
+                      "20261103-090000": "damaged (config.json unreadable)",
+                      "20261102-120000": "damaged (unexpected content: AttributeError)", "20261102-100000": "done",
                       "20261101-100000": "done"}
     done = rows[-1]
     summary = json.loads((source / "summary.json").read_text())
@@ -57,6 +60,7 @@ def test_runs_lists_newest_first_and_survives_damage(trainer, digits_run, tmp_pa
     shown = json.loads(trainer("runs", "show", "20261102-100000", "--out", out, "--json").stdout)
     assert shown["config"]["options"]["epochs"] == 3 and len(shown["metrics"]) == 3
     assert "damaged" in trainer("runs", "show", str(damaged), "--out", out).stdout
+    assert "unexpected content" in trainer("runs", "show", str(odd), "--out", out).stdout
     assert "no run 'nope'" in trainer("runs", "show", "nope", "--out", out, expect=2).stderr
     assert "unknown recipe" in trainer("runs", "mnsit", "--out", out, expect=2).stderr
 

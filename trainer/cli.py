@@ -310,7 +310,7 @@ def runs(
     """Past runs, newest first (`trainer runs [RECIPE]`), or one run's config and metrics (`trainer runs show RUN`)."""
     import json
 
-    from trainer.listing import describe, find_run, list_runs
+    from trainer.listing import describe_or_flag, find_run, list_runs
 
     console = _console()
     try:
@@ -318,7 +318,7 @@ def runs(
             if run is None:
                 raise BadInput("`trainer runs show` needs a RUN: a run directory, a run id or a recipe name")
             run_dir = find_run(run, out)
-            _show_run(console, run_dir, describe(run_dir), json_out)
+            _show_run(console, run_dir, describe_or_flag(run_dir), json_out)
             return
         if run is not None:
             raise BadInput(f"unexpected '{run}': use `trainer runs [RECIPE]` or `trainer runs show RUN`")
@@ -342,12 +342,13 @@ def runs(
     table = Table("id", "recipe", "arch", "epochs", "pretrained", "options", "device", "final metrics", "wall s",
                   "date", "state", title=f"runs under {out}/ (newest first)")
     for r in rows:
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in (r["final"] or {}).items() if not k.endswith("_loss"))
-        table.add_row(r["id"], r["recipe"], r["arch"] or "-", str(r["epochs"] or "-"),
-                      {True: "yes", False: "no"}.get(r["pretrained"], "-"), r["changes"] or "", r["device"] or "-",
-                      metrics or "-",
-                      f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-",
-                      (r["started"] or "-")[:16].replace("T", " "), r["state"])
+        metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, (int, float)) else f"{k} {v}"
+                            for k, v in (r["final"] or {}).items() if not k.endswith("_loss"))
+        cells = [r["id"], r["recipe"], r["arch"] or "-", r["epochs"] or "-",
+                 {True: "yes", False: "no"}.get(r["pretrained"], "-"), r["changes"] or "", r["device"] or "-",
+                 metrics or "-", f"{r['wall_seconds']:.0f}" if isinstance(r["wall_seconds"], (int, float)) else "-",
+                 str(r["started"] or "-")[:16].replace("T", " "), r["state"]]
+        table.add_row(*map(str, cells))  # str(): a hand-edited file may hold any JSON type
     if not console.is_terminal:
         console.width = max(console.width, 180)  # a pipe or a file gets whole cells, not ellipses
     console.print(table)

@@ -45,7 +45,7 @@ def describe(run_dir: Path) -> dict:
     """One row of the listing; every field may be None when its file is missing."""
     config, config_problem = read_json(run_dir / "config.json")
     summary, summary_problem = read_json(run_dir / "summary.json")
-    config, summary = config or {}, summary or None
+    config = config or {}
     options = config.get("options", {}) if isinstance(config.get("options"), dict) else {}
     final = (summary or {}).get("final") or last_metrics(run_dir / "metrics.csv")
     return {
@@ -80,6 +80,18 @@ def changes(options: dict, config: dict) -> str:
     return " ".join(words + ([f"--nproc {world_size}"] if world_size > 1 else []))
 
 
+def describe_or_flag(run_dir: Path) -> dict:
+    """describe(), or a row that says the files hold something unexpected: one run never stops the listing."""
+    try:
+        return describe(run_dir)
+    except (AttributeError, TypeError, ValueError) as e:  # valid JSON of the wrong shape
+        keys = ("command", "arch", "epochs", "pretrained", "device", "world_size", "wall_seconds", "started",
+                "baseline")
+        return {"id": run_dir.name, "recipe": run_dir.parent.name, "path": str(run_dir),
+                "state": f"damaged (unexpected content: {type(e).__name__})", "changes": "", "final": {},
+                **dict.fromkeys(keys)}
+
+
 def last_metrics(path: Path) -> dict:
     """The last epoch's row of metrics.csv (for a run that stopped before summary.json)."""
     try:
@@ -95,7 +107,7 @@ def list_runs(out: Path, recipe: str | None = None) -> list[dict]:
     if not out.is_dir():
         return []
     recipes = [recipe] if recipe else sorted(d.name for d in out.iterdir() if d.is_dir() and not d.is_symlink())
-    rows = [describe(d) for name in recipes for d in run_dirs(out, name)]
+    rows = [describe_or_flag(d) for name in recipes for d in run_dirs(out, name)]
     # ids are start times (YYYYmmdd-HHMMSS[-n]); run_dirs orders a recipe's runs, so sort by its key
     return sorted(rows, key=lambda r: (r["id"][:15], int(r["id"][16:]) if r["id"][16:].isdigit() else 1),
                   reverse=True)
