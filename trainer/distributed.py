@@ -208,16 +208,14 @@ def launch(nproc: int, argv: list[str], cfg=None) -> int:
         raise TrainingInterrupted(f"stopped by {signal.Signals(e.sigval).name}; every worker was stopped "
                                   f"(rank 0's message above has the --resume command)", e.sigval) from None
     except ChildFailedError as e:
-        signals = {failure.exitcode - 128 for failure in e.failures.values() if failure.exitcode in (130, 143)}
-        if signals:  # the workers were signalled directly (not through the launcher)
+        if {failure.exitcode for failure in e.failures.values()} == {2}:
+            return 2  # every rank refused the same bad input and said why
+        rank, failure = e.get_first_failure()  # the cause; the others were ended because of it
+        if failure.exitcode in (130, 143):  # the workers themselves were signalled, and stopped cleanly
             from trainer.errors import TrainingInterrupted
 
             raise TrainingInterrupted("the workers were stopped by a signal (rank 0's message above has the "
-                                      "--resume command)", max(signals)) from None
-        codes = {failure.exitcode for failure in e.failures.values()}
-        if codes == {2}:
-            return 2  # every rank refused the same bad input and said why
-        rank, failure = e.get_first_failure()  # the cause; the others were ended because of it
+                                      "--resume command)", failure.exitcode - 128) from None
         raise TrainingFailed(f"worker rank {rank} exited with code {failure.exitcode}: the job stopped, "
                              f"every worker was ended (see the worker's message above)") from None
     return 0
