@@ -136,6 +136,8 @@ def fit(
     console = _console()
     try:
         _check_top_k(top_k)
+        if recipe is None and not resume:
+            raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
         if nproc is not None:
             from trainer.distributed import launch
 
@@ -157,8 +159,6 @@ def fit(
             run_dir, summary = run_resume(resume, console, quiet=quiet, live=console.is_terminal,
                                           interpret=interpret, top_k=top_k)
         else:
-            if recipe is None:
-                raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
             cfg = FitConfig(recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained,
                             weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
                             device=device, precision=precision, workers=workers, cache=cache, seed=seed, out=str(out),
