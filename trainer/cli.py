@@ -136,34 +136,30 @@ def fit(
     console = _console()
     try:
         _check_top_k(top_k)
-        if recipe is None and not resume:
+        options = dict(epochs=epochs, lr=lr, bs=bs, arch=arch, pretrained=pretrained, weights=weights, data=data,
+                       size=size, valid_pct=valid_pct, workers=workers, cache=cache, seed=seed, opt=opt, wd=wd,
+                       dropout=dropout, init=init, early_stop=early_stop, save_best=save_best,
+                       activation_stats=activation_stats)
+        cfg = None
+        if resume:
+            given = [name for name, value in dict(recipe=recipe, **options).items() if value is not None]
+            if given:
+                raise BadInput(f"--resume continues with the run's own options; drop {', '.join(given)}")
+        elif recipe is None:
             raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
+        else:
+            cfg = FitConfig(recipe=recipe, **{**options, "lr": _parse_lr(lr), "weights": weights and str(weights)},
+                            device=device, precision=precision, out=str(out))
         if nproc is not None:
             from trainer.distributed import launch
 
-            check_cfg = None if resume else FitConfig(
-                recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained, data=data,
-                size=size, valid_pct=valid_pct, device=device, precision=precision, workers=workers, seed=seed,
-                opt=opt, wd=wd, dropout=dropout, init=init, early_stop=early_stop)
-            raise typer.Exit(launch(nproc, sys.argv[1:], check_cfg))
+            raise typer.Exit(launch(nproc, sys.argv[1:], cfg))
         if resume:
-            given = [name for name, value in dict(recipe=recipe, epochs=epochs, lr=lr, bs=bs, arch=arch,
-                     pretrained=pretrained, weights=weights, data=data, size=size, valid_pct=valid_pct,
-                     workers=workers, cache=cache, seed=seed, opt=opt, wd=wd, dropout=dropout, init=init,
-                     early_stop=early_stop, save_best=save_best, activation_stats=activation_stats).items()
-                     if value is not None]
-            if given:
-                raise BadInput(f"--resume continues with the run's own options; drop {', '.join(given)}")
             from trainer.fit import resume as run_resume
 
             run_dir, summary = run_resume(resume, console, quiet=quiet, live=console.is_terminal,
                                           interpret=interpret, top_k=top_k)
         else:
-            cfg = FitConfig(recipe=recipe, epochs=epochs, lr=_parse_lr(lr), bs=bs, arch=arch, pretrained=pretrained,
-                            weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
-                            device=device, precision=precision, workers=workers, cache=cache, seed=seed, out=str(out),
-                            opt=opt, wd=wd, dropout=dropout, init=init, early_stop=early_stop, save_best=save_best,
-                            activation_stats=activation_stats)
             from trainer.fit import fit as run_fit
 
             run_dir, summary = run_fit(cfg, console, quiet=quiet, live=console.is_terminal, interpret=interpret,
