@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.interpret import analyse, inference_dls, plot_confusion
-from trainer.runs import write_csv, write_json
+from trainer.interpret import analyse, inference_dls, write_confusion
+from trainer.runs import write_json
 
 
 def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -> dict:
@@ -40,9 +40,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
     analysis = analyse(inference_learner(dls, model), dls.valid, items)
     classes, cm = analysis.classes, analysis.confusion()
     title = f"{meta['recipe']} · run {run_dir.name} · test set {test}"
-    write_csv(run_dir / "test_confusion_matrix.csv", ["actual \\ predicted", *classes],
-              [[name, *map(int, row)] for name, row in zip(classes, cm)])
-    plot_confusion(cm, classes, f"{title} · confusion matrix (counts)", run_dir / "test_confusion_matrix.png")
+    write_confusion(cm, classes, title, run_dir, "test_confusion_matrix")
     result = {"data": str(test.resolve()), "n": len(items), "n_skipped": len(bad),
               "accuracy": round(analysis.accuracy, 6), "error_rate": round(1 - analysis.accuracy, 6),
               "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class(),

@@ -79,9 +79,7 @@ def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: i
     """Every table and plot, into the run directory; returns what it printed about."""
     classes = analysis.classes
     cm = analysis.confusion()
-    write_csv(run_dir / "confusion_matrix.csv", ["actual \\ predicted", *classes],
-              [[name, *map(int, row)] for name, row in zip(classes, cm)])
-    plot_confusion(cm, classes, f"{title} · confusion matrix (counts)", run_dir / "confusion_matrix.png")
+    write_confusion(cm, classes, title, run_dir, "confusion_matrix")
     plot_confusion(cm, classes, f"{title} · confusion matrix (each row sums to 1)",
                    run_dir / "confusion_matrix_normalized.png", normalize=True)
     pairs = analysis.most_confused()
@@ -95,6 +93,13 @@ def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: i
               [list(r.values()) for r in top])
     plot_top_losses(top, f"{title} · top {len(top)} losses", run_dir / "top_losses.png")
     return {"accuracy": analysis.accuracy, "n": len(analysis.targets), "most_confused": pairs[:5]}
+
+
+def write_confusion(cm: torch.Tensor, classes: list[str], title: str, run_dir: Path, name: str) -> None:
+    """<name>.csv (actual rows by predicted columns) and <name>.png (counts)."""
+    write_csv(run_dir / f"{name}.csv", ["actual \\ predicted", *classes],
+              [[label, *map(int, row)] for label, row in zip(classes, cm)])
+    plot_confusion(cm, classes, f"{title} · confusion matrix (counts)", run_dir / f"{name}.png")
 
 
 def plot_confusion(cm: torch.Tensor, classes: list[str], title: str, path: Path, normalize: bool = False) -> None:
