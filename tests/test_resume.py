@@ -50,7 +50,7 @@ def test_signal_stops_after_a_checkpoint_and_resume_finishes(trainer, fixtures, 
 
     if signum == signal.SIGINT:
         return  # one resume is enough
-    result = trainer("fit", "--resume", run_dir, "--no-interpret")
+    result = trainer("fit", "--resume", run_dir, "--no-interpret", "--device", "cpu")
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -59,6 +59,7 @@ def test_signal_stops_after_a_checkpoint_and_resume_finishes(trainer, fixtures, 
     assert summary["epochs_run"] == 12 and summary["resumed_after_epoch"] == done
     config = json.loads((run_dir / "config.json").read_text())
     assert config["resumed"][0]["after_epoch"] == done and config["options"]["epochs"] == 12
+    assert config["resumed"][0]["device"] == "cpu" and config["asked"]["device"] == "auto"
     assert (run_dir / "best.pth").is_file() and not (run_dir / "last.pth").exists()
     assert "resuming" in result.stdout
 
@@ -70,6 +71,8 @@ def test_resume_refuses_finished_or_checkpointless_runs(trainer, fixtures, isola
     assert "already finished" in result.stderr
     assert "drop epochs" in trainer("fit", "--resume", run_dir, "--epochs", "3", expect=2).stderr
     (run_dir / "summary.json").unlink()
+    # --device with --resume is honoured (here: refused, as there is no GPU), never silently ignored
+    assert "no CUDA GPU" in trainer("fit", "--resume", run_dir, "--device", "cuda", expect=2).stderr
     (run_dir / "checkpoint.json").unlink()
     assert "has no checkpoint" in trainer("fit", "--resume", run_dir, expect=2).stderr
 

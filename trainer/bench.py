@@ -125,11 +125,11 @@ def loader(recipe: str, data: str, bs: int, device: str, batches: int = 200) -> 
     from trainer.cache import cacheable, cached_dls, presize
     from trainer.config import FitConfig
     from trainer.data import build_dls, locate
-    from trainer.fit import default_workers
+    from trainer.device import default_workers
     from trainer.recipes import get_recipe
 
     r = get_recipe(recipe)
-    cfg = replace(FitConfig(recipe, bs=bs).resolve(r), workers=default_workers(torch.device(device)))
+    cfg = replace(FitConfig(recipe, bs=bs).resolve(r), workers=default_workers(torch.device(device).type))
     root = locate(r, data)
     dls = build_dls(r, root, cfg, torch.device(device))
     result = {"pil": images_per_second(dls.train, batches)}

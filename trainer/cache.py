@@ -31,8 +31,6 @@ from fastai.torch_core import TensorCategory, TensorImage
 from trainer.data import data_root, labels_of
 from trainer.runs import atomic_path
 
-MAX_DEVICE_BYTES = 2 * 1024**3  # a larger cache stays in CPU memory and is copied batch by batch
-
 
 def cacheable(recipe, cfg) -> bool:
     """Only recipes that train on images at their own size: nothing to resize per item."""
@@ -89,14 +87,16 @@ def load_or_decode(files: list, say) -> tuple[torch.Tensor | None, dict]:
 
 def cached_loader(dl, images: torch.Tensor, labels: torch.Tensor):
     """`dl` (a fastai TfmdDL) drawing its batches from `images`/`labels` by index, with `dl`'s order,
-    batch size and batch transforms."""
+    batch size and batch transforms. Batches of a cache kept on the GPU are not pinned (they cannot be)."""
+    from trainer.device import pin_memory
 
     def create_batch(indices):
         index = torch.as_tensor(indices, device=images.device)
         return TensorImage(images[index]), TensorCategory(labels[index])
 
     return dl.new(create_item=lambda i: i, after_item=lambda i: i, create_batch=create_batch,
-                  retain=lambda batch, _: batch, num_workers=0)
+                  retain=lambda batch, _: batch, num_workers=0,
+                  pin_memory=pin_memory(images.device, dl.device))
 
 
 def cached_dls(dls, say):
@@ -106,9 +106,12 @@ def cached_dls(dls, say):
     if images is None:
         return None
     labels = torch.tensor(labels_of(dls.train_ds) + labels_of(dls.valid_ds))
+    from trainer.device import cache_device
+
     device = dls.device
-    if device is not None and device.type != "cpu" and images.numel() <= MAX_DEVICE_BYTES:
-        images, labels = images.to(device), labels.to(device)
+    if device is not None:
+        home = cache_device(device, images.numel())
+        images, labels = images.to(home), labels.to(home)
     n_train = len(dls.train_ds)
     train = cached_loader(dls.train, images[:n_train], labels[:n_train])
     valid = cached_loader(dls.valid, images[n_train:], labels[n_train:])

@@ -29,6 +29,10 @@ SIZE = typer.Option(None, help="Image size for recipes that resize (pets, pets_b
 VALID_PCT = typer.Option(None, help="Random validation fraction instead of the folders' split (cifar10, folder).")
 DEVICE = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 PRECISION = typer.Option("auto", help="auto (mixed on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
+# fit's own: unset (None) means auto, and with --resume it means "as the run asked", re-resolved on this machine
+FIT_DEVICE = typer.Option(None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps \\[default: auto; "
+                          "with --resume: what the run asked, on this machine].")
+FIT_PRECISION = typer.Option(None, help="auto (mixed on CUDA, fp32 on CPU), fp32, fp16 or bf16 \\[default: auto].")
 WORKERS = typer.Option(None, help="DataLoader worker processes \\[default: 0 on CPU, up to 8 on GPU].")
 CACHE = typer.Option(None, "--cache/--no-cache",
                      help="Decode small images (mnist, cifar10, digits) once into a tensor cache; shrink photos "
@@ -105,7 +109,8 @@ def fit(
     lr: Optional[str] = typer.Option(None, help="Base learning rate, or 'auto' (lr_find's valley) \\[default: the recipe's]."),
     bs: Optional[int] = BS, arch: Optional[str] = ARCH, pretrained: Optional[bool] = PRETRAINED,
     weights: Optional[Path] = WEIGHTS, data: Optional[str] = DATA, size: Optional[int] = SIZE,
-    valid_pct: Optional[float] = VALID_PCT, device: str = DEVICE, precision: str = PRECISION,
+    valid_pct: Optional[float] = VALID_PCT, device: Optional[str] = FIT_DEVICE,
+    precision: Optional[str] = FIT_PRECISION,
     workers: Optional[int] = WORKERS, cache: Optional[bool] = CACHE, seed: Optional[int] = SEED, out: Path = OUT,
     interpret: bool = typer.Option(True, "--interpret/--no-interpret",
                                    help="Write the confusion matrix and top-loss plots at the end."),
@@ -144,12 +149,13 @@ def fit(
         if resume:
             given = [name for name, value in dict(recipe=recipe, **options).items() if value is not None]
             if given:
-                raise BadInput(f"--resume continues with the run's own options; drop {', '.join(given)}")
+                raise BadInput(f"--resume continues with the run's own options; drop {', '.join(given)} "
+                               f"(only --device and --precision may change on resume)")
         elif recipe is None:
             raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
         else:
             cfg = FitConfig(recipe=recipe, **{**options, "lr": _parse_lr(lr), "weights": weights and str(weights)},
-                            device=device, precision=precision, out=str(out))
+                            device=device or "auto", precision=precision or "auto", out=str(out))
         if nproc is not None:
             from trainer.distributed import launch
 
@@ -158,7 +164,7 @@ def fit(
             from trainer.fit import resume as run_resume
 
             run_dir, summary = run_resume(resume, console, quiet=quiet, live=console.is_terminal,
-                                          interpret=interpret, top_k=top_k)
+                                          interpret=interpret, top_k=top_k, device=device, precision=precision)
         else:
             from trainer.fit import fit as run_fit
 

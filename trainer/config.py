@@ -99,6 +99,23 @@ class FitConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# Options that depend on the machine, not on the run: a resumed run re-resolves them from what was asked.
+MACHINE_OPTIONS = ("device", "precision", "workers")
+
+
+def resume_config(config: dict, **given) -> FitConfig:
+    """The options a resumed run continues with: its resolved training options (the same schedule,
+    data and model), but the machine-dependent ones as the user asked them (or as given now), resolved
+    again where it resumes: a run trained on cuda:0 resumes under --nproc 8 with each rank on its own GPU,
+    or on a CPU-only machine."""
+    options = dict(config["options"])
+    asked = config.get("asked") or {}  # runs from before "asked" was recorded: every machine option on auto
+    for name in MACHINE_OPTIONS:
+        options[name] = asked.get(name, FitConfig.__dataclass_fields__[name].default)
+    options.update({name: value for name, value in given.items() if value is not None})
+    return FitConfig(**{**options, "data": config["data"]["path"]})
+
+
 def default_wd(opt: str) -> float:
     """fastai's own default weight decay for an optimiser (Adam's 0.01, SGD's 0, ...)."""
     import inspect

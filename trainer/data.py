@@ -10,6 +10,8 @@ Lookup order, first hit wins, so a folder that is already there never needs the 
 from __future__ import annotations
 
 import configparser
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -54,7 +56,34 @@ def find_local(recipe: Recipe) -> Path | None:
 
 
 def locate(recipe: Recipe, data: str | None) -> Path:
-    """The folder holding the recipe's data, in the recipe's layout (checked)."""
+    """The folder holding the recipe's data, in the recipe's layout (checked).
+
+    One process at a time: the ranks of a distributed job (or two runs started together) would
+    otherwise all download or extract the same data at once; the first does it, the others wait for
+    the lock and then find it in place."""
+    with exclusive(recipe.name):
+        return _locate(recipe, data)
+
+
+@contextlib.contextmanager
+def exclusive(name: str):
+    """An advisory lock (flock) shared by every process of this user on this machine."""
+    folder = Path(tempfile.gettempdir()) / f"trainer-locks-{os.getuid()}"
+    try:
+        folder.mkdir(exist_ok=True)
+        handle = open(folder / f"{name}.lock", "a")
+    except OSError:  # no usable temporary folder: go on unlocked, as before
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _locate(recipe: Recipe, data: str | None) -> Path:
     if data:
         given = Path(data).expanduser()
         if not given.exists():
@@ -250,9 +279,12 @@ def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
     from trainer.images import RGBImage
 
     RGBImage.copies = {}  # no presized copies unless cache.presize says so for this run
-    # Pinned host memory makes the copy to a GPU asynchronous; it only costs memory elsewhere.
+    import torch
+
+    from trainer.device import pin_memory
+
     loader = dict(bs=cfg.bs, num_workers=cfg.workers, device=device, img_cls=RGBImage,
-                  pin_memory=device.type == "cuda")
+                  pin_memory=pin_memory(torch.device("cpu"), device))  # PIL decodes each batch in host memory
     return recipe.build(path, cfg, loader, frozenset(skip))
 
 

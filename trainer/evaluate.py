@@ -19,7 +19,8 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
 
     from trainer.errors import BadInput
     from trainer.images import scan
-    from trainer.learner import inference_learner, load_weights, resolve_device
+    from trainer.device import resolve_device
+    from trainer.learner import inference_learner, load_weights
 
     root = Path(data)
     if not root.is_dir():

@@ -24,7 +24,8 @@ class Prepared:
     """A checked recipe, its data and a learner, ready to train; no run directory yet."""
 
     recipe: Recipe
-    cfg: FitConfig
+    cfg: FitConfig  # resolved
+    asked: FitConfig  # as the user gave it (None: not set), recorded so --resume can re-resolve on another machine
     data_path: Path
     dls: object
     learn: object
@@ -37,15 +38,10 @@ class Prepared:
     config: dict | None = None  # what config.json holds, once start_run has written it
 
 
-def default_workers(device) -> int:
-    # On a CPU the model already uses every core; loader processes would compete with it.
-    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-
-
 def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     os.environ.setdefault("MPLBACKEND", "Agg")
     recipe = get_recipe(cfg.recipe)
-    cfg = cfg.resolve(recipe)
+    asked, cfg = cfg, cfg.resolve(recipe)
     from trainer.data import build_dls, locate
     from trainer.runs import check_writable
 
@@ -56,14 +52,15 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     from fastai.torch_core import set_seed
 
     from trainer.distributed import join, world_from_env
-    from trainer.learner import create_learner, resolve_device, resolve_precision
+    from trainer.device import default_workers, resolve_device, resolve_precision
+    from trainer.learner import create_learner
 
     world = world_from_env()
     if world.size > 1 and cfg.lr == "auto":
         raise BadInput("--lr auto runs lr_find in one process: run `trainer lr-find` first, then pass --lr")
     device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
     cfg = replace(cfg, device=str(device), precision=resolve_precision(cfg.precision, device),
-                  workers=default_workers(device) if cfg.workers is None else cfg.workers)
+                  workers=default_workers(device.type) if cfg.workers is None else cfg.workers)
     quiet = quiet or not world.main  # only rank 0 talks
     say = (lambda *_: None) if quiet else (lambda msg: console.print(msg, highlight=False))
     say(f"recipe {recipe.name}: data {data_path}, device {device} ({cfg.precision})")
@@ -91,7 +88,7 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
     presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, say)
     cfg = replace(cfg, cache=fast_dls is not None or presized is not None)
-    return Prepared(recipe, cfg, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
+    return Prepared(recipe, cfg, asked, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
                     presized=presized)
 
 
@@ -136,6 +133,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
         "run": run_dir.name,
         "command": command,
         "options": p.cfg.to_dict(),
+        "asked": p.asked.to_dict(),
         "recipe": {"name": p.recipe.name, "url": p.recipe.url, "metrics": list(p.recipe.metrics),
                    "main_metric": p.recipe.main_metric},
         **extra,
@@ -204,8 +202,10 @@ def follow(p: Prepared, done: int = 0) -> tuple[None, None]:
 
 
 def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, interpret: bool = True,
-           top_k: int = 9) -> tuple[Path, dict]:
-    """Continue an interrupted run from its last completed epoch, with the same options and schedule."""
+           top_k: int = 9, device: str | None = None, precision: str | None = None) -> tuple[Path, dict]:
+    """Continue an interrupted run from its last completed epoch, with the same options and schedule
+    (`device`/`precision`: where and how to continue, when not as the run asked)."""
+    from trainer.config import resume_config
     from trainer.runs import read_config
 
     config = read_config(run_dir)
@@ -214,12 +214,11 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
         raise BadInput(f"{run_dir} already finished; start a new run with `trainer fit {recipe}`")
     try:
         state = json.loads((run_dir / "checkpoint.json").read_text())
-        options = config["options"]
+        # The data where the run found it (a download or lookup need not happen again).
+        cfg = resume_config(config, device=device, precision=precision)
     except (OSError, ValueError, KeyError):
         raise BadInput(f"{run_dir} has no checkpoint: it stopped before its first epoch ended; "
                        f"start again with `trainer fit {recipe}`") from None
-    # The same options; the data where the run found it (a download or lookup need not happen again).
-    cfg = replace(FitConfig(**options), data=config["data"]["path"])
     p = prepare(cfg, console, quiet)
     p.tensorboard = bool(config.get("tensorboard"))
     from trainer.checkpoint import load_last
@@ -260,7 +259,9 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     p.say(f"{schedule} for {cfg.epochs} epoch(s) at lr {cfg.lr:g}, {cfg.arch}: {why}")
     if resumed:
         p.config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                   "after_epoch": resumed["epochs_done"]})
+                                                   "after_epoch": resumed["epochs_done"],
+                                                   "device": cfg.device, "precision": cfg.precision,
+                                                   "world_size": p.world.size})
     else:  # start_run wrote the rest; --lr auto may have changed the options since
         p.config.update(options=cfg.to_dict(), schedule=schedule, schedule_reason=why, tensorboard=p.tensorboard,
                         **extra)

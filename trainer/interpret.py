@@ -158,7 +158,8 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     from trainer.data import build_dls, locate
     from trainer.errors import BadInput
     from trainer.images import scan
-    from trainer.learner import inference_learner, load_pickled, load_weights, resolve_device
+    from trainer.device import resolve_device
+    from trainer.learner import inference_learner, load_pickled, load_weights
     from trainer.recipes import get_recipe
     from trainer.runs import read_config
 
@@ -212,7 +213,8 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
     from fastai.data.transforms import get_image_files
 
     from trainer.errors import BadInput
-    from trainer.learner import inference_learner, load_pickled, load_weights, resolve_device
+    from trainer.device import resolve_device
+    from trainer.learner import inference_learner, load_pickled, load_weights
 
     items: list[Path] = []
     for path in paths:

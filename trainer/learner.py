@@ -11,41 +11,6 @@ import torch
 from trainer.errors import BadInput, did_you_mean
 
 
-def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
-    """'auto' is CUDA, then MPS, then CPU; an explicit device must exist. In a distributed job
-    (`local_rank` set), 'cuda' means this process's own GPU."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if spec == "cuda" and local_rank is not None:
-        spec = f"cuda:{local_rank}"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BadInput(f"--device {spec}: this machine has no CUDA GPU that torch can use; "
-                           f"use --device cpu (or auto)")
-        index = int(spec[5:]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise BadInput(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here; "
-                           f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if spec == "mps" and not has_mps:
-        raise BadInput("--device mps: Apple's MPS backend is not available here; use --device cpu (or auto)")
-    if spec.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True  # fixed image sizes: let cuDNN pick the fastest kernels once
-    return torch.device(spec)
-
-
-def resolve_precision(spec: str, device: torch.device) -> str:
-    """'auto' is mixed precision on CUDA (bf16 where the GPU has it, else fp16), fp32 elsewhere."""
-    if spec == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if spec in ("fp16", "bf16") and device.type == "cpu":
-        raise BadInput(f"--precision {spec} needs a GPU here; use --precision fp32 (or auto) on the CPU")
-    return spec
-
-
 def resolve_arch(name: str):
     """A torchvision architecture function, or a timm name passed through as fastai expects."""
     import torchvision.models as tvm
