@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from trainer.config import FitConfig, resume_config
-from trainer.device import cache_device, default_workers, device_spec, pin_memory, precision_for
+from trainer.device import (CPU_BF16_MIN_SIDE, cache_device, cpu_has_bf16, default_workers, device_spec,
+                            pin_memory, precision_for)
 from trainer.errors import BadInput
 
 CPU, CUDA0, CUDA1 = torch.device("cpu"), torch.device("cuda:0"), torch.device("cuda:1")
@@ -49,22 +50,43 @@ def test_device_spec_refusals(spec, local_rank, cuda_count, has_mps, message):
         device_spec(spec, local_rank, cuda_count, has_mps)
 
 
-@pytest.mark.parametrize("spec, device_type, cuda_bf16, expected", [
-    ("auto", "cuda", True, "bf16"),
-    ("auto", "cuda", False, "fp16"),
-    ("auto", "cpu", False, "fp32"),
-    ("auto", "mps", False, "fp32"),
-    ("fp16", "cuda", True, "fp16"),
-    ("fp32", "cuda", True, "fp32"),
-    ("fp32", "cpu", False, "fp32"),
+@pytest.mark.parametrize("spec, device_type, cuda_bf16, cpu_bf16, side, expected", [
+    ("auto", "cuda", True, False, 28, ("bf16", False)),
+    ("auto", "cuda", False, False, 224, ("fp16", False)),
+    ("fp16", "cuda", True, False, 224, ("fp16", False)),
+    ("fp32", "cuda", True, False, 224, ("fp32", False)),
+    ("bf16", "cuda", True, False, 224, ("bf16", False)),
+    # the CPU: bf16 autocast + channels_last where the CPU has bf16 units and the images are large enough
+    ("auto", "cpu", False, True, 224, ("bf16", True)),
+    ("auto", "cpu", False, True, CPU_BF16_MIN_SIDE, ("bf16", True)),
+    ("auto", "cpu", False, True, CPU_BF16_MIN_SIDE - 1, ("fp32", False)),
+    ("auto", "cpu", False, True, 28, ("fp32", False)),
+    ("auto", "cpu", False, True, None, ("fp32", False)),
+    ("auto", "cpu", False, False, 224, ("fp32", False)),  # no bf16 instructions
+    ("bf16", "cpu", False, True, 28, ("bf16", True)),  # forced
+    ("bf16", "cpu", False, False, 224, ("bf16", True)),  # forced, though slow without the instructions
+    ("fp32", "cpu", False, True, 224, ("fp32", False)),
+    ("auto", "mps", False, False, 224, ("fp32", False)),
 ])
-def test_precision_for(spec, device_type, cuda_bf16, expected):
-    assert precision_for(spec, device_type, cuda_bf16) == expected
+def test_precision_for(spec, device_type, cuda_bf16, cpu_bf16, side, expected):
+    precision = precision_for(spec, device_type, cuda_bf16, cpu_bf16, side)
+    assert (precision.name, precision.channels_last) == expected and precision.reason
 
 
-def test_half_precision_on_the_cpu_is_refused():
+@pytest.mark.parametrize("spec, device_type", [("fp16", "cpu"), ("fp16", "mps"), ("bf16", "mps")])
+def test_precision_refusals(spec, device_type):
     with pytest.raises(BadInput, match="needs a GPU"):
-        precision_for("fp16", "cpu", False)
+        precision_for(spec, device_type, False, True, 224)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu vme avx512f avx512_bf16 amx_tile amx_bf16 amx_int8", True),  # Sapphire Rapids
+    ("fpu vme avx512f avx512_bf16", True),  # Cooper Lake, Zen 4
+    ("fpu vme avx2 avx512f avx512bw", False),  # AVX-512 without bf16
+    ("fpu vme avx2", False),
+])
+def test_cpu_has_bf16(flags, expected):
+    assert cpu_has_bf16(f"processor\t: 0\nflags\t\t: {flags}\n") is expected
 
 
 @pytest.mark.parametrize("batch_device, train_device, expected", [

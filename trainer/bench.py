@@ -85,21 +85,20 @@ def floor(recipe: str, data: str, bs: int, device: str, steps: int = 40) -> None
         sample = next(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         side = Image.open(sample).size[0]
     classes = 2 if recipe in ("mnist_sample", "pets") else 10
-    model = create_vision_model(resnet34, classes, pretrained=False).to(device)
+    from trainer.device import resolve_device, resolve_precision
+
+    precision = resolve_precision("auto", resolve_device(device), side)  # what trainer's --precision auto picks
+    memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
+    model = create_vision_model(resnet34, classes, pretrained=False).to(device, memory_format=memory_format)
     opt = Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(bs, 3, side, side, device=device)
+    x = torch.rand(bs, 3, side, side, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, classes, (bs,), device=device)
     loss_func = torch.nn.CrossEntropyLoss()
-
-    # trainer's --precision auto: mixed precision on CUDA (bf16 where supported), fp32 elsewhere
-    cuda = device.startswith("cuda")
-    half = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler(enabled=cuda and half == torch.float16)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.name)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision.name == "fp16")
 
     def step():
-        with torch.autocast(device.split(":")[0], dtype=half, enabled=cuda):
+        with torch.autocast(device.split(":")[0], dtype=half or torch.float32, enabled=half is not None):
             loss = loss_func(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -115,7 +114,8 @@ def floor(recipe: str, data: str, bs: int, device: str, steps: int = 40) -> None
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    print(json.dumps({"images_per_second": bs * steps / (time.perf_counter() - start), "side": side}))
+    print(json.dumps({"images_per_second": bs * steps / (time.perf_counter() - start), "side": side,
+                      "precision": precision.name + (" channels_last" if precision.channels_last else "")}))
 
 
 def loader(recipe: str, data: str, bs: int, device: str, batches: int = 200) -> None:
@@ -174,17 +174,19 @@ def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: 
                                         *(["--no-cache"] if row == "trainer-nocache" else [])])
                 run = next(Path(out).glob("*/2*"))
                 summary = json.loads((run / "summary.json").read_text())
-                cache = json.loads((run / "config.json").read_text())["data"].get("decoded_cache")
+                config = json.loads((run / "config.json").read_text())
+            channels_last = " channels_last" if config["device"].get("channels_last") else ""
             table[row] = {"wall_s": wall, "images_per_s": summary["train_images_per_second"],
-                          "error_rate": summary["final"]["error_rate"], "peak_rss_mb": rss, "cache": cache}
+                          "error_rate": summary["final"]["error_rate"], "peak_rss_mb": rss,
+                          "cache": config["data"].get("decoded_cache"), "precision": summary["precision"] + channels_last}
         elif row == "reference":
             result, wall, rss = run_row([*me, "--_row", "reference"])
             table[row] = {"wall_s": wall, "images_per_s": result["train_images"] / result["fit_seconds"],
-                          "error_rate": result["error_rate"], "peak_rss_mb": rss}
+                          "error_rate": result["error_rate"], "peak_rss_mb": rss, "precision": "fp32"}
         elif row == "floor":
             result, wall, rss = run_row([*me, "--_row", "floor"])
             table[row] = {"wall_s": wall, "images_per_s": result["images_per_second"], "error_rate": None,
-                          "peak_rss_mb": rss}
+                          "peak_rss_mb": rss, "precision": result["precision"]}
         elif row == "loader":
             result, wall, rss = run_row([*me, "--_row", "loader"])
             for kind, speed in result.items():
@@ -209,10 +211,10 @@ def format_table(result: dict) -> str:
     def cell(value, fmt):
         return format("-", ">" + fmt.split(".")[0]) if value is None else format(value, fmt)
 
-    lines = [f"{'row':<18} {'wall s':>8} {'images/s':>10} {'error':>8} {'peak RSS MB':>12}"]
+    lines = [f"{'row':<18} {'wall s':>8} {'images/s':>10} {'error':>8} {'peak RSS MB':>12}  precision"]
     for name, row in result["rows"].items():
         lines.append(f"{name:<18} {cell(row['wall_s'], '8.1f')} {cell(row['images_per_s'], '10.1f')} "
-                     f"{cell(row['error_rate'], '8.4f')} {cell(row['peak_rss_mb'], '12.0f')}")
+                     f"{cell(row['error_rate'], '8.4f')} {cell(row['peak_rss_mb'], '12.0f')}  {row.get('precision') or '-'}")
     lines += [f"{name}: {value:.2f}" for name, value in result["ratios"].items()]
     return "\n".join(lines)
 

@@ -288,6 +288,16 @@ def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
     return recipe.build(path, cfg, loader, frozenset(skip))
 
 
+def input_side(recipe: Recipe, cfg, dls) -> int:
+    """The side of the images the model sees: the recipe's resize size, or the images' own (MNIST's 28)."""
+    if recipe.size:
+        return cfg.size
+    from PIL import Image
+
+    with Image.open(dls.train_ds.items[0]) as image:
+        return max(image.size)
+
+
 def labels_of(ds) -> list[int]:
     """The class index of every item of a fastai Datasets, without decoding an image. Kept on the
     Datasets: the split hash and the decoded cache both need them (2 s each on MNIST)."""

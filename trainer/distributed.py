@@ -21,7 +21,8 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
-    backend: str | None = None
+    backend: str | None = None  # set once this process has joined the process group
+    launched: bool = False  # started by torchrun or accelerate launch: joins a process group, even as its only rank
 
     @property
     def main(self) -> bool:
@@ -34,14 +35,17 @@ class World:
 def world_from_env() -> World:
     """What torchrun (or accelerate launch, or SLURM through torchrun) told this process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), size)
+    # A launcher sets these for env:// rendezvous. Then even one process trains through DistributedDataParallel,
+    # so `--nproc 1` on a single GPU exercises the same path (nccl, index broadcast) as a multi-GPU job.
+    launched = all(name in os.environ for name in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), size, launched=launched)
 
 
 def join(world: World, device) -> World:
     """Join the process group: nccl between GPUs, gloo between CPU processes."""
     import torch.distributed as dist
 
-    if world.size <= 1:
+    if not world.launched:
         return world
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
@@ -51,7 +55,7 @@ def join(world: World, device) -> World:
     if not dist.is_initialized():
         # A dead peer should end the job in minutes, not hang it for torch's default half hour.
         dist.init_process_group(backend, timeout=timedelta(minutes=float(os.environ.get("TRAINER_DIST_TIMEOUT_MIN", 10))))
-    return World(world.rank, world.local_rank, world.size, dist.get_backend())
+    return World(world.rank, world.local_rank, world.size, dist.get_backend(), launched=True)
 
 
 def leave() -> None:
@@ -137,8 +141,8 @@ def signal_sync(checkpoints=None):
 
 @contextmanager
 def distributed(learn, world: World, device):
-    """Train `learn` as one rank of `world` (nothing changes for a single process)."""
-    if world.size <= 1:
+    """Train `learn` as one rank of `world` (nothing changes for a process that no launcher started)."""
+    if world.backend is None:
         yield
         return
     callback = trainer_callback(world, device)

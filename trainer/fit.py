@@ -35,6 +35,7 @@ class Prepared:
     world: object = None  # distributed.World: this process's rank among how many
     tensorboard: bool = False  # log to <run>/tensorboard/ (fastai's TensorBoardCallback)
     presized: dict | None = None  # the resized-image cache (cache.presize), for config.json
+    precision: object = None  # device.Precision: how the model computes, and why
     config: dict | None = None  # what config.json holds, once start_run has written it
 
 
@@ -53,20 +54,21 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
 
     from trainer.distributed import join, world_from_env
     from trainer.device import default_workers, resolve_device, resolve_precision
-    from trainer.learner import create_learner
+    from trainer.data import input_side
+    from trainer.learner import apply_precision, create_learner
 
     world = world_from_env()
     if world.size > 1 and cfg.lr == "auto":
         raise BadInput("--lr auto runs lr_find in one process: run `trainer lr-find` first, then pass --lr")
-    device = resolve_device(cfg.device, world.local_rank if world.size > 1 else None)
-    cfg = replace(cfg, device=str(device), precision=resolve_precision(cfg.precision, device),
-                  workers=default_workers(device.type) if cfg.workers is None else cfg.workers)
+    device = resolve_device(cfg.device, world.local_rank if world.launched else None)
+    resolve_precision(cfg.precision, device)  # a precision this device cannot run fails before the data is read
+    cfg = replace(cfg, device=str(device), workers=default_workers(device.type) if cfg.workers is None else cfg.workers)
     quiet = quiet or not world.main  # only rank 0 talks
     say = (lambda *_: None) if quiet else (lambda msg: console.print(msg, highlight=False))
-    say(f"recipe {recipe.name}: data {data_path}, device {device} ({cfg.precision})")
+    say(f"recipe {recipe.name}: data {data_path}, device {device}")
     world = join(world, device)
-    if world.size > 1:
-        say(f"distributed: {world.size} processes ({world.backend}), batch size {cfg.bs} per process "
+    if world.launched:
+        say(f"distributed: {world.size} process(es) ({world.backend}), batch size {cfg.bs} per process "
             f"({cfg.bs * world.size} per step), lr {cfg.lr} as given")
 
     skipped = skip_unreadable(data_path, console)
@@ -81,7 +83,11 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     if len(dls.train) == 0:  # fastai drops the last partial training batch
         raise BadInput(f"--bs {cfg.bs} is larger than the {len(dls.train_ds)} training images, so an epoch "
                        f"has no batch; use --bs {max(1, len(dls.train_ds) // 2)} or add images")
+    precision = resolve_precision(cfg.precision, device, input_side(recipe, cfg, dls))
+    say(f"precision {precision.name}{' + channels_last' if precision.channels_last else ''}: {precision.reason}")
+    cfg = replace(cfg, precision=precision.name)
     learn = create_learner(dls, cfg, recipe, Path("."))
+    apply_precision(learn, precision)
     learn.remove_cb(ProgressCallback)
     from trainer.cache import cacheable, cached_dls, presize
 
@@ -89,7 +95,7 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, say)
     cfg = replace(cfg, cache=fast_dls is not None or presized is not None)
     return Prepared(recipe, cfg, asked, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
-                    presized=presized)
+                    presized=presized, precision=precision)
 
 
 def skip_unreadable(data_path: Path, console) -> list:
@@ -141,7 +147,8 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
                  "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped),
                  "split_sha256": split_hash(p.dls, p.data_path),
                  "decoded_cache": getattr(p.fast_dls, "cache_info", None), "resized_cache": p.presized},
-        "device": {"name": str(device), "precision": p.cfg.precision, **device_info(device)},
+        "device": {"name": str(device), "precision": p.cfg.precision, "channels_last": p.precision.channels_last,
+                   "precision_reason": p.precision.reason, **device_info(device)},
         "distributed": p.world.to_dict(),
         "environment": runs.environment(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -277,7 +284,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     checkpoints = Checkpoints(run_dir, run_log, recipe.main_metric, best=resumed and resumed["best"])
     callbacks = [run_log, display, checkpoints, *early_stopping(cfg, recipe)]
     flag = checkpoints  # what a signal sets: Checkpoints itself, or (distributed) a flag every rank shares
-    if p.world.size > 1:
+    if p.world.launched:
         from trainer.distributed import signal_sync
 
         flag = signal_sync(checkpoints)
@@ -299,7 +306,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
         epochs = len(run_log.rows)
         raise TrainingInterrupted(f"stopped by {stop} after {epochs} of {total_epochs} epochs; the checkpoint is "
                                   f"saved: continue with `trainer fit --resume {run_dir}"
-                                  f"{f' --nproc {p.world.size}' if p.world.size > 1 else ''}`", stop.signum) from None
+                                  f"{f' --nproc {p.world.size}' if p.world.launched else ''}`", stop.signum) from None
     finally:
         display.close()
     wall_seconds = time.perf_counter() - start
@@ -313,8 +320,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
 
         write_activations(stats, run_dir, f"{title} · activations")
 
-    if cfg.precision != "fp32":
-        learn.to_fp32()  # the exported model loads and predicts anywhere
+    learn.to_contiguous(to_fp32=True)  # the exported model is fp32 in the default memory format: it runs anywhere
     with runs.atomic_path(run_dir / "model.pkl") as tmp:
         learn.export(tmp)  # for fastai users (load_learner); trainer itself loads the safetensors below
     export_weights(learn, run_dir, cfg, recipe)
@@ -362,6 +368,9 @@ def auto_lr(p: Prepared, run_dir: Path, title: str) -> dict:
     with swapped_dls(p.learn, p.fast_dls):
         found = find_lr(p.learn)
     write_lr_find(found, run_dir, f"{title} · lr_find")
+    if "valley" not in found["suggestions"]:
+        raise BadInput(f"lr_find's loss diverged after {len(found['losses'])} points, too early for a valley "
+                       f"suggestion; run `trainer lr-find {p.recipe.name}` with a lower --end-lr, or pass --lr")
     p.cfg = replace(p.cfg, lr=found["suggestions"]["valley"])
     p.say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
           f"training with valley")

@@ -113,11 +113,18 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
         raise BadInput(no_weights_message(cfg, f"{type(e).__name__}: {e}")) from None
     # --init: the head always starts fresh; the body too when it has no pretrained weights
     initialise(learn.model if not cfg.pretrained else learn.model[-1], cfg.init)
-    if cfg.precision == "fp16":
-        learn.to_fp16()
-    elif cfg.precision == "bf16":
-        learn.to_bf16()
     return learn
+
+
+def apply_precision(learn, precision) -> None:
+    """Train in `precision` (a device.Precision): autocast on the learner's device, and channels_last
+    model and batches where it was chosen. `learn.to_contiguous(to_fp32=True)` undoes both."""
+    from trainer.precision import ChannelsLastBatches, DeviceMixedPrecision
+
+    if precision.channels_last:
+        learn.add_cb(ChannelsLastBatches())
+    if precision.name != "fp32":
+        learn.add_cb(DeviceMixedPrecision(precision.name, learn.dls.device.type))
 
 
 def no_weights_message(cfg, why: str) -> str:

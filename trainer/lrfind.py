@@ -19,15 +19,31 @@ SUGGESTIONS = ("minimum", "steep", "valley", "slide")
 def find_lr(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> dict:
     from fastai.callback.schedule import minimum, slide, steep, valley
 
-    suggested = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False,
-                              suggest_funcs=(minimum, steep, valley, slide))
+    funcs = [tolerant(f) for f in (minimum, steep, valley, slide)]
+    suggested = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False, suggest_funcs=funcs)
     lrs = [float(lr) for lr in learn.recorder.lrs]
     losses = [float(loss) for loss in learn.recorder.losses]
+    values = {name: float(getattr(suggested, name)) for name in SUGGESTIONS}
     return {
-        "suggestions": {name: float(getattr(suggested, name)) for name in SUGGESTIONS},
+        "suggestions": {name: value for name, value in values.items() if math.isfinite(value)},
+        "unavailable": [name for name, value in values.items() if not math.isfinite(value)],
         "start_lr": start_lr, "end_lr": end_lr, "num_it": num_it,
         "lrs": lrs, "losses": losses,
     }
+
+
+def tolerant(func):
+    """A fastai suggestion function that gives NaN instead of failing when the loss diverged so early that
+    too few points were recorded for it (slide looks 15 points back, and fails on a 13-point curve)."""
+
+    def suggest(lrs, losses, num_it):
+        try:
+            return func(lrs, losses, num_it)
+        except IndexError:
+            return math.nan, (math.nan, math.nan)
+
+    suggest.__name__ = func.__name__  # fastai names each suggestion after its function
+    return suggest
 
 
 def write_lr_find(result: dict, run_dir: Path, title: str) -> None:
