@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 
-def start_training(fixtures, out: Path, epochs: int = 12):
+def start_training(fixtures, out: Path, epochs: int = 12, extra=()):
     command = [sys.executable, "-m", "trainer", "fit", "mnist_sample", "--data", str(fixtures / "mnist_sample"),
                "--no-pretrained", "--arch", "resnet18", "--bs", "2", "--epochs", str(epochs), "--no-interpret",
-               "--out", str(out)]
+               "--out", str(out), *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_epochs(out: Path, epochs: int, proc, timeout: float = 120) -> Path:
+def wait_for_epochs(out: Path, epochs: int, proc, timeout: float = 900) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for state in out.glob("mnist_sample/2*/checkpoint.json"):
@@ -78,13 +78,20 @@ def test_resume_refuses_finished_or_checkpointless_runs(trainer, fixtures, isola
 
 
 def test_sigkill_mid_training_then_resume_has_every_epoch_once(trainer, fixtures, isolated):
+    """With --early-stop too (patience longer than the run): fastai's tracker must not judge the epochs the
+    resumed schedule skips."""
     out = isolated / "runs"
-    proc = start_training(fixtures, out)
+    proc = start_training(fixtures, out, extra=["--early-stop", "12"])
     run_dir = wait_for_epochs(out, 1, proc)
     proc.kill()  # SIGKILL: no handler runs; the last completed epoch's checkpoint must suffice
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
+    # A kill between writing an epoch's metrics row and its checkpoint leaves a row the checkpoint lacks.
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows[: done + 1] + [[str(done + 1), *rows[done][1:]]])
     trainer("fit", "--resume", run_dir, "--no-interpret", "--quiet")
     with open(run_dir / "metrics.csv") as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]

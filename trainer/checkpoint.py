@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from fastai.callback.core import Callback
+from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import save_model
 
 from trainer import runs
@@ -60,6 +61,34 @@ class Checkpoints(Callback):
             raise Interrupted(self.signum)
 
 
+class ResumableEarlyStopping(EarlyStoppingCallback):
+    """fastai's EarlyStoppingCallback, made resumable. The epochs a resumed schedule skips (fastai's
+    SkipToEpoch) still reach after_epoch, with an empty record that fastai's tracker would index: they
+    are not judged. `history`, the monitored values of the epochs done, is replayed first, so the best
+    value and the epochs waited since carry on as in an uninterrupted run."""
+
+    def __init__(self, *args, history: list[float] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.history, self.trained = list(history), False
+
+    def before_fit(self):
+        super().before_fit()
+        for value in self.history:  # as fastai's after_epoch judges each epoch
+            if self.comp(value - self.min_delta, self.best):
+                self.best, self.wait = value, 0
+            else:
+                self.wait += 1
+        self.history = []  # only the fit being resumed; fine_tune's second fit starts afresh, as in fastai
+
+    def before_train(self):
+        self.trained = True
+
+    def after_epoch(self):
+        if self.trained:
+            self.trained = False
+            super().after_epoch()
+
+
 @contextlib.contextmanager
 def stop_on_signals(target):
     """SIGINT and SIGTERM set `target.signum` (Checkpoints, or distributed.signal_sync's flag), which the
@@ -85,6 +114,13 @@ def load_last(learn, run_dir: Path) -> None:
 
     learn.create_opt()
     load_model(run_dir / "last.pth", learn.model, learn.opt, with_opt=True, device=learn.dls.device)
+
+
+def metrics_done(run_dir: Path, state: dict) -> tuple[list[str], list[list]]:
+    """metrics.csv's header and rows for the epochs the checkpoint holds: a kill between writing an epoch's
+    row and its checkpoint leaves one row too many, which a resumed run must not repeat."""
+    header, rows = read_metrics(run_dir / "metrics.csv")
+    return header, rows[: state["epochs_done"]]
 
 
 def read_metrics(path: Path) -> tuple[list[str], list[list]]:

@@ -192,17 +192,20 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
         return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
 
 
-def follow(p: Prepared, done: int = 0) -> tuple[None, None]:
+def follow(p: Prepared, resumed: dict | None = None, run_dir: Path | None = None) -> tuple[None, None]:
     """Ranks 1..N-1: the same schedule as rank 0, in lockstep, writing nothing."""
     from trainer.cache import swapped_dls
     from trainer.checkpoint import Interrupted, stop_on_signals
     from trainer.distributed import distributed, signal_sync
 
+    from trainer.checkpoint import metrics_done
+
     flag = signal_sync()
+    history = metrics_done(run_dir, resumed) if resumed else ([], [])
     try:
-        with p.learn.added_cbs([*early_stopping(p.cfg, p.recipe), flag]), stop_on_signals(flag), \
+        with p.learn.added_cbs([*early_stopping(p.cfg, p.recipe, *history), flag]), stop_on_signals(flag), \
                 swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
-            run_schedule(p.learn, p.cfg, done)  # every rank sees the same gathered metrics: they stop together
+            run_schedule(p.learn, p.cfg, resumed["epochs_done"] if resumed else 0)  # every rank sees the same gathered metrics: they stop together
     except Interrupted as stop:
         raise TrainingInterrupted("", stop.signum) from None  # rank 0 says what happened
     return None, None
@@ -232,7 +235,7 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
 
     if not p.world.main:
         load_last(p.learn, run_dir)
-        return follow(p, state["epochs_done"])
+        return follow(p, state, run_dir)
     p.learn.path, p.config = run_dir, config
     with failures_logged(run_dir):
         load_last(p.learn, run_dir)
@@ -245,7 +248,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
     from trainer.cache import swapped_dls
-    from trainer.checkpoint import Checkpoints, Interrupted, read_metrics, stop_on_signals
+    from trainer.checkpoint import Checkpoints, Interrupted, metrics_done, stop_on_signals
     from trainer.distributed import distributed
     from trainer.learner import export_weights
     from trainer.plots import plot_history, save_batch, save_results
@@ -277,12 +280,12 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     run_log = RunLog(run_dir / "metrics.csv")
     done = 0
     if resumed:
-        run_log.restore(*read_metrics(run_dir / "metrics.csv"), resumed["run_log"])
+        run_log.restore(*metrics_done(run_dir, resumed), resumed["run_log"])
         done = resumed["epochs_done"]
     total_epochs = cfg.epochs + (1 if schedule == "fine_tune" else 0)
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
     checkpoints = Checkpoints(run_dir, run_log, recipe.main_metric, best=resumed and resumed["best"])
-    callbacks = [run_log, display, checkpoints, *early_stopping(cfg, recipe)]
+    callbacks = [run_log, display, checkpoints, *early_stopping(cfg, recipe, run_log.header, run_log.rows)]
     flag = checkpoints  # what a signal sets: Checkpoints itself, or (distributed) a flag every rank shares
     if p.world.launched:
         from trainer.distributed import signal_sync
@@ -324,6 +327,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     with runs.atomic_path(run_dir / "model.pkl") as tmp:
         learn.export(tmp)  # for fastai users (load_learner); trainer itself loads the safetensors below
     export_weights(learn, run_dir, cfg, recipe)
+    runs.point_latest(run_dir.parent, run_dir)  # `latest` names the newest run with a model
     plot_history(run_log, title, run_dir / "history.png", best=checkpoints.best)
     save_results(learn, run_dir / "results.png", f"{title} · validation: actual / predicted")
     final = {k: v for k, v in final_row.items() if k not in ("epoch", "phase", "seconds")}
@@ -388,16 +392,22 @@ def keep_best(p: Prepared, run_dir: Path, run_log, best: dict | None) -> dict:
     return dict(zip(run_log.header, run_log.rows[best["epoch"] - 1]))
 
 
-def early_stopping(cfg: FitConfig, recipe: Recipe) -> list:
-    """fastai's EarlyStoppingCallback on the recipe's main metric, with --early-stop's patience."""
+def early_stopping(cfg: FitConfig, recipe: Recipe, header: list[str] = (), rows: list[list] = ()) -> list:
+    """fastai's EarlyStoppingCallback on the recipe's main metric, with --early-stop's patience; a resumed run
+    replays the epochs done (`header`, `rows` of metrics.csv) so it stops where the uninterrupted run would."""
     if not cfg.early_stop:
         return []
     import numpy as np
-    from fastai.callback.tracker import EarlyStoppingCallback
+
+    from trainer.checkpoint import ResumableEarlyStopping
 
     lower_is_better = recipe.main_metric in ("error_rate", "valid_loss")
-    return [EarlyStoppingCallback(monitor=recipe.main_metric, comp=np.less if lower_is_better else np.greater,
-                                  min_delta=0.0, patience=cfg.early_stop)]
+    history = []
+    if rows:  # the epochs of the fit being continued (fine_tune's unfrozen fit does not see the frozen epoch)
+        metric, phase = header.index(recipe.main_metric), header.index("phase")
+        history = [row[metric] for row in rows if row[phase] == rows[-1][phase]]
+    return [ResumableEarlyStopping(monitor=recipe.main_metric, comp=np.less if lower_is_better else np.greater,
+                                   min_delta=0.0, patience=cfg.early_stop, history=history)]
 
 
 def tensorboard_callback(log_dir: Path | None):

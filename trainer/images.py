@@ -70,16 +70,18 @@ def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
     """How many images `root` holds, and the unreadable ones as (path, reason).
 
     The result is cached in <data root>/.scans/, keyed by the files' count, sizes and times,
-    so later runs on unchanged data only list the folder.
+    so later runs on unchanged data only list the folder. The cache holds paths relative to the
+    root: the unreadable files come back in the form `root` is given (relative or absolute), the
+    form the DataLoaders' items take, so they are skipped however the data was named.
     """
     files = image_files(root)
     stats = [f.stat() for f in files]
     signature = [len(files), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
-    cache = data_root() / ".scans" / (hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16] + ".json")
+    cache = data_root() / ".scans" / (hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16] + "-2.json")  # 2: relative paths
     try:
         cached = json.loads(cache.read_text())
         if cached["signature"] == signature:
-            return len(files), [(Path(p), why) for p, why in cached["bad"]]
+            return len(files), [(root / p, why) for p, why in cached["bad"]]
     except (OSError, ValueError, KeyError):
         pass
     bad = [(f, why) for f in files if (why := unreadable(f))]
@@ -87,7 +89,7 @@ def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
         from trainer.runs import write_json
 
         cache.parent.mkdir(parents=True, exist_ok=True)
-        write_json(cache, {"root": str(root.resolve()), "signature": signature, "bad": [[str(p), w] for p, w in bad]})
+        write_json(cache, {"root": str(root.resolve()), "signature": signature, "bad": [[p.relative_to(root).as_posix(), w] for p, w in bad]})
     except OSError:
         pass  # a read-only data root only costs the next run a rescan
     return len(files), bad

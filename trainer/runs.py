@@ -45,13 +45,13 @@ def new_run_dir(out: Path, recipe: str) -> Path:
             run_dir.mkdir()
         except FileExistsError:
             continue
-        point_latest(parent, run_dir)
         return run_dir
     raise RuntimeError(f"could not create a run directory under {parent}")
 
 
 def point_latest(parent: Path, run_dir: Path) -> None:
-    """runs/<recipe>/latest -> the newest run (replaced atomically; best effort where links are not allowed)."""
+    """runs/<recipe>/latest -> the newest run that holds a model (replaced atomically when one is exported;
+    best effort where links are not allowed). An lr-find run or a failed one never moves it."""
     tmp = parent / f".latest-{os.getpid()}"
     with contextlib.suppress(OSError):
         tmp.unlink(missing_ok=True)
