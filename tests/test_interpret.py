@@ -120,4 +120,4 @@ def test_interpret_without_a_run(trainer, isolated):
     assert "no trained model" in result.stderr and "trainer fit mnist" in result.stderr
     assert trainer("interpret", "mnist", "--top-k", "0", expect=2).stderr.count("--top-k") == 1
     missing = trainer("predict", isolated / "runs" / "nope", isolated, expect=2).stderr
-    assert "neither a run directory nor a recipe" in missing and not (isolated / "runs" / "nope").exists()
+    assert "no run '" in missing and not (isolated / "runs" / "nope").exists()

@@ -163,7 +163,9 @@ def fit(
         if resume:
             from trainer.fit import resume as run_resume
 
-            run_dir, summary = run_resume(resume, console, quiet=quiet, live=console.is_terminal,
+            from trainer.runs import resolve_run
+
+            run_dir, summary = run_resume(resolve_run(str(resume), out, need_model=False), console, quiet=quiet, live=console.is_terminal,
                                           interpret=interpret, top_k=top_k, device=device, precision=precision)
         else:
             from trainer.fit import fit as run_fit
@@ -312,14 +314,15 @@ def runs(
     """Past runs, newest first (`trainer runs [RECIPE]`), or one run's config and metrics (`trainer runs show RUN`)."""
     import json
 
-    from trainer.listing import describe_or_flag, find_run, list_runs
+    from trainer.listing import describe_or_flag, list_runs
+    from trainer.runs import resolve_run
 
     console = _console()
     try:
         if recipe == "show":
             if run is None:
                 raise BadInput("`trainer runs show` needs a RUN: a run directory, a run id or a recipe name")
-            run_dir = find_run(run, out)
+            run_dir = resolve_run(run, out, need_model=False)
             _show_run(console, run_dir, describe_or_flag(run_dir), json_out)
             return
         if run is not None:
@@ -387,10 +390,10 @@ def report(
 ):
     """Rebuild a run's report.html (one self-contained page: config, metrics, plots, interpretation)."""
     try:
-        from trainer.listing import find_run
+        from trainer.runs import resolve_run
         from trainer.report import write_report
 
-        run_dir = find_run(target, out)
+        run_dir = resolve_run(target, out, need_model=False)
         if not (run_dir / "config.json").is_file():
             raise BadInput(f"{run_dir} is not a run directory (no config.json); see `trainer runs`")
         path = write_report(run_dir)

@@ -10,8 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-from trainer.errors import BadInput
-from trainer.runs import run_dirs
+from trainer.runs import run_dirs, run_order
 
 
 def read_json(path: Path) -> tuple[dict | None, str | None]:
@@ -108,23 +107,6 @@ def list_runs(out: Path, recipe: str | None = None) -> list[dict]:
         return []
     recipes = [recipe] if recipe else sorted(d.name for d in out.iterdir() if d.is_dir() and not d.is_symlink())
     rows = [describe_or_flag(d) for name in recipes for d in run_dirs(out, name)]
-    # ids are start times (YYYYmmdd-HHMMSS[-n]); run_dirs orders a recipe's runs, so sort by its key
-    return sorted(rows, key=lambda r: (r["id"][:15], int(r["id"][16:]) if r["id"][16:].isdigit() else 1),
-                  reverse=True)
+    return sorted(rows, key=lambda r: run_order(r["id"]), reverse=True)
 
 
-def find_run(target: str, out: Path) -> Path:
-    """A run directory from a path, an id under `out`, or a recipe name (its newest run)."""
-    path = Path(target)
-    if path.is_dir():
-        return path
-    matches = [Path(r["path"]) for r in list_runs(out) if r["id"] == target]
-    if len(matches) == 1:
-        return matches[0]
-    runs = list_runs(out, target) if (out / target).is_dir() else []
-    if runs:
-        return Path(runs[0]["path"])
-    if len(matches) > 1:
-        raise BadInput(f"run id {target} exists for several recipes: give the path, e.g. {matches[0]}")
-    raise BadInput(f"no run '{target}' under {out}/: give a run directory, a run id or a recipe name "
-                   f"(see `trainer runs`)")

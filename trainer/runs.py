@@ -65,8 +65,12 @@ def run_dirs(out: Path, recipe: str) -> list[Path]:
     if not parent.is_dir():
         return []
     runs = [d for d in parent.iterdir() if d.is_dir() and not d.is_symlink() and d.name[:1].isdigit()]
-    # "20261125-163012" < "20261125-163012-2" < "20261125-163012-10"
-    return sorted(runs, key=lambda d: (d.name[:15], int(d.name[16:]) if d.name[16:].isdigit() else 1))
+    return sorted(runs, key=lambda d: run_order(d.name))
+
+
+def run_order(run_id: str) -> tuple[str, int]:
+    """Run ids are start times: "20261125-163012" < "20261125-163012-2" < "20261125-163012-10"."""
+    return run_id[:15], int(run_id[16:]) if run_id[16:].isdigit() else 1
 
 
 def _file_mode() -> int:
@@ -151,27 +155,37 @@ def git_commit() -> str | None:
         return None
 
 
-def resolve_run(target: str, out: Path) -> Path:
-    """A run directory from a path, or the latest trained run of a recipe under `out`."""
+def resolve_run(target: str, out: Path, need_model: bool = True) -> Path:
+    """The run directory a user means, the same way for every command that takes a run: a path, a run id
+    (under OUT/<recipe>/), `latest` (the newest run with a model, of any recipe), or a recipe name (its
+    newest run with a model). `need_model=False` (runs show, report) accepts runs without one."""
+    from trainer.errors import did_you_mean
     from trainer.recipes import RECIPES
 
     path = Path(target)
     if path.is_dir():
-        if not has_model(path):
+        if need_model and not has_model(path):
             recipe = read_config(path).get("recipe", {}).get("name", "RECIPE") if (path / "config.json").is_file() else "RECIPE"
             raise BadInput(f"{path} holds no trained model (model.safetensors); run `trainer fit {recipe}` "
                            f"and use the run directory it prints")
         return path
-    if target in RECIPES:
-        trained = [d for d in run_dirs(out, target) if has_model(d)]
-        if not trained:
-            raise BadInput(f"no trained run of '{target}' under {out}/; run `trainer fit {target}` first "
-                           f"(or pass a run directory, or --out where your runs are)")
-        return trained[-1]
-    from trainer.errors import did_you_mean
-
-    raise BadInput(f"'{target}' is neither a run directory nor a recipe{did_you_mean(target, RECIPES)}; "
-                   f"give a path like runs/<recipe>/<id> or a recipe name for its latest run")
+    recipes = sorted(d.name for d in out.iterdir() if d.is_dir()) if out.is_dir() else []
+    if target == "latest" or target in RECIPES or target in recipes:
+        found = [d for r in ([target] if target != "latest" else recipes) for d in run_dirs(out, r)]
+        found = sorted((d for d in found if has_model(d) or not need_model), key=lambda d: run_order(d.name))
+        if not found:
+            which = "" if target == "latest" else f" of '{target}'"
+            raise BadInput(f"no {'trained ' if need_model else ''}run{which} under {out}/; run `trainer fit "
+                           f"{target if target in RECIPES else 'RECIPE'}` first (or pass a run directory, or --out "
+                           f"where your runs are)")
+        return found[-1]
+    matches = [out / r / target for r in recipes if (out / r / target).is_dir()]
+    if len(matches) == 1:
+        return resolve_run(str(matches[0]), out, need_model)
+    if len(matches) > 1:
+        raise BadInput(f"run id {target} exists for several recipes: give the path, e.g. {matches[0]}")
+    raise BadInput(f"no run '{target}' under {out}/{did_you_mean(target, RECIPES)}: give a run directory "
+                   f"(runs/<recipe>/<id>), a run id, 'latest' or a recipe name (see `trainer runs`)")
 
 
 def has_model(run_dir: Path) -> bool:
