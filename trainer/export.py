@@ -56,15 +56,26 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> t
     description = describe(run_dir, meta, fmt, path, images)
     with atomic_path(path) as tmp:
         WRITERS[fmt](model, images, tmp, description)
-        difference = max_difference(RUNNERS[fmt](tmp), images, expected)
-        if not difference <= MAX_DIFFERENCE:  # `not <=`: a NaN difference fails too
-            raise BadInput(f"the exported {fmt} model differs from the PyTorch model by {difference:.3g} in "
-                           f"probability on {len(items)} validation images (limit {MAX_DIFFERENCE:g}); nothing "
-                           f"written: try the other --format")
-        description["check"] = {"images": len(items), "max_probability_difference": difference,
+        difference = check(fmt, tmp, images, expected)
+        description["check"] = {"images": len(images), "max_probability_difference": difference,
                                 "limit": MAX_DIFFERENCE}
         write_json(sidecar(path), description)
     return path, description
+
+
+def check(fmt: str, path: Path, images: torch.Tensor, expected: torch.Tensor) -> float:
+    """The exported file's largest probability difference from PyTorch's `expected`; BadInput over the limit."""
+    try:
+        difference = max_difference(RUNNERS[fmt](path), images, expected)
+    except Exception as e:  # onnxruntime and torch.jit raise their own types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"the exported {fmt} model does not run ({type(e).__name__}: {first}); nothing written: "
+                       f"try the other --format") from None
+    if not difference <= MAX_DIFFERENCE:  # `not <=`: a NaN difference fails too
+        raise BadInput(f"the exported {fmt} model differs from the PyTorch model by {difference:.3g} in probability "
+                       f"on {len(images)} validation images (limit {MAX_DIFFERENCE:g}); nothing written: try the "
+                       f"other --format")
+    return difference
 
 
 def target_path(run_dir: Path, fmt: str, out: Path | None) -> Path:

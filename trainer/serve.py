@@ -24,10 +24,10 @@ SETTINGS_VARIABLE = "TRAINER_SERVE_SETTINGS"  # how `trainer serve` hands its se
 def require_serve_extra() -> None:
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise BadInput(f"trainer serve needs the serve extra ({e.name} is missing): pip install 'trainer[serve]'") from None
+        raise BadInput(f"trainer serve needs the serve extra ({e.name} is missing or too old): pip install 'trainer[serve]'") from None
 
 
 class Rejected(Exception):
