@@ -93,16 +93,13 @@ def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tens
     """What a program outside trainer needs to use the file: classes and how to make the input."""
     from trainer.recipes import get_recipe
 
+    recipe = get_recipe(meta["recipe"])
     height, width = images.shape[-2:]
     norm = meta["normalize"] or {"mean": None, "std": None}
-    resize = (f"fastai's validation Resize({meta['size']}): scale the shorter side to {meta['size']}, "
-              f"centre-crop to {meta['size']}x{meta['size']}" if meta["size"] else
-              f"none: the recipe uses images at their own size ({height}x{width})")
     return {"format": fmt, "file": path.name, "run": run_dir.resolve().name, "run_dir": str(run_dir.resolve()),
             "recipe": meta["recipe"], "arch": meta["arch"], "classes": meta["classes"],
             "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
-                      "size": [height, width], "resize": resize,
-                      "transforms": transforms_of(get_recipe(meta["recipe"]), meta["size"]),
+                      "size": [height, width], "resize": resize_of(recipe, meta["size"], height, width),
                       "pixels": "RGB, scaled to 0..1 (value / 255), then (x - mean) / std per channel",
                       "mean": norm["mean"], "std": norm["std"]},
             "output": {"name": "logits", "shape": ["batch", len(meta["classes"])],
@@ -110,11 +107,16 @@ def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tens
             "torch": torch.__version__}
 
 
-def transforms_of(recipe, size) -> str:
+def resize_of(recipe, size, height: int, width: int) -> str:
+    """What the recipe's validation transforms do to an image's size, in words."""
     from types import SimpleNamespace
 
-    tfms = recipe.transforms(SimpleNamespace(size=size))
-    return "; ".join(f"{name}: {tfm!r}".replace("\n", " ") for name, tfm in tfms.items()) or "none"
+    resize = recipe.transforms(SimpleNamespace(size=size)).get("item_tfms")
+    if resize is None:
+        return f"none: the recipe uses images at their own size ({height}x{width})"
+    side = resize.size[0]
+    words = f"scale the shorter side to {side} and centre-crop {side}x{side} (fastai's Resize, at validation)"
+    return words if (side, side) == (height, width) else f"{words}, then resize to {height}x{width}"
 
 
 def export_onnx(model, images: torch.Tensor, path: Path, description: dict) -> None:
