@@ -199,8 +199,9 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{title}}</title>
 <style>
+h1 { font-size: 1.4em; }
 body { font: 15px/1.4 system-ui, sans-serif; max-width: 760px; margin: 2em auto; padding: 0 1em; color: #222; }
-#drop { border: 2px dashed #888; border-radius: 8px; padding: 2.5em 1em; text-align: center; cursor: pointer; }
+#drop { display: block; border: 2px dashed #888; border-radius: 8px; padding: 2.5em 1em; text-align: center; cursor: pointer; }
 #drop.over { background: #eef5ff; border-color: #2a6df4; }
 .result { display: flex; gap: 1em; margin: 1.2em 0; align-items: flex-start; }
 .result img { width: 96px; height: 96px; object-fit: contain; background: #f3f3f3; border-radius: 4px; }
