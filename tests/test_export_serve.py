@@ -201,7 +201,9 @@ def test_serve_answers_as_predict_does(trainer, digits_run, server, tmp_path):
     images = digits_images(run_dir)
     rgba = tmp_path / "rgba.png"  # another mode: converted to RGB on both paths
     Image.open(images[3]).convert("RGBA").save(rgba)
-    images.append(rgba)
+    odd = tmp_path / "odd.png"  # another size: digits uses images at their own size, so it gets a batch of its own
+    Image.open(images[5]).resize((40, 30)).save(odd)
+    images += [rgba, odd]
     expected = predicted(trainer, run_dir, images, 3)
 
     health = httpx.get(f"{url}/health").json()

@@ -46,7 +46,6 @@ class Predictor:
 
         self.device = resolve_device(device)
         self.model, self.meta = load_weights(run_dir, self.device)
-        self.run_dir = run_dir
         self.lock = threading.Lock()  # one forward pass at a time: fastai's pipeline and the model are shared
 
     def predict(self, images: list, top_k: int) -> list[list[dict]]:
