@@ -27,7 +27,8 @@ def require_serve_extra() -> None:
         import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise BadInput(f"trainer serve needs the serve extra ({e.name} is missing or too old): pip install 'trainer[serve]'") from None
+        raise BadInput(f"trainer serve needs the serve extra ({e.name} is missing or too old): "
+                       f"pip install 'trainer[serve]'") from None
 
 
 class Rejected(Exception):
@@ -69,7 +70,8 @@ def decode(name: str, data: bytes, max_bytes: int, max_pixels: int):
     try:
         return open_image(data, max_pixels=max_pixels)
     except UnidentifiedImageError:
-        raise Rejected(415, f"'{name}' is not an image that PIL can read; send JPEG, PNG, WebP, BMP, GIF or TIFF") from None
+        raise Rejected(415, f"'{name}' is not an image that PIL can read; send JPEG, PNG, WebP, BMP, GIF or "
+                            f"TIFF") from None
     except (ValueError, Image.DecompressionBombError) as e:
         raise Rejected(413, f"'{name}' is {e} (--max-pixels)") from None
     except Exception as e:  # PIL raises many types for damaged data
