@@ -15,7 +15,8 @@ from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="fastai's image classification recipes as one command: fit, lr-find, interpret, predict.")
+                  help="fastai's image classification recipes as one command: fit, lr-find, interpret, predict, "
+                       "export, serve.")
 
 # Options shared by the commands that build a learner (fit, lr-find).
 RECIPE = typer.Argument(..., help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets).")
@@ -441,6 +442,55 @@ def predict(
     if not console.is_terminal:
         console.width = 160
     console.print(table)
+
+
+@app.command()
+def export(
+    target: str = typer.Argument(..., help="A run directory, or a recipe for its latest trained run under runs/."),
+    format: str = typer.Option(..., "--format", help="onnx (needs `pip install 'trainer[export]'`) or torchscript."),
+    out: Optional[Path] = typer.Option(None, help="The file (or folder) to write \\[default: RUN_DIR/model.onnx or "
+                                       "RUN_DIR/model.torchscript]; its description goes to FILE.json beside it."),
+    data: Optional[str] = typer.Option(None, help="Where the run's data is now, if it moved (the check uses its "
+                                       "validation images)."),
+):
+    """The run's model as ONNX or TorchScript (fp32, any batch size), checked against PyTorch before writing."""
+    try:
+        from trainer.export import export_run
+        from trainer.runs import resolve_run
+
+        path, description = export_run(resolve_run(target, Path("runs")), format, out, data)
+    except BadInput as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        _interrupted()
+    check = description["check"]
+    _console().print(f"checked on {check['images']} validation images: largest probability difference "
+                     f"{check['max_probability_difference']:.3g} (limit {check['limit']:g})")
+    print(path)
+
+
+@app.command()
+def serve(
+    target: str = typer.Argument(..., help="A run directory, or a recipe for its latest trained run."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes it to the network "
+                             "(it has no authentication: put a reverse proxy in front)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, help="uvicorn worker processes, each with its own copy of the model."),
+    device: str = DEVICE,
+    max_bytes: int = typer.Option(20_000_000, help="Largest image file accepted, in bytes."),
+    max_pixels: int = typer.Option(40_000_000, help="Largest image accepted, in pixels (width x height)."),
+    out: Path = OUT,
+):
+    """An HTTP prediction service: POST /predict (images), GET /health, and a page at / to drop images on."""
+    try:
+        from trainer.runs import resolve_run
+        from trainer.serve import serve as run_server
+
+        run_server(resolve_run(target, out), host, port, workers, device, max_bytes, max_pixels)
+    except BadInput as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        pass  # uvicorn already stopped cleanly
 
 
 @app.command()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.interpret import analyse, inference_dls, write_confusion
+from trainer.inputs import inference_dls
+from trainer.interpret import analyse, write_confusion
 from trainer.runs import write_json
 
 

@@ -42,12 +42,23 @@ class RGBImage(PILImage):
     @classmethod
     def create(cls, fn, **kwargs):
         if isinstance(fn, (str, Path)):
-            fn = cls.copies.get(str(fn), fn)
-            with Image.open(fn) as opened:
-                opened.load()
-                image = opened._new(opened.im)  # detached from the file, as fastai's load_image does
-            return cls(to_rgb(image))
+            return cls(open_image(cls.copies.get(str(fn), fn)))
+        if isinstance(fn, bytes):
+            return cls(open_image(fn))
         return super().create(fn, **kwargs)
+
+
+def open_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
+    """An image file (a path, or its bytes) decoded as 8-bit RGB: how every image trainer reads is opened.
+    `max_pixels`: refuse (ValueError) an image larger than this before decoding its pixels."""
+    import io
+
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as opened:
+        if max_pixels is not None and opened.width * opened.height > max_pixels:
+            raise ValueError(f"{opened.width}x{opened.height} pixels, over the limit of {max_pixels}")
+        opened.load()
+        image = opened._new(opened.im)  # detached from the file, as fastai's load_image does
+    return to_rgb(image)
 
 
 def unreadable(path: Path) -> str | None:

@@ -152,26 +152,12 @@ def plot_top_losses(top: list[dict], title: str, path: Path) -> None:
 def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto",
                   trust_pickle: bool = False) -> dict:
     """Rebuild a run's validation set from its config.json and write the interpretation into the run."""
-    from dataclasses import replace
-
-    from trainer.config import FitConfig
-    from trainer.data import build_dls, locate
     from trainer.errors import BadInput
-    from trainer.images import scan
     from trainer.device import resolve_device
+    from trainer.inputs import add_normalize
     from trainer.learner import inference_learner, load_pickled, load_weights
-    from trainer.recipes import get_recipe
-    from trainer.runs import read_config
 
-    config = read_config(run_dir)
-    try:
-        recipe = get_recipe(config["recipe"]["name"])
-        cfg = FitConfig(**config["options"])
-        data_path = Path(data or config["data"]["path"])
-    except (KeyError, TypeError) as e:
-        raise BadInput(f"{run_dir}/config.json lacks {e}; the run is incomplete: train again with `trainer fit`") from None
-    if not data_path.exists():  # before loading the model: the cheap check first
-        raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
+    recipe, cfg, data_path, build_split = run_data(run_dir, data)
     torch_device = resolve_device(device)
     if trust_pickle:
         learn = load_pickled(run_dir, torch_device)
@@ -179,10 +165,7 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
-    # The recipe's own split (same seed, same unreadable files left out) gives the validation set.
-    root = locate(recipe, str(data_path))
-    _, bad = scan(root)
-    split = build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
+    split = build_split(bs, torch_device)
     if [str(c) for c in split.vocab] != classes:
         raise BadInput(f"the classes in {data_path} differ from the model's; pass --data with the run's dataset")
     items = list(split.valid_ds.items)
@@ -200,67 +183,53 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     return written
 
 
-def add_normalize(dls, meta: dict) -> None:
-    if meta["normalize"]:
-        from fastai.vision.all import Normalize
+def run_data(run_dir: Path, data: str | None):
+    """(recipe, options, data path, split(bs, device)): the run's own train/valid split, rebuilt from its
+    config.json when called (same seed, same unreadable files left out). The data's presence is checked
+    now, before anything costly is loaded."""
+    from dataclasses import replace
 
-        dls.add_tfms([Normalize.from_stats(meta["normalize"]["mean"], meta["normalize"]["std"])], "after_batch")
+    from trainer.config import FitConfig
+    from trainer.data import build_dls, locate
+    from trainer.errors import BadInput
+    from trainer.images import scan
+    from trainer.recipes import get_recipe
+    from trainer.runs import read_config
+
+    config = read_config(run_dir)
+    try:
+        recipe = get_recipe(config["recipe"]["name"])
+        cfg = FitConfig(**config["options"])
+        data_path = Path(data or config["data"]["path"])
+    except (KeyError, TypeError) as e:
+        raise BadInput(f"{run_dir}/config.json lacks {e}; the run is incomplete: train again with `trainer fit`") from None
+    if not data_path.exists():
+        raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
+
+    def split(bs: int, torch_device):
+        root = locate(recipe, str(data_path))
+        _, bad = scan(root)
+        return build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
+
+    return recipe, cfg, data_path, split
 
 
 def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto",
                    trust_pickle: bool = False) -> list[dict]:
     """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
-    from fastai.data.transforms import get_image_files
-
-    from trainer.errors import BadInput
+    from trainer.inputs import image_items, predict_probabilities, top_predictions
     from trainer.device import resolve_device
-    from trainer.learner import inference_learner, load_pickled, load_weights
+    from trainer.learner import load_pickled, load_weights
 
-    items: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(get_image_files(path))
-            if not found:
-                raise BadInput(f"{path} holds no images (.jpg, .png, ...); give image files or a folder of them")
-            items += found
-        elif path.is_file():
-            items.append(path)
-        else:
-            raise BadInput(f"{path}: no such image or folder")
+    items = image_items(paths)
     torch_device = resolve_device(device)
     if trust_pickle:
         learn = load_pickled(run_dir, torch_device)
         classes = [str(c) for c in learn.dls.vocab]
-        dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+        probs, _ = learn.get_preds(dl=learn.dls.test_dl(items, bs=bs, num_workers=0))
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
-        dls = inference_dls(meta, items, bs, torch_device)
-        learn, dl = inference_learner(dls, model), dls.valid
-    probs, _ = learn.get_preds(dl=dl)
-    best_probs, best = probs.topk(min(top_k, len(classes)), dim=1)
-    return [{"path": str(item),
-             "predictions": [{"label": classes[k], "probability": round(float(p), 6)} for p, k in zip(ps, ks)]}
-            for item, ps, ks in zip(items, best_probs.tolist(), best.tolist())]
-
-
-def inference_dls(meta: dict, items: list[Path], bs: int, device, labelled: bool = False):
-    """The recipe's validation-time pipeline over `items`, rebuilt from model.json (no training data needed).
-    `labelled`: each image's class is its folder's name (a labelled test set)."""
-    from types import SimpleNamespace
-
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
-
-    from trainer.images import RGBImage
-    from trainer.recipes import get_recipe
-
-    RGBImage.copies = {}  # the files given, never a training run's presized copies
-    tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
-    everything = list(range(len(items)))
-    block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
-                      get_y=parent_label if labelled else lambda _: meta["classes"][0],  # unlabelled: unused
-                      splitter=lambda _: (everything, everything), **tfms)
-    dls = block.dataloaders(items, bs=bs, num_workers=0, device=device, shuffle=False)
-    add_normalize(dls, meta)
-    return dls
-
+        probs = predict_probabilities(model, meta, items, bs, torch_device)
+    return [{"path": str(item), "predictions": predictions}
+            for item, predictions in zip(items, top_predictions(classes, probs, top_k))]

@@ -1,0 +1,177 @@
+"""`trainer export`: a run's model as ONNX or TorchScript, checked against PyTorch before it is written.
+
+The file takes what `trainer predict` feeds the model (NCHW float32 RGB, pixels / 255, then the
+training normalisation) with any batch size, and returns logits (softmax gives the probabilities).
+How to make that input (resize, mean/std) and the class names travel with it: in the ONNX
+metadata or TorchScript's extra files, and in a JSON file beside it (FILE.json).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from trainer.errors import BadInput
+
+MAX_DIFFERENCE = 1e-4  # largest probability difference between the exported and the PyTorch model
+CHECK_IMAGES = 32  # validation images the check runs (the first ones of the run's own validation set)
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}
+
+
+def require_export_extra() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise BadInput(f"--format onnx needs the export extra ({e.name} is missing): "
+                       f"pip install 'trainer[export]'") from None
+
+
+def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> tuple[Path, dict]:
+    """Write the run's model as `fmt` to `out` (default RUN_DIR/model.onnx or model.torchscript) with its
+    description in OUT.json; (path, description). Nothing is written when the check fails."""
+    from trainer.inputs import input_batches, probabilities
+    from trainer.interpret import run_data
+    from trainer.learner import load_weights
+    from trainer.runs import atomic_path, write_json
+
+    if fmt not in FORMATS:
+        raise BadInput(f"unknown --format '{fmt}'; choose onnx or torchscript")
+    if fmt == "onnx":
+        require_export_extra()
+    path = target_path(run_dir, fmt, out)
+    _, _, _, build_split = run_data(run_dir, data)
+    cpu = torch.device("cpu")
+    model, meta = load_weights(run_dir, cpu)
+    split = build_split(CHECK_IMAGES, cpu)
+    if [str(c) for c in split.vocab] != meta["classes"]:
+        raise BadInput("the classes in the run's data differ from the model's; pass --data with the run's dataset")
+    items = list(split.valid_ds.items)[:CHECK_IMAGES]
+    images = next(input_batches(meta, items, CHECK_IMAGES, cpu))
+    expected = probabilities(model, [images])
+    description = describe(run_dir, meta, fmt, path, images)
+    with atomic_path(path) as tmp:
+        WRITERS[fmt](model, images, tmp, description)
+        difference = check(fmt, tmp, images, expected)
+        description["check"] = {"images": len(images), "max_probability_difference": difference,
+                                "limit": MAX_DIFFERENCE}
+        write_json(sidecar(path), description)
+    return path, description
+
+
+def check(fmt: str, path: Path, images: torch.Tensor, expected: torch.Tensor) -> float:
+    """The exported file's largest probability difference from PyTorch's `expected`; BadInput over the limit."""
+    try:
+        difference = max_difference(RUNNERS[fmt](path), images, expected)
+    except Exception as e:  # onnxruntime and torch.jit raise their own types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"the exported {fmt} model does not run ({type(e).__name__}: {first}); nothing written: "
+                       f"try the other --format") from None
+    if not difference <= MAX_DIFFERENCE:  # `not <=`: a NaN difference fails too
+        raise BadInput(f"the exported {fmt} model differs from the PyTorch model by {difference:.3g} in probability "
+                       f"on {len(images)} validation images (limit {MAX_DIFFERENCE:g}); nothing written: try the "
+                       f"other --format")
+    return difference
+
+
+def target_path(run_dir: Path, fmt: str, out: Path | None) -> Path:
+    path = run_dir / FORMATS[fmt] if out is None else out / FORMATS[fmt] if out.is_dir() else out
+    if not path.parent.is_dir():
+        raise BadInput(f"--out {out}: the folder {path.parent} does not exist; create it or choose another --out")
+    return path
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tensor) -> dict:
+    """What a program outside trainer needs to use the file: classes and how to make the input."""
+    from trainer.recipes import get_recipe
+
+    recipe = get_recipe(meta["recipe"])
+    height, width = images.shape[-2:]
+    norm = meta["normalize"] or {"mean": None, "std": None}
+    return {"format": fmt, "file": path.name, "run": run_dir.resolve().name, "run_dir": str(run_dir.resolve()),
+            "recipe": meta["recipe"], "arch": meta["arch"], "classes": meta["classes"],
+            "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
+                      "size": [height, width], "resize": resize_of(recipe, meta["size"], height, width),
+                      "pixels": "RGB, scaled to 0..1 (value / 255), then (x - mean) / std per channel",
+                      "mean": norm["mean"], "std": norm["std"]},
+            "output": {"name": "logits", "shape": ["batch", len(meta["classes"])],
+                       "probabilities": "softmax over the last axis"},
+            "torch": torch.__version__}
+
+
+def resize_of(recipe, size, height: int, width: int) -> str:
+    """What the recipe's validation transforms do to an image's size, in words."""
+    from types import SimpleNamespace
+
+    resize = recipe.transforms(SimpleNamespace(size=size)).get("item_tfms")
+    if resize is None:
+        return f"none: the recipe uses images at their own size ({height}x{width})"
+    side = resize.size[0]
+    words = f"scale the shorter side to {side} and centre-crop {side}x{side} (fastai's Resize, at validation)"
+    return words if (side, side) == (height, width) else f"{words}, then resize to {height}x{width}"
+
+
+def export_onnx(model, images: torch.Tensor, path: Path, description: dict) -> None:
+    """torch.onnx's torch.export-based exporter (its default since torch 2.9; needs onnxscript). The older
+    TorchScript-based one is deprecated and announced for removal, so depending on it would break on a
+    later torch. The batch dimension is declared dynamic; everything else is fixed by the example batch."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(model, (images,), None, input_names=["image"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+        except Exception as e:  # torch.export's failures come in many types; the first line says which
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BadInput(f"torch.onnx could not export {description['arch']} ({first}); "
+                           f"try --format torchscript") from None
+    program.save(str(path), external_data=False)  # one file, weights inside (under ONNX's 2 GB limit)
+    exported = onnx.load(str(path))
+    onnx.helper.set_model_props(exported, {key: value if isinstance(value, str) else json.dumps(value)
+                                           for key, value in description.items()})
+    onnx.save(exported, str(path))
+
+
+def export_torchscript(model, images: torch.Tensor, path: Path, description: dict) -> None:
+    """torch.jit.trace: a convolutional classifier has no data-dependent control flow to lose, and the
+    traced batch size stays symbolic. The description rides along as the extra file trainer.json."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; it still loads anywhere
+        traced = torch.jit.trace(model, images, check_trace=False)  # the check below compares probabilities
+        torch.jit.save(traced, str(path), _extra_files={"trainer.json": json.dumps(description)})
+
+
+def onnx_runner(path: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: torch.from_numpy(session.run(["logits"], {"image": images.numpy()})[0])
+
+
+def torchscript_runner(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    return lambda images: loaded(images)
+
+
+def max_difference(run, images: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest probability difference, on the whole batch and on one image alone (the batch size is dynamic)."""
+    with torch.inference_mode():
+        whole = (run(images).float().softmax(dim=-1) - expected).abs().max()
+        single = (run(images[:1]).float().softmax(dim=-1) - expected[:1]).abs().max()
+    return float(torch.maximum(whole, single))  # NaN stays NaN
+
+
+WRITERS = {"onnx": export_onnx, "torchscript": export_torchscript}
+RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner}

@@ -1,0 +1,107 @@
+"""Images -> the model's input tensors and probabilities, the one way trainer does it.
+
+`trainer predict`, `trainer evaluate`, the check that `trainer export` makes and `trainer serve`
+all go through here, so a served or exported prediction is the same number `predict` prints:
+the recipe's validation transforms rebuilt from model.json (no pickle, no training data), then
+the normalisation the model was trained with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def add_normalize(dls, meta: dict) -> None:
+    if meta["normalize"]:
+        from fastai.vision.all import Normalize
+
+        dls.add_tfms([Normalize.from_stats(meta["normalize"]["mean"], meta["normalize"]["std"])], "after_batch")
+
+
+def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = False):
+    """The recipe's validation-time pipeline over `items` (image paths, or images already decoded by
+    images.open_image), rebuilt from model.json. `labelled`: each image's class is its folder's name."""
+    from types import SimpleNamespace
+
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
+
+    from trainer.images import RGBImage
+    from trainer.recipes import get_recipe
+
+    RGBImage.copies = {}  # the files given, never a training run's presized copies
+    tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
+    everything = list(range(len(items)))
+    block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
+                      get_y=parent_label if labelled else lambda _: meta["classes"][0],  # unlabelled: unused
+                      splitter=lambda _: (everything, everything), **tfms)
+    dls = block.dataloaders(items, bs=bs, num_workers=0, device=device, shuffle=False)
+    add_normalize(dls, meta)
+    return dls
+
+
+def input_batches(meta: dict, items: list, bs: int, device):
+    """Normalised NCHW float batches (plain tensors) of `items`, in order."""
+    for x, *_ in inference_dls(meta, items, bs, device).valid:
+        yield x.as_subclass(torch.Tensor)
+
+
+def predict_probabilities(model, meta: dict, items: list, bs: int, device) -> torch.Tensor:
+    """N x C probabilities of `items`, in order. A recipe that uses images at their own size (no resize)
+    gets one batch per image size, since a batch holds one size."""
+    if meta["size"]:
+        return probabilities(model, input_batches(meta, items, bs, device))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(image_size(item), []).append(index)
+    probs = torch.empty(len(items), len(meta["classes"]))
+    for indices in groups.values():
+        probs[indices] = probabilities(model, input_batches(meta, [items[i] for i in indices], bs, device))
+    return probs
+
+
+def image_size(item) -> tuple[int, int]:
+    """(width, height) of a decoded image or, from its header only, of an image file."""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return item.size
+    try:
+        with Image.open(item) as image:
+            return image.size
+    except Exception:  # an unreadable file: the pipeline reports it when it reads the file
+        return (0, 0)
+
+
+@torch.inference_mode()
+def probabilities(model, batches) -> torch.Tensor:
+    """N x C class probabilities: the softmax of the model's outputs, as fastai's get_preds gives them."""
+    return torch.cat([model(x).float().softmax(dim=-1).cpu() for x in batches])
+
+
+def top_predictions(classes: list[str], probs: torch.Tensor, top_k: int) -> list[list[dict]]:
+    """Per image, the top_k labels with their probabilities (rounded as `trainer predict` prints them)."""
+    best_probs, best = probs.topk(min(top_k, len(classes)), dim=1)
+    return [[{"label": classes[k], "probability": round(float(p), 6)} for p, k in zip(ps, ks)]
+            for ps, ks in zip(best_probs.tolist(), best.tolist())]
+
+
+def image_items(paths: list[Path]) -> list[Path]:
+    """Image files, with each folder expanded to every image in it."""
+    from fastai.data.transforms import get_image_files
+
+    from trainer.errors import BadInput
+
+    items: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(get_image_files(path))
+            if not found:
+                raise BadInput(f"{path} holds no images (.jpg, .png, ...); give image files or a folder of them")
+            items += found
+        elif path.is_file():
+            items.append(path)
+        else:
+            raise BadInput(f"{path}: no such image or folder")
+    return items
