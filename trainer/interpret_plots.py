@@ -43,8 +43,8 @@ def confusion_figure(cm, classes: list[str], title: str, normalize: bool = False
     cell = cell_inches(n)
     fontsize = min(11.0, max(6.0, round(cell * 72 * 0.5)))  # a tick label takes half a cell's height
     side = cell * n
-    fig = plt.figure(figsize=(side + 5, side + 4))
-    ax = fig.add_axes([3 / (side + 5), 2.5 / (side + 4), side / (side + 5), side / (side + 4)])
+    fig = plt.figure(figsize=(side + 1, side + 1))  # fit_to_content makes room for the words
+    ax = fig.add_axes([0.5 / (side + 1), 0.5 / (side + 1), side / (side + 1), side / (side + 1)])
     ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None, aspect="equal")
     cell_px = cell * fig.dpi
     # side by side when every name fits its column, else upright (never slanted: slanted names overlap)
@@ -93,9 +93,9 @@ def most_confused_figure(pairs: list[tuple[str, str, int]], title: str, top: int
     """The `top` most frequent (actual -> predicted) errors as horizontal bars, largest first."""
     pairs = pairs[:top]
     bar = 0.3  # inches per pair
-    fig = plt.figure(figsize=(12, bar * len(pairs) + 3))
-    width, height = 12, bar * len(pairs) + 3
-    ax = fig.add_axes([5 / width, 1 / height, 5 / width, bar * max(len(pairs), 1) / height])
+    width, height = 6, bar * max(len(pairs), 1) + 1
+    fig = plt.figure(figsize=(width, height))  # fit_to_content makes room for the words
+    ax = fig.add_axes([0.5 / width, 0.5 / height, 5 / width, bar * max(len(pairs), 1) / height])
     counts = [count for _, _, count in pairs]
     ax.barh(range(len(pairs)), counts, color="tab:blue")
     ax.set_yticks(range(len(pairs)), [f"{actual} → {predicted}" for actual, predicted, _ in pairs], fontsize=9)
