@@ -169,3 +169,29 @@ def test_plot_confusion_writes_a_png(tmp_path):
     plot_confusion(synthetic_confusion(37, 20), PET_BREEDS, TITLE, tmp_path / "cm.png")
     with Image.open(tmp_path / "cm.png") as image:
         assert image.width > 900 and image.height > 900
+
+
+@pytest.mark.parametrize("n", [2, 37])
+def test_interpretation_files(n, tmp_path):
+    """write_interpretation on synthetic predictions: most_confused.png only where a matrix hides the errors."""
+    import torch
+
+    from trainer.interpret import Analysis, write_interpretation
+
+    items = []
+    for k in range(n):
+        items.append(tmp_path / f"{k}.png")
+        Image.new("RGB", (32, 32), (k, 0, 0)).save(items[-1])
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(4 * n, n, generator=generator), dim=1)
+    targets = torch.arange(4 * n) % n
+    analysis = Analysis(classes=CLASSES[n], items=[items[t] for t in targets.tolist()], probs=probs,
+                        targets=targets, losses=-probs[torch.arange(4 * n), targets].log())
+    (tmp_path / "most_confused.png").write_bytes(b"stale")
+    write_interpretation(analysis, tmp_path, TITLE, top_k=9)
+    assert (tmp_path / "most_confused.png").is_file() == (n > 10)
+    if n > 10:
+        with Image.open(tmp_path / "most_confused.png") as image:
+            image.load()
+    with open(tmp_path / "confusion_matrix.csv") as f:
+        assert f.readline().strip().split(",")[1:] == CLASSES[n]
