@@ -40,6 +40,7 @@ def write_lr_find(result: dict, run_dir: Path, title: str) -> None:
 
 
 MARKERS = {"minimum": "v", "steep": "o", "valley": "*", "slide": "s"}
+MARKER_SIZE = 11  # points
 
 
 def lr_find_figure(result: dict, title: str):
@@ -64,7 +65,7 @@ def lr_find_figure(result: dict, title: str):
         high = max(np.percentile(losses, 90), *(loss for _, _, loss in points))
         ax.set_ylim(low - 0.05 * (high - low), high + 0.3 * (high - low))
     for name, lr, loss in points:
-        ax.plot([lr], [loss], MARKERS.get(name, "o"), markersize=11, alpha=0.8)
+        ax.plot([lr], [loss], MARKERS.get(name, "o"), markersize=MARKER_SIZE, alpha=0.8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     label_suggestions(ax, points)
@@ -98,14 +99,17 @@ OFFSETS = [(sx * 9, sy * r) for r in (10, 30, 50, 70, 90) for sy in (1, -1) for 
 
 def label_suggestions(ax, points: list) -> None:
     """One label per group of coinciding suggestions, at the first offset where it overlaps no other
-    label or marker and stays inside the axes (measured with the renderer's text extents)."""
+    label or marker and stays inside the axes (measured with the renderer's text extents); where none
+    does, at the last offset tried."""
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    markers = [Bbox.from_bounds(*(ax.transData.transform((lr, loss)) - 9), 18, 18) for _, lr, loss in points]
+    half = MARKER_SIZE * fig.dpi / 72 / 2 + 1  # a marker's half width, in pixels
+    markers = [Bbox.from_bounds(*(ax.transData.transform((lr, loss)) - half), 2 * half, 2 * half)
+               for _, lr, loss in points]
     area = ax.get_window_extent(renderer)
     taken: list = list(markers)
     for group in suggestion_groups(ax, points):
