@@ -9,8 +9,8 @@ from conftest import CIFAR_CLASSES
 from matplotlib.text import Text
 from PIL import Image
 
-from trainer.interpret_plots import (confusion_figure, most_confused_figure, plot_confusion, save,
-                                     top_losses_figure)
+from trainer.interpret_plots import (MAX_SIDE, cell_inches, confusion_figure, most_confused_figure,
+                                     plot_confusion, save, top_losses_figure)
 from trainer.lrfind import lr_find_figure
 
 PET_BREEDS = [  # Oxford-IIIT Pet's 37, as pets_breeds labels them
@@ -98,6 +98,18 @@ def test_confusion_matrix_is_readable(n, normalize, tmp_path):
             x0, y0, x1, y1 = Text.get_window_extent(t).extents
             assert left <= x0 and x1 <= right and bottom <= y0 and y1 <= top, t.get_text()
     check_readable(fig, tmp_path, min_texts=2 * n + 3)
+
+
+def test_hundreds_of_classes_stay_bounded(tmp_path):
+    """Past MAX_SIDE the matrix stops growing (memory) and names every few classes, still without overlaps
+    (shown at a 10-inch limit with 200 classes, as 4,000 pixels take long to draw)."""
+    assert cell_inches(1000) * 1000 == MAX_SIDE and cell_inches(100) == 0.25
+    classes = [f"class_{k:03d}" for k in range(200)]
+    fig = confusion_figure(synthetic_confusion(200, 5), classes, TITLE, max_side=10)
+    assert max(fig.axes[0].get_window_extent().size) == pytest.approx(1000)
+    named = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert named[:2] == ["class_000", "class_003"] and len(named) == 67
+    check_readable(fig, tmp_path, min_texts=2 * 67)
 
 
 def test_cifar_names_stand_upright_and_digits_lie(tmp_path):

@@ -29,18 +29,22 @@ def save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def cell_inches(n: int) -> float:
-    """Large cells for a few classes, never below a quarter inch (18 pt: one line of 9-pt text)."""
-    return max(0.25, min(1.5, 9 / n))
+MAX_SIDE = 40  # inches (4,000 pixels): beyond 160 classes cells shrink rather than the PNG growing without end
 
 
-def confusion_figure(cm, classes: list[str], title: str, normalize: bool = False):
+def cell_inches(n: int, max_side: float = MAX_SIDE) -> float:
+    """Large cells for a few classes, a quarter inch (18 pt: one line of 9-pt text) from 36 classes, and
+    smaller only where the matrix would pass `max_side`."""
+    return min(max(0.25, min(1.5, 9 / n)), max_side / n)
+
+
+def confusion_figure(cm, classes: list[str], title: str, normalize: bool = False, max_side: float = MAX_SIDE):
     """counts[actual, predicted] as a heat map, with the numbers where they fit in their cells."""
     n = len(classes)
     values = np.asarray(cm, dtype=float)
     if normalize:
         values = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
-    cell = cell_inches(n)
+    cell = cell_inches(n, max_side)
     fontsize = min(11.0, max(6.0, round(cell * 72 * 0.5)))  # a tick label takes half a cell's height
     side = cell * n
     fig = plt.figure(figsize=(side + 1, side + 1))  # fit_to_content makes room for the words
@@ -49,8 +53,10 @@ def confusion_figure(cm, classes: list[str], title: str, normalize: bool = False
     cell_px = cell * fig.dpi
     # side by side when every name fits its column, else upright (never slanted: slanted names overlap)
     widest = max(text_size(fig, name, fontsize)[0] for name in classes)
-    ax.set_xticks(range(n), classes, rotation=0 if widest <= 0.9 * cell_px else 90, fontsize=fontsize)
-    ax.set_yticks(range(n), classes, fontsize=fontsize)
+    step = max(1, math.ceil(1.4 * fontsize / (cell * 72)))  # past max_side: every step-th class is named
+    ticks, names = range(0, n, step), classes[::step]
+    ax.set_xticks(ticks, names, rotation=0 if widest <= 0.9 * cell_px * step else 90, fontsize=fontsize)
+    ax.set_yticks(ticks, names, fontsize=fontsize)
     ax.set_xlabel("predicted", fontsize=TITLE_SIZE)
     ax.set_ylabel("actual", fontsize=TITLE_SIZE)
     annotate_cells(fig, ax, values, normalize, fontsize - 1, cell_px)
