@@ -84,6 +84,32 @@ def test_pets_cat_or_dog(trainer, fixtures):
     label, _, _ = learn.predict(fixtures / "oxford-iiit-pet" / "images" / "Bengal_1.jpg")
     assert label in ("True", "False", True, False)
 
+    # people read cat/dog everywhere, while the model's vocab stays the course's True/False
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["classes"] == ["False", "True"] and meta["display_names"] == ["dog", "cat"]
+    trainer("interpret", run_dir)  # again from model.json, as a later session would
+    for _ in range(2):
+        with open(run_dir / "confusion_matrix.csv") as f:
+            header, *rows = list(csv.reader(f))
+        assert header[1:] == ["dog", "cat"] and [r[0] for r in rows] == ["dog", "cat"]
+        with open(run_dir / "per_class.csv") as f:
+            assert [r["class"] for r in csv.DictReader(f)] == ["dog", "cat"]
+        with open(run_dir / "top_losses.csv") as f:
+            top = list(csv.DictReader(f))
+        assert len(top) == 4 and all({r["actual"], r["predicted"]} <= {"cat", "dog"} for r in top)
+        assert all(0 <= float(r["p_actual"]) <= 1 and 0 <= float(r["p_predicted"]) <= 1 for r in top)
+        assert all((r["actual"] == r["predicted"]) == (r["p_actual"] == r["p_predicted"]) for r in top)
+    images = fixtures / "oxford-iiit-pet" / "images"
+    predicted = json.loads(trainer("predict", run_dir, images, "--json", "--top-k", "2").stdout)
+    assert {p["label"] for row in predicted for p in row["predictions"]} == {"cat", "dog"}
+    table = trainer("predict", run_dir, images / "Bengal_1.jpg", "--trust-pickle").stdout
+    assert ("cat" in table or "dog" in table) and "True" not in table and "False" not in table
+    # a run from before display names shows its vocab
+    del meta["display_names"]
+    (run_dir / "model.json").write_text(json.dumps(meta))
+    predicted = json.loads(trainer("predict", run_dir, images / "pug_1.jpg", "--json", "--top-k", "2").stdout)
+    assert {p["label"] for p in predicted[0]["predictions"]} == {"True", "False"}
+
 
 def test_pets_breeds(trainer, fixtures):
     run_dir = run_dir_of(trainer("fit", "pets_breeds", "--data", fixtures / "oxford-iiit-pet", "--size", "32", *FAST))

@@ -47,10 +47,12 @@ def test_interpret_agrees_with_the_run(trainer, digits_run):
     assert sum(counts[k][k] for k in range(10)) / total == pytest.approx(accuracy, abs=1e-6)
 
     top = read_csv(run_dir / "top_losses.csv")
-    assert top[0] == ["path", "actual", "predicted", "loss", "probability"] and len(top) == 1 + 5
+    assert top[0] == ["path", "actual", "predicted", "loss", "p_actual", "p_predicted"] and len(top) == 1 + 5
     losses = [float(r[3]) for r in top[1:]]
     assert losses == sorted(losses, reverse=True)
-    assert all(r[0].endswith(".png") and 0 <= float(r[4]) <= 1 for r in top[1:])
+    assert all(r[0].endswith(".png") and 0 <= float(r[4]) <= float(r[5]) <= 1 for r in top[1:])
+    # the loss is the cross-entropy of the actual class: -log p(actual)
+    assert all(float(r[3]) == pytest.approx(-math.log(float(r[4])), rel=1e-3, abs=1e-4) for r in top[1:])
 
     report = json.loads((run_dir / "per_class.json").read_text())
     assert report["accuracy"] == pytest.approx(accuracy, abs=1e-6)

@@ -273,7 +273,8 @@ def interpret(
     console.print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images")
     _print_confused(console, report["most_confused"])
     console.print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
-                  "most_confused.csv, per_class.csv/.json")
+                  f"most_confused.csv{'/.png' if (run_dir / 'most_confused.png').is_file() else ''}, "
+                  "per_class.csv/.json")
     print(run_dir)
 
 

@@ -21,7 +21,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
     from trainer.errors import BadInput
     from trainer.images import scan
     from trainer.device import resolve_device
-    from trainer.learner import inference_learner, load_weights
+    from trainer.learner import class_names, inference_learner, load_weights
 
     root = Path(data)
     if not root.is_dir():
@@ -39,7 +39,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
         raise BadInput(f"{test}: folder(s) {', '.join(unknown[:5])} are not classes of this model "
                        f"({', '.join(meta['classes'][:10])}); each test image must sit in its class's folder")
     dls = inference_dls(meta, items, bs, torch_device, labelled=True)
-    analysis = analyse(inference_learner(dls, model), dls.valid, items)
+    analysis = analyse(inference_learner(dls, model), dls.valid, items, class_names(run_dir, meta["classes"]))
     classes, cm = analysis.classes, analysis.confusion()
     title = f"{meta['recipe']} · run {run_dir.name} · test set {test}"
     write_confusion(cm, classes, title, run_dir, "test_confusion_matrix")

@@ -91,13 +91,15 @@ def sidecar(path: Path) -> Path:
 
 def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tensor) -> dict:
     """What a program outside trainer needs to use the file: classes and how to make the input."""
+    from trainer.learner import class_names
     from trainer.recipes import get_recipe
 
     recipe = get_recipe(meta["recipe"])
     height, width = images.shape[-2:]
     norm = meta["normalize"] or {"mean": None, "std": None}
     return {"format": fmt, "file": path.name, "run": run_dir.resolve().name, "run_dir": str(run_dir.resolve()),
-            "recipe": meta["recipe"], "arch": meta["arch"], "classes": meta["classes"],
+            "recipe": meta["recipe"], "arch": meta["arch"], "classes": class_names(run_dir, meta["classes"]),
+            "vocab": meta["classes"],
             "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
                       "size": [height, width], "resize": resize_of(recipe, meta["size"], height, width),
                       "pixels": "RGB, scaled to 0..1 (value / 255), then (x - mean) / std per channel",

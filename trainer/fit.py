@@ -256,8 +256,9 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
 
     cfg, learn, recipe = p.cfg, p.learn, p.recipe
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
+    names = dict(zip(map(str, p.dls.vocab), recipe.display_names(p.dls.vocab)))  # for fastai's own titles
     if not resumed:
-        save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch")
+        save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch", names)
 
     extra = {"lr_find": auto_lr(p, run_dir, title)} if cfg.lr == "auto" else {}
     cfg = p.cfg
@@ -329,7 +330,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     export_weights(learn, run_dir, cfg, recipe)
     runs.point_latest(run_dir.parent, run_dir)  # `latest` names the newest run with a model
     plot_history(run_log, title, run_dir / "history.png", best=checkpoints.best)
-    save_results(learn, run_dir / "results.png", f"{title} · validation: actual / predicted")
+    save_results(learn, run_dir / "results.png", f"{title} · validation: actual / predicted", names)
     final = {k: v for k, v in final_row.items() if k not in ("epoch", "phase", "seconds")}
     summary = {
         "run": run_dir.name,
@@ -353,7 +354,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     if interpret:
         from trainer.interpret import analyse, write_interpretation
 
-        analysis = analyse(learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items)
+        analysis = analyse(learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items, list(names.values()))
         summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
     runs.write_json(run_dir / "summary.json", summary)
     from trainer.report import write_report

@@ -8,17 +8,12 @@ targets and losses are kept, never the images, and the top-k images are re-read 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from trainer.runs import save_figure, write_csv, write_json  # noqa: E402
+from trainer.runs import write_csv, write_json
 
 
 @dataclass
@@ -65,31 +60,39 @@ class Analysis:
         predicted = self.predicted
         return [{"path": str(self.items[i]), "actual": self.classes[self.targets[i]],
                  "predicted": self.classes[predicted[i]], "loss": round(float(loss), 6),
-                 "probability": round(float(self.probs[i, predicted[i]]), 6)}
+                 "p_actual": round(float(self.probs[i, self.targets[i]]), 6),
+                 "p_predicted": round(float(self.probs[i, predicted[i]]), 6)}
                 for loss, i in zip(losses.tolist(), order.tolist())]
 
 
-def analyse(learn, dl, items) -> Analysis:
+def analyse(learn, dl, items, names: list[str]) -> Analysis:
+    """`names`: the display name of each class of the model's vocab, in its order."""
     probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
-    return Analysis(classes=[str(c) for c in learn.dls.vocab], items=list(items), probs=probs.float(),
-                    targets=targets.long(), losses=losses.float())
+    return Analysis(classes=list(names), items=list(items), probs=probs.float(), targets=targets.long(),
+                    losses=losses.float())
 
 
 def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: int = 9) -> dict:
     """Every table and plot, into the run directory; returns what it printed about."""
+    from trainer.interpret_plots import MOST_CONFUSED_FROM, plot_confusion, plot_most_confused, plot_top_losses
+
     classes = analysis.classes
     cm = analysis.confusion()
     write_confusion(cm, classes, title, run_dir, "confusion_matrix")
-    plot_confusion(cm, classes, f"{title} · confusion matrix (each row sums to 1)",
+    plot_confusion(cm.numpy(), classes, f"{title} · confusion matrix (each row sums to 1)",
                    run_dir / "confusion_matrix_normalized.png", normalize=True)
     pairs = analysis.most_confused()
     write_csv(run_dir / "most_confused.csv", ["actual", "predicted", "count"], [list(p) for p in pairs])
+    if len(classes) >= MOST_CONFUSED_FROM and pairs:
+        plot_most_confused(pairs, f"{title} · most confused pairs", run_dir / "most_confused.png")
+    else:  # not from an earlier interpretation of other predictions
+        (run_dir / "most_confused.png").unlink(missing_ok=True)
     report = analysis.per_class()
     write_csv(run_dir / "per_class.csv", list(report[0]), [list(r.values()) for r in report])
     write_json(run_dir / "per_class.json", {"accuracy": round(analysis.accuracy, 6), "n": len(analysis.targets),
                                              "classes": report})
     top = analysis.top_losses(top_k)
-    write_csv(run_dir / "top_losses.csv", ["path", "actual", "predicted", "loss", "probability"],
+    write_csv(run_dir / "top_losses.csv", ["path", "actual", "predicted", "loss", "p_actual", "p_predicted"],
               [list(r.values()) for r in top])
     plot_top_losses(top, f"{title} · top {len(top)} losses", run_dir / "top_losses.png")
     return {"accuracy": analysis.accuracy, "n": len(analysis.targets), "most_confused": pairs[:5]}
@@ -97,56 +100,11 @@ def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: i
 
 def write_confusion(cm: torch.Tensor, classes: list[str], title: str, run_dir: Path, name: str) -> None:
     """<name>.csv (actual rows by predicted columns) and <name>.png (counts)."""
+    from trainer.interpret_plots import plot_confusion
+
     write_csv(run_dir / f"{name}.csv", ["actual \\ predicted", *classes],
               [[label, *map(int, row)] for label, row in zip(classes, cm)])
-    plot_confusion(cm, classes, f"{title} · confusion matrix (counts)", run_dir / f"{name}.png")
-
-
-def plot_confusion(cm: torch.Tensor, classes: list[str], title: str, path: Path, normalize: bool = False) -> None:
-    n = len(classes)
-    values = cm.double()
-    if normalize:
-        values = values / values.sum(dim=1, keepdim=True).clamp(min=1)
-    side = min(max(5.0, 0.5 * n + 3), 22.0)  # legible from 2 to 37 classes: cells stay ~0.5 inch
-    fontsize = 11 if n <= 10 else 9 if n <= 25 else 8
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(values.numpy(), cmap="Blues", vmin=0)
-    ax.set_xticks(range(n), classes, rotation=90 if n > 10 else 0, fontsize=fontsize)
-    ax.set_yticks(range(n), classes, fontsize=fontsize)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title, fontsize=11)
-    threshold = float(values.max()) / 2
-    for a in range(n):
-        for p in range(n):
-            value = float(values[a, p])
-            if value == 0 and n > 10:
-                continue  # empty cells stay blank so the errors stand out
-            text = f"{value:.2f}".lstrip("0") if normalize and value < 1 else f"{value:g}"
-            ax.text(p, a, text or "0", ha="center", va="center", fontsize=fontsize - 1,
-                    color="white" if value > threshold else "black")
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_top_losses(top: list[dict], title: str, path: Path) -> None:
-    from PIL import Image
-
-    cols = max(1, math.ceil(math.sqrt(len(top))))
-    rows = max(1, math.ceil(len(top) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.6 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, top):
-        with Image.open(row["path"]) as image:
-            ax.imshow(image.convert("RGB"))
-        ax.set_title(f"predicted {row['predicted']} / actual {row['actual']}\n"
-                     f"loss {row['loss']:.2f} · p {row['probability']:.2f}", fontsize=9)
-    fig.suptitle(f"{title}\n(p: the probability the model gave its prediction)", fontsize=11)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    plot_confusion(cm.numpy(), classes, f"{title} · confusion matrix (counts)", run_dir / f"{name}.png")
 
 
 def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto",
@@ -155,7 +113,7 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     from trainer.errors import BadInput
     from trainer.device import resolve_device
     from trainer.inputs import add_normalize
-    from trainer.learner import inference_learner, load_pickled, load_weights
+    from trainer.learner import class_names, inference_learner, load_pickled, load_weights
 
     recipe, cfg, data_path, build_split = run_data(run_dir, data)
     torch_device = resolve_device(device)
@@ -174,7 +132,7 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     else:  # the recipe's pipeline, plus the normalisation the model was trained with
         add_normalize(split, meta)
         learn, dl = inference_learner(split, model), split.valid
-    analysis = analyse(learn, dl, items)
+    analysis = analyse(learn, dl, items, class_names(run_dir, classes))
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
     written = write_interpretation(analysis, run_dir, title, top_k)
     from trainer.report import write_report
@@ -217,9 +175,9 @@ def run_data(run_dir: Path, data: str | None):
 def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto",
                    trust_pickle: bool = False) -> list[dict]:
     """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
-    from trainer.inputs import image_items, predict_probabilities, top_predictions
     from trainer.device import resolve_device
-    from trainer.learner import load_pickled, load_weights
+    from trainer.inputs import image_items, predict_probabilities, top_predictions
+    from trainer.learner import class_names, load_pickled, load_weights
 
     items = image_items(paths)
     torch_device = resolve_device(device)
@@ -231,5 +189,6 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
         probs = predict_probabilities(model, meta, items, bs, torch_device)
+    classes = class_names(run_dir, classes)
     return [{"path": str(item), "predictions": predictions}
             for item, predictions in zip(items, top_predictions(classes, probs, top_k))]

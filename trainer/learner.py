@@ -148,7 +148,8 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
         "format": "trainer-model/1",
         "recipe": recipe.name,
         "arch": cfg.arch,
-        "classes": [str(c) for c in learn.dls.vocab],
+        "classes": [str(c) for c in learn.dls.vocab],  # the model's vocab, as the recipe's labelling makes it
+        "display_names": recipe.display_names(learn.dls.vocab),  # what plots, tables and predict show
         "size": cfg.size,  # the recipe's transforms(size) rebuild the input pipeline
         "dropout": cfg.dropout,  # the head's layout depends on it (no Dropout module at 0)
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
@@ -182,6 +183,18 @@ def load_weights(run_dir: Path, device):
         raise BadInput(f"{run_dir}/model.safetensors does not fit {meta['arch']} "
                        f"({str(e).strip().splitlines()[0]}); the file is damaged: train again") from None
     return model.to(device).eval(), meta
+
+
+def class_names(run_dir: Path, vocab) -> list[str]:
+    """The display name of each class in `vocab`, as the run's model.json records them; runs from before
+    display names (or without a model.json) show the vocab itself."""
+    vocab = [str(c) for c in vocab]
+    try:
+        meta = json.loads((run_dir / "model.json").read_text())
+    except (OSError, ValueError):
+        return vocab
+    names = meta.get("display_names")
+    return list(names) if meta.get("classes") == vocab and names and len(names) == len(vocab) else vocab
 
 
 def load_pickled(run_dir: Path, device):

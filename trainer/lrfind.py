@@ -48,6 +48,19 @@ def tolerant(func):
 
 def write_lr_find(result: dict, run_dir: Path, title: str) -> None:
     write_json(run_dir / "lr_find.json", result)
+    import matplotlib.pyplot as plt
+
+    fig = lr_find_figure(result, title)
+    save_figure(fig, run_dir / "lr_find.png")
+    plt.close(fig)
+
+
+MARKERS = {"minimum": "v", "steep": "o", "valley": "*", "slide": "s"}
+MARKER_SIZE = 11  # points
+
+
+def lr_find_figure(result: dict, title: str):
+    """The loss against the learning rate, each suggestion marked and labelled without overlaps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,19 +72,74 @@ def write_lr_find(result: dict, run_dir: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot(lrs, losses, lw=1.5)
     ax.set_xscale("log")
-    ax.set(xlabel="learning rate (log scale)", ylabel="training loss (smoothed)", title=title)
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss (smoothed)")
+    ax.set_title(title, fontsize=10)
+    points = [(name, lr, float(np.interp(np.log10(lr), np.log10(lrs), losses)))
+              for name, lr in result["suggestions"].items() if math.isfinite(lr) and len(lrs) > 1]
     if len(losses) > 1:  # the divergence at the end would flatten the interesting part
-        low, high = losses.min(), np.percentile(losses, 90)
+        low = min(losses.min(), *(loss for _, _, loss in points))
+        high = max(np.percentile(losses, 90), *(loss for _, _, loss in points))
         ax.set_ylim(low - 0.05 * (high - low), high + 0.3 * (high - low))
-    markers = {"minimum": "v", "steep": "o", "valley": "*", "slide": "s"}
-    for name, lr in result["suggestions"].items():
-        if not math.isfinite(lr) or len(lrs) < 2:
-            continue
-        loss = float(np.interp(np.log10(lr), np.log10(lrs), losses))
-        ax.plot([lr], [loss], markers[name], markersize=11, label=f"{name}: {lr:.2e}")
-        ax.annotate(name, (lr, loss), textcoords="offset points", xytext=(6, 8), fontsize=9)
-    ax.legend(title="suggestions")
+    for name, lr, loss in points:
+        ax.plot([lr], [loss], MARKERS.get(name, "o"), markersize=MARKER_SIZE, alpha=0.8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    save_figure(fig, run_dir / "lr_find.png")
-    plt.close(fig)
+    label_suggestions(ax, points)
+    return fig
+
+
+def suggestion_groups(ax, points: list, near_px: float = 24) -> list[list]:
+    """Suggestions whose markers (nearly) coincide on screen, grouped (left to right)."""
+    groups: list[list] = []
+    for point in sorted(points, key=lambda p: p[1]):
+        x, y = ax.transData.transform((point[1], point[2]))
+        if groups and any(np.hypot(x - gx, y - gy) < near_px for gx, gy in
+                          (ax.transData.transform((q[1], q[2])) for q in groups[-1])):
+            groups[-1].append(point)
+        else:
+            groups.append([point])
+    return groups
+
+
+def group_label(group: list) -> str:
+    """'steep = valley 1.7e-03' for suggestions at the same rate; one line per distinct rate."""
+    by_value: dict[str, list[str]] = {}
+    for name, lr, _ in group:
+        by_value.setdefault(f"{lr:.1e}", []).append(name)
+    return "\n".join(f"{' = '.join(names)} {value}" for value, names in by_value.items())
+
+
+# (dx, dy) in points from the marker, tried in order: close first, then further up or down
+OFFSETS = [(sx * 9, sy * r) for r in (10, 30, 50, 70, 90) for sy in (1, -1) for sx in (1, -1)]
+
+
+def label_suggestions(ax, points: list) -> None:
+    """One label per group of coinciding suggestions, at the first offset where it overlaps no other
+    label or marker and stays inside the axes (measured with the renderer's text extents); where none
+    does, at the last offset tried."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    half = MARKER_SIZE * fig.dpi / 72 / 2 + 1  # a marker's half width, in pixels
+    markers = [Bbox.from_bounds(*(ax.transData.transform((lr, loss)) - half), 2 * half, 2 * half)
+               for _, lr, loss in points]
+    area = ax.get_window_extent(renderer)
+    taken: list = list(markers)
+    for group in suggestion_groups(ax, points):
+        _, lr, loss = group[0]
+        for dx, dy in OFFSETS:
+            label = ax.annotate(group_label(group), (lr, loss), xytext=(dx, dy), textcoords="offset points",
+                                ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top", fontsize=9,
+                                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.7", alpha=0.9),
+                                arrowprops=dict(arrowstyle="-", color="0.4", lw=0.7) if abs(dy) > 10 else None)
+            label.update_positions(renderer)  # where the offset puts it, before it is ever drawn
+            box = Text.get_window_extent(label, renderer).padded(3)  # the words, without the connector
+            inside = area.x0 <= box.x0 and box.x1 <= area.x1 and area.y0 <= box.y0 and box.y1 <= area.y1
+            if inside and not any(box.overlaps(other) for other in taken):
+                break
+            if (dx, dy) != OFFSETS[-1]:
+                label.remove()
+        taken.append(box)

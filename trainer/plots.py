@@ -1,4 +1,4 @@
-"""Headless plots, written atomically."""
+"""Headless plots, written atomically, and the layout helpers that keep their text readable."""
 
 from __future__ import annotations
 
@@ -51,21 +51,59 @@ def plot_history(run_log, title: str, path: Path, best: dict | None = None) -> N
     plt.close(fig)
 
 
-def save_batch(dls, path: Path, title: str, max_n: int = 16) -> None:
-    """What the model is fed: a grid of training images with their labels (fastai's show_batch)."""
+def save_batch(dls, path: Path, title: str, names: dict | None = None, max_n: int = 16) -> None:
+    """What the model is fed: a grid of training images with their labels (fastai's show_batch).
+    `names`: vocab -> display name, for the titles fastai writes from the vocab."""
     dls.show_batch(max_n=max_n, figsize=(8, 8))
-    _save_current(path, title)
+    _save_current(path, title, names)
 
 
-def save_results(learn, path: Path, title: str, max_n: int = 16) -> None:
+def save_results(learn, path: Path, title: str, names: dict | None = None, max_n: int = 16) -> None:
     """What the model says: validation images with actual / predicted (fastai's show_results)."""
     learn.show_results(max_n=max_n, figsize=(8, 8))
-    _save_current(path, title)
+    _save_current(path, title, names)
 
 
-def _save_current(path: Path, title: str) -> None:
+def _save_current(path: Path, title: str, names: dict | None) -> None:
     fig = plt.gcf()
+    for ax in fig.axes if names else []:  # fastai titles each image with its label(s), one per line
+        ax.title.set_text("\n".join(names.get(line, line) for line in ax.get_title().split("\n")))
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def text_size(fig, text: str, fontsize: float) -> tuple[float, float]:
+    """(width, height) in pixels that `text` takes at `fontsize`, as the figure's renderer draws it."""
+    from matplotlib.font_manager import FontProperties
+
+    width, height, _ = fig.canvas.get_renderer().get_text_width_height_descent(
+        text, FontProperties(size=fontsize), ismath=False)
+    return width, height
+
+
+def fit_to_content(fig, pad: float = 0.15) -> None:
+    """Resize `fig` around everything drawn in it (tick labels, titles, annotations) with `pad` inches
+    to spare, keeping each axes' size in inches: cells stay as large as they were planned."""
+    width, height = fig.get_size_inches()
+    boxes = [ax.get_position() for ax in fig.axes]
+    content = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, from the renderer's text extents
+    new_width, new_height = content.width + 2 * pad, content.height + 2 * pad
+    fig.set_size_inches(new_width, new_height)
+    for ax, box in zip(fig.axes, boxes):
+        left, bottom = box.x0 * width - content.x0 + pad, box.y0 * height - content.y0 + pad
+        ax.set_position([left / new_width, bottom / new_height, box.width * width / new_width,
+                         box.height * height / new_height])
+
+
+def wrap_parts(fig, text: str, fontsize: float, max_width_px: float, sep: str = " · ") -> str:
+    """`text` with its `sep`-separated parts put on as many lines as it takes to stay under `max_width_px`."""
+    lines: list[str] = []
+    for part in text.split(sep):
+        joined = f"{lines[-1]}{sep}{part}" if lines else part
+        if lines and text_size(fig, joined, fontsize)[0] <= max_width_px:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return "\n".join(lines)

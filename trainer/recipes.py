@@ -7,7 +7,7 @@ imported inside each recipe's builder, never at module level.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -34,10 +34,15 @@ class Recipe:
     valid_pct: float | None = None  # random split instead of the folders' split
     transforms: Callable = None  # cfg -> dict(item_tfms=..., batch_tfms=...): also rebuilds inference without pickle
     baseline: "Baseline | None" = None  # what a run with these settings is expected to reach
+    labels: dict | None = field(default=None, hash=False)  # vocab -> the name people read (pets: "True" -> "cat"); the vocab stays
 
     @property
     def main_metric(self) -> str:
         return self.metrics[0]
+
+    def display_names(self, vocab) -> list[str]:
+        """The name shown for each class of `vocab`: the recipe's label for it, else the class itself."""
+        return [(self.labels or {}).get(str(c), str(c)) for c in vocab]
 
 
 @dataclass(frozen=True)
@@ -177,9 +182,10 @@ def cifar10(path, cfg, loader, skip):
 @register(url="PETS", folder="oxford-iiit-pet", check="pets",
           layout="images/<Breed>_<n>.jpg (cat breeds capitalised, dog breeds lower case), annotations/",
           epochs=1, lr=2e-3, metrics=("error_rate",), size=224, valid_pct=0.2, transforms=resized,
+          labels={"True": "cat", "False": "dog"},
           baseline=Baseline("error_rate", 0.02, 1, True, "fastai course lesson 1: fine_tune(1) from ImageNet weights, about 1% error"))
 def pets(path, cfg, loader, skip):
-    """Oxford-IIIT Pet: cat (True) or dog (False), as the course's lesson 1 labels them."""
+    """Oxford-IIIT Pet: cat or dog (the course's is_cat: True or False, shown as cat/dog)."""
     from fastai.vision.all import ImageDataLoaders
 
     files = readable_images(path / "images", skip=skip)

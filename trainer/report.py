@@ -25,6 +25,7 @@ IMAGES = [  # (file, caption), in reading order; the ones a run has are shown
     ("results.png", "Validation predictions"),
     ("confusion_matrix.png", "Confusion matrix (counts)"),
     ("confusion_matrix_normalized.png", "Confusion matrix (each row sums to 1)"),
+    ("most_confused.png", "Most confused pairs (actual → predicted)"),
     ("test_confusion_matrix.png", "Test set confusion matrix (trainer evaluate)"),
     ("top_losses.png", "Highest-loss validation images"),
 ]

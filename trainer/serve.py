@@ -44,10 +44,11 @@ class Predictor:
 
     def __init__(self, run_dir: Path, device: str):
         from trainer.device import resolve_device
-        from trainer.learner import load_weights
+        from trainer.learner import class_names, load_weights
 
         self.device = resolve_device(device)
         self.model, self.meta = load_weights(run_dir, self.device)
+        self.labels = class_names(run_dir, self.meta["classes"])  # display names (pets: cat, dog), as predict
         self.lock = threading.Lock()  # one forward pass at a time: fastai's pipeline and the model are shared
 
     def predict(self, images: list, top_k: int) -> list[list[dict]]:
@@ -55,7 +56,7 @@ class Predictor:
 
         with self.lock:
             probs = predict_probabilities(self.model, self.meta, images, len(images), self.device)
-        return top_predictions(self.meta["classes"], probs, top_k)
+        return top_predictions(self.labels, probs, top_k)
 
 
 def decode(name: str, data: bytes, max_bytes: int, max_pixels: int):
@@ -123,7 +124,7 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
     @app.get("/health")
     def health():
         return {"status": "ok", "run": run_dir.resolve().name, "run_dir": str(run_dir.resolve()),
-                "recipe": meta["recipe"], "model": meta["arch"], "classes": meta["classes"],
+                "recipe": meta["recipe"], "model": meta["arch"], "classes": predictor.labels,
                 "device": str(predictor.device), "max_files": MAX_FILES, "max_bytes": max_bytes,
                 "max_pixels": max_pixels}
 
