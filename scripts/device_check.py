@@ -54,7 +54,7 @@ class Checks:
 
     def report(self, status: str, name: str, detail: str):
         self.counts[status] += 1
-        print(f"{status:4}  {name:<44} {detail}", flush=True)
+        print(f"{status:4}  {name:<48}  {detail}", flush=True)
 
 
 class Skip(Exception):

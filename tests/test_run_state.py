@@ -78,3 +78,44 @@ def test_every_command_resolves_a_run_the_same_way(trainer, isolated):
         result = trainer(*[a if a != "IMAGE" else isolated for a in args], expect=2)
         assert "no run 'nope' under" in result.stderr and "a run id, 'latest' or a recipe name" in result.stderr, \
             (command, result.stderr)
+
+
+def test_unreadable_images_after_the_fit(trainer, isolated):
+    """A new user's session: a relative --data with an empty, a text and a truncated .jpg; fit skips them, and
+    interpret, predict and evaluate skip them too (one warning line), never a PIL traceback."""
+    pics = Path("pics")
+    for split, n in (("train", 6), ("valid", 3)):
+        for k, name in enumerate(["cat", "dog"]):
+            for i in range(n):
+                from conftest import draw
+
+                draw(pics / split / name / f"{i}.jpg", k, 2, size=(32, 32), mode="RGB", seed=10 * k + i)
+    bad_dir = pics / "valid" / "dog"
+    (bad_dir / "empty.jpg").write_bytes(b"")
+    (bad_dir / "notes.jpg").write_text("not an image")
+    whole = (bad_dir / "0.jpg").read_bytes()
+    (bad_dir / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+
+    fitted = trainer("fit", "folder", "--data", "pics", "--no-pretrained", "--arch", "resnet18", "--size", "32",
+                     "--bs", "4", "--epochs", "1", "--no-interpret", "--quiet")
+    assert "skipping 3 unreadable of 21 images" in fitted.stderr
+    run_dir = run_dir_of(fitted)
+
+    interpreted = trainer("interpret", "folder")
+    assert "skipping 3 unreadable" in interpreted.stderr and "on 6 validation images" in interpreted.stdout
+
+    import json
+
+    rows = json.loads(trainer("predict", "folder", bad_dir, "--json").stdout)
+    unreadable = {Path(r["path"]).name for r in rows if "unreadable" in r}
+    assert unreadable == {"empty.jpg", "notes.jpg", "cut.jpg"} and len(rows) == 6
+    assert all(r["predictions"] for r in rows if "unreadable" not in r)
+    table = trainer("predict", run_dir, bad_dir / "cut.jpg", bad_dir / "1.jpg")
+    assert "unreadable" in table.stdout and "skipping 1 unreadable of 2" in table.stderr
+
+    alone = trainer("predict", run_dir, Path("/etc/hostname"), expect=2)
+    assert "none of the 1 images" in alone.stderr and "Traceback" not in alone.stderr + alone.stdout
+
+    evaluated = trainer("evaluate", run_dir, "--data", pics / "valid")
+    assert "skipping 3 unreadable" in evaluated.stderr
+    assert json.loads((run_dir / "test_metrics.json").read_text())["n"] == 6

@@ -436,6 +436,9 @@ def predict(
 
     table = Table("image", "prediction", "probability", *(["others"] if top_k > 1 else []))
     for row in results:
+        if "unreadable" in row:
+            table.add_row(row["path"], "unreadable", "-", *([row["unreadable"]] if top_k > 1 else []))
+            continue
         best, *rest = row["predictions"]
         others = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in rest)
         table.add_row(row["path"], best["label"], f"{best['probability']:.3f}", *([others] if top_k > 1 else []))

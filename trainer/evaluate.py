@@ -19,7 +19,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
     from fastai.data.transforms import get_image_files
 
     from trainer.errors import BadInput
-    from trainer.images import scan
+    from trainer.images import readable_or_refuse, scan
     from trainer.device import resolve_device
     from trainer.learner import class_names, inference_learner, load_weights
 
@@ -27,11 +27,12 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
     if not root.is_dir():
         raise BadInput(f"--data {data}: no such folder; give a folder of <class>/ subfolders of labelled test images")
     test = root / "test" if (root / "test").is_dir() else root
-    _, bad = scan(test)
+    total, bad = scan(test)
+    if not total:
+        raise BadInput(f"{test} holds no images; give a folder of <class>/ subfolders of images")
+    readable_or_refuse(total, bad, str(test), "give a folder of <class>/ subfolders of images that open")
     skip = {path for path, _ in bad}
     items = [f for f in sorted(get_image_files(test)) if f not in skip]
-    if not items:
-        raise BadInput(f"{test} holds no readable images; give a folder of <class>/ subfolders of images")
     torch_device = resolve_device(device)
     model, meta = load_weights(run_dir, torch_device)
     unknown = sorted({f.parent.name for f in items} - set(meta["classes"]))

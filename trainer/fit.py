@@ -100,20 +100,11 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
 
 def skip_unreadable(data_path: Path, console) -> list:
     """Find the images that cannot be decoded; say so on stderr (even with --quiet); fail if none is left."""
-    from trainer.images import scan
+    from trainer.images import readable_or_refuse, scan
 
     total, bad = scan(data_path)
-    if not bad:
-        return bad
-    first = "; ".join(f"{path} ({why})" for path, why in bad[:3])
-    if len(bad) == total:
-        raise BadInput(f"none of the {total} images in {data_path} can be read (e.g. {first}); "
-                       f"check the files or point --data at the right folder")
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"warning: skipping {len(bad)} unreadable of {total} images: {first}"
-        f"{' ...' if len(bad) > 3 else ''} (the full list goes to the run's skipped_images.txt)")
+    readable_or_refuse(total, bad, str(data_path), "check the files or point --data at the right folder",
+                       "the full list goes to the run's skipped_images.txt")
     return bad
 
 

@@ -104,3 +104,21 @@ def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
     except OSError:
         pass  # a read-only data root only costs the next run a rescan
     return len(files), bad
+
+
+def readable_or_refuse(total: int, bad: list[tuple[Path, str]], where: str, fix: str, listed: str = "") -> None:
+    """The one report of unreadable images, for every command that reads a set of them: fail (BadInput) when
+    none of the `total` can be read, else one warning line on stderr (even with --quiet) naming the first few;
+    `listed` says where the full list goes."""
+    if not bad:
+        return
+    from trainer.errors import BadInput
+
+    first = "; ".join(f"{path} ({why})" for path, why in bad[:3])
+    if len(bad) == total:
+        raise BadInput(f"none of the {total} images in {where} can be read (e.g. {first}); {fix}")
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"warning: skipping {len(bad)} unreadable of {total} images: {first}{' ...' if len(bad) > 3 else ''}"
+        f"{f' ({listed})' if listed else ''}")

@@ -150,7 +150,7 @@ def run_data(run_dir: Path, data: str | None):
     from trainer.config import FitConfig
     from trainer.data import build_dls, locate
     from trainer.errors import BadInput
-    from trainer.images import scan
+    from trainer.images import readable_or_refuse, scan
     from trainer.recipes import get_recipe
     from trainer.runs import read_config
 
@@ -166,7 +166,8 @@ def run_data(run_dir: Path, data: str | None):
 
     def split(bs: int, torch_device):
         root = locate(recipe, str(data_path))
-        _, bad = scan(root)
+        total, bad = scan(root)
+        readable_or_refuse(total, bad, str(root), "check the files or pass --data with the run's dataset")
         return build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
 
     return recipe, cfg, data_path, split
@@ -179,7 +180,12 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
     from trainer.inputs import image_items, predict_probabilities, top_predictions
     from trainer.learner import class_names, load_pickled, load_weights
 
-    items = image_items(paths)
+    from trainer.images import readable_or_refuse, unreadable
+
+    given = image_items(paths)
+    bad = {path: why for path in given if (why := unreadable(path))}
+    readable_or_refuse(len(given), list(bad.items()), "the input", "give image files that open (.jpg, .png, ...)")
+    items = [path for path in given if path not in bad]
     torch_device = resolve_device(device)
     if trust_pickle:
         learn = load_pickled(run_dir, torch_device)
@@ -190,5 +196,6 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
         classes = meta["classes"]
         probs = predict_probabilities(model, meta, items, bs, torch_device)
     classes = class_names(run_dir, classes)
-    return [{"path": str(item), "predictions": predictions}
-            for item, predictions in zip(items, top_predictions(classes, probs, top_k))]
+    predicted = dict(zip(items, top_predictions(classes, probs, top_k)))
+    return [{"path": str(path), "predictions": predicted[path]} if path in predicted else
+            {"path": str(path), "predictions": [], "unreadable": bad[path]} for path in given]
