@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_dir_of
 
 
 def start_training(fixtures, out: Path, epochs: int = 12, extra=()):
@@ -71,15 +72,18 @@ def test_resume_refuses_finished_or_checkpointless_runs(trainer, fixtures, isola
     assert "already finished" in result.stderr
     assert "drop epochs" in trainer("fit", "--resume", run_dir, "--epochs", "3", expect=2).stderr
     (run_dir / "summary.json").unlink()
+    (run_dir / "last.pth").write_bytes(b"")  # a checkpoint cut short (it is written to a temporary name first)
     # --device with --resume is honoured (here: refused, as there is no GPU), never silently ignored
     assert "no CUDA GPU" in trainer("fit", "--resume", run_dir, "--device", "cuda", expect=2).stderr
-    (run_dir / "checkpoint.json").unlink()
+    assert "has no checkpoint" in trainer("fit", "--resume", run_dir, expect=2).stderr
+    (run_dir / "last.pth").unlink()
     assert "has no checkpoint" in trainer("fit", "--resume", run_dir, expect=2).stderr
 
 
-def test_sigkill_mid_training_then_resume_has_every_epoch_once(trainer, fixtures, isolated):
-    """With --early-stop too (patience longer than the run): fastai's tracker must not judge the epochs the
-    resumed schedule skips."""
+def test_sigkill_mid_training_then_resume_continues_exactly(trainer, fixtures, isolated):
+    """After a SIGKILL, --resume ends the run as the uninterrupted run ends: every epoch once, and the same
+    losses epoch by epoch (the same shuffles, augmentations and optimizer state). With --early-stop too
+    (patience longer than the run): fastai's tracker must not judge the epochs the resumed schedule skips."""
     out = isolated / "runs"
     proc = start_training(fixtures, out, extra=["--early-stop", "12"])
     run_dir = wait_for_epochs(out, 1, proc)
@@ -94,5 +98,14 @@ def test_sigkill_mid_training_then_resume_has_every_epoch_once(trainer, fixtures
         csv.writer(f).writerows(rows[: done + 1] + [[str(done + 1), *rows[done][1:]]])
     trainer("fit", "--resume", run_dir, "--no-interpret", "--quiet")
     with open(run_dir / "metrics.csv") as f:
-        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
-    assert epochs == list(range(1, 13)) and done >= 1  # every epoch exactly once
+        resumed = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in resumed] == list(range(1, 13)) and done >= 1  # every epoch exactly once
+
+    uninterrupted = run_dir_of(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained",
+                                       "--arch", "resnet18", "--bs", "2", "--epochs", "12", "--no-interpret",
+                                       "--early-stop", "12", "--out", isolated / "uninterrupted", "--quiet"))
+    with open(uninterrupted / "metrics.csv") as f:
+        expected = list(csv.DictReader(f))
+    for got, want in zip(resumed, expected):
+        for column in ("train_loss", "valid_loss", "error_rate"):
+            assert abs(float(got[column]) - float(want[column])) < 1e-4, (column, got, want)

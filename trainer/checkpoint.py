@@ -1,22 +1,29 @@
 """Nothing lost: a checkpoint after every epoch, a clean stop on SIGINT/SIGTERM, and --resume.
 
-After each epoch, atomically: last.pth (model and optimizer, what --resume loads), best.pth
-(the weights of the best epoch by the recipe's main metric) and checkpoint.json (how far
-training got). A signal only sets a flag; training stops at the next batch boundary, never
-inside a write, so the last checkpoint is always whole. SIGKILL cannot be caught, and needs
-nothing: the last completed epoch's files are already in place.
+After each epoch, one file is written atomically (temp file, rename): last.pth, the whole state
+of the run, in one torch.save, as nanoGPT keeps it: model, optimizer, grad scaler, every random
+generator (python, numpy, torch, CUDA, the training loader's shuffle), the epoch count, the best
+epoch and the run log with every metrics row. It is the one source of truth: --resume reads it
+alone and rewrites metrics.csv and best.pth to match it. checkpoint.json (how far training got,
+for people and `trainer runs`) and best.pth (the best epoch's weights) are written after it, so a
+kill at any instant leaves the previous epoch's state or the new one, never a mix. A signal only
+sets a flag; training stops at the next batch boundary, never inside a write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
 import threading
 from pathlib import Path
 
+import numpy as np
+import torch
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import save_model
+from fastai.torch_core import L, get_model
 
 from trainer import runs
 from trainer.progress import ConsoleProgress, RunLog
@@ -46,19 +53,73 @@ class Checkpoints(Callback):
         if not self.run_log.appended:
             return
         row = self.run_log.last
-        with runs.atomic_path(self.run_dir / "last.pth") as tmp:
-            save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
         value = row[self.main_metric]
         lower_is_better = self.main_metric in ("error_rate", "valid_loss")
-        if self.best is None or (value < self.best["value"] if lower_is_better else value > self.best["value"]):
+        improved = self.best is None or (value < self.best["value"] if lower_is_better else value > self.best["value"])
+        if improved:
             self.best = {"epoch": row["epoch"], "metric": self.main_metric, "value": value}
-            with runs.atomic_path(self.run_dir / "best.pth") as tmp:
-                save_model(tmp, self.learn.model, None, with_opt=False)
-        runs.write_json(self.run_dir / "checkpoint.json",
-                        {"epochs_done": row["epoch"], "phase": row["phase"], "best": self.best,
-                         "run_log": self.run_log.state()})
+        save_state(self.run_dir, self.learn, {"epochs_done": row["epoch"], "phase": row["phase"], "best": self.best},
+                   self.run_log)
+        if improved:  # after last.pth: a kill in between is repaired on resume (restore_best)
+            save_best(self.run_dir, self.learn)
         if self.signum is not None:  # arrived during validation: stop now that the epoch is saved
             raise Interrupted(self.signum)
+
+
+def save_state(run_dir: Path, learn, progress: dict, run_log: RunLog) -> None:
+    """last.pth, the whole state, in one atomic write; then checkpoint.json mirrors `progress` for people."""
+    scaler = getattr(learn, "scaler", None)
+    state = {**progress, "format": "trainer-checkpoint/2",
+             "model": get_model(learn.model).state_dict(), "opt": plain(learn.opt.state_dict()),
+             "scaler": scaler.state_dict() if scaler is not None else None,
+             "rng": rng_state(learn.dls.train), "run_log": plain(run_log.state()),
+             "metrics": plain({"header": run_log.header, "rows": run_log.rows})}
+    with runs.atomic_path(run_dir / "last.pth") as tmp:
+        torch.save(state, tmp)
+    runs.write_json(run_dir / "checkpoint.json", progress)
+
+
+def plain(value):
+    """fastai's containers (L) as lists and numpy scalars as numbers, so the checkpoint loads with
+    torch.load(weights_only=True): loading it runs no code."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, L)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):  # the one-cycle schedule sets numpy floats
+        return value.item()
+    return value
+
+
+def save_best(run_dir: Path, learn) -> None:
+    with runs.atomic_path(run_dir / "best.pth") as tmp:
+        save_model(tmp, learn.model, None, with_opt=False)
+
+
+def rng_state(train_dl) -> dict:
+    """Every random stream training draws from: shuffling (the loader's own generator), augmentation and
+    dropout (torch, CUDA), and python's and numpy's, as plain lists and tensors (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "loader": train_dl.rng.getstate() if hasattr(train_dl, "rng") else None}
+
+
+def restore_rng(state: dict, train_dl) -> None:
+    """Continue the random streams where the checkpoint left them, so a resumed run draws what the
+    uninterrupted run would have (the same shuffles, augmentations and dropout masks)."""
+    rng = state.get("rng")
+    if not rng:
+        return
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if rng["loader"] is not None and hasattr(train_dl, "rng"):
+        train_dl.rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["loader"]))
 
 
 class ResumableEarlyStopping(EarlyStoppingCallback):
@@ -108,19 +169,41 @@ def stop_on_signals(target):
             signal.signal(s, handler)
 
 
-def load_last(learn, run_dir: Path) -> None:
-    """Model and optimizer state of the last completed epoch, for --resume."""
-    from fastai.learner import load_model
+def read_state(run_dir: Path, device=None) -> dict | None:
+    """The run's last.pth (None when there is none, or it is not whole), with what checkpoint.json adds for
+    checkpoints from before last.pth held everything (model and optimizer only)."""
+    import json
 
+    try:
+        state = torch.load(run_dir / "last.pth", map_location=device or "cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        return None
+    if "epochs_done" not in state:  # the older layout: progress in checkpoint.json, metrics in metrics.csv
+        try:
+            progress = json.loads((run_dir / "checkpoint.json").read_text())
+            header, rows = read_metrics(run_dir / "metrics.csv")
+        except (OSError, ValueError, KeyError):
+            return None
+        state.update(progress, metrics={"header": header, "rows": rows[: progress["epochs_done"]]})
+    return state
+
+
+def load_last(learn, state: dict) -> None:
+    """Model, optimizer and grad scaler of the last completed epoch (`state` from read_state), for --resume."""
     learn.create_opt()
-    load_model(run_dir / "last.pth", learn.model, learn.opt, with_opt=True, device=learn.dls.device)
+    get_model(learn.model).load_state_dict(state["model"])
+    learn.opt.load_state_dict(state["opt"])
+    learn.resumed_scaler = state.get("scaler")  # precision.DeviceMixedPrecision picks it up at before_fit
 
 
-def metrics_done(run_dir: Path, state: dict) -> tuple[list[str], list[list]]:
-    """metrics.csv's header and rows for the epochs the checkpoint holds: a kill between writing an epoch's
-    row and its checkpoint leaves one row too many, which a resumed run must not repeat."""
-    header, rows = read_metrics(run_dir / "metrics.csv")
-    return header, rows[: state["epochs_done"]]
+def restore_files(run_dir: Path, learn, state: dict) -> None:
+    """metrics.csv and best.pth as the checkpoint says: a kill after writing an epoch's metrics row or before
+    writing its best.pth leaves them one epoch apart from last.pth."""
+    metrics = state["metrics"]
+    runs.write_csv(run_dir / "metrics.csv", metrics["header"], metrics["rows"])
+    best = state.get("best")
+    if best and best["epoch"] == state["epochs_done"]:  # the best epoch is the last one: its weights are loaded
+        save_best(run_dir, learn)
 
 
 def read_metrics(path: Path) -> tuple[list[str], list[list]]:

@@ -6,7 +6,6 @@ before the run directory is created, so bad input leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
@@ -183,19 +182,19 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
         return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
 
 
-def follow(p: Prepared, resumed: dict | None = None, run_dir: Path | None = None) -> tuple[None, None]:
+def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
     """Ranks 1..N-1: the same schedule as rank 0, in lockstep, writing nothing."""
     from trainer.cache import swapped_dls
-    from trainer.checkpoint import Interrupted, stop_on_signals
+    from trainer.checkpoint import Interrupted, restore_rng, stop_on_signals
     from trainer.distributed import distributed, signal_sync
 
-    from trainer.checkpoint import metrics_done
-
     flag = signal_sync()
-    history = metrics_done(run_dir, resumed) if resumed else ([], [])
+    history = (resumed["metrics"]["header"], resumed["metrics"]["rows"]) if resumed else ([], [])
     try:
         with p.learn.added_cbs([*early_stopping(p.cfg, p.recipe, *history), flag]), stop_on_signals(flag), \
                 swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
+            if resumed:
+                restore_rng(resumed, p.learn.dls.train)
             run_schedule(p.learn, p.cfg, resumed["epochs_done"] if resumed else 0)  # every rank sees the same gathered metrics: they stop together
     except Interrupted as stop:
         raise TrainingInterrupted("", stop.signum) from None  # rank 0 says what happened
@@ -213,23 +212,27 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     recipe = config.get("recipe", {}).get("name", "RECIPE")
     if (run_dir / "summary.json").is_file():
         raise BadInput(f"{run_dir} already finished; start a new run with `trainer fit {recipe}`")
+    no_checkpoint = BadInput(f"{run_dir} has no checkpoint (a whole last.pth): it stopped before its first epoch "
+                             f"ended; start again with `trainer fit {recipe}`")
     try:
-        state = json.loads((run_dir / "checkpoint.json").read_text())
         # The data where the run found it (a download or lookup need not happen again).
         cfg = resume_config(config, device=device, precision=precision)
-    except (OSError, ValueError, KeyError):
-        raise BadInput(f"{run_dir} has no checkpoint: it stopped before its first epoch ended; "
-                       f"start again with `trainer fit {recipe}`") from None
+    except (ValueError, KeyError, TypeError):
+        raise no_checkpoint from None
+    if not (run_dir / "last.pth").is_file():
+        raise no_checkpoint
     p = prepare(cfg, console, quiet)
     p.tensorboard = bool(config.get("tensorboard"))
-    from trainer.checkpoint import load_last
+    from trainer.checkpoint import load_last, read_state
 
+    state = read_state(run_dir, p.dls.device)
+    if state is None:
+        raise no_checkpoint
+    load_last(p.learn, state)
     if not p.world.main:
-        load_last(p.learn, run_dir)
-        return follow(p, state, run_dir)
+        return follow(p, state)
     p.learn.path, p.config = run_dir, config
     with failures_logged(run_dir):
-        load_last(p.learn, run_dir)
         p.say(f"resuming {run_dir} after epoch {state['epochs_done']}")
         return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k, resumed=state)
 
@@ -239,7 +242,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
     from trainer.cache import swapped_dls
-    from trainer.checkpoint import Checkpoints, Interrupted, metrics_done, stop_on_signals
+    from trainer.checkpoint import Checkpoints, Interrupted, restore_files, restore_rng, stop_on_signals
     from trainer.distributed import distributed
     from trainer.learner import export_weights
     from trainer.plots import plot_history, save_batch, save_results
@@ -271,8 +274,9 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
 
     run_log = RunLog(run_dir / "metrics.csv")
     done = 0
-    if resumed:
-        run_log.restore(*metrics_done(run_dir, resumed), resumed["run_log"])
+    if resumed:  # the files as the checkpoint has them, then training goes on with its random streams
+        restore_files(run_dir, learn, resumed)
+        run_log.restore(resumed["metrics"]["header"], resumed["metrics"]["rows"], resumed["run_log"])
         done = resumed["epochs_done"]
     total_epochs = cfg.epochs + (1 if schedule == "fine_tune" else 0)
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
@@ -296,6 +300,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     try:
         with learn.added_cbs(callbacks), stop_on_signals(flag), \
                 swapped_dls(learn, p.fast_dls), distributed(learn, p.world, p.dls.device):
+            if resumed:
+                restore_rng(resumed, learn.dls.train)  # last: nothing draws from them before training goes on
             run_schedule(learn, cfg, done)
     except Interrupted as stop:
         epochs = len(run_log.rows)

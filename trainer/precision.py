@@ -21,6 +21,10 @@ class DeviceMixedPrecision(MixedPrecision):
         self.kwargs["enabled"] = dtype == torch.float16  # fp16's narrow range needs loss scaling, bf16's does not
         self.autocast = torch.autocast(self.device_type, dtype=dtype)
         self.learn.scaler, self.scales = torch.amp.GradScaler(self.device_type, **self.kwargs), L()
+        resumed = getattr(self.learn, "resumed_scaler", None)  # checkpoint.load_last: fp16's loss scale goes on
+        if resumed:
+            self.learn.scaler.load_state_dict(resumed)
+            self.learn.resumed_scaler = None
 
 
 class ChannelsLastBatches(ChannelsLast):
