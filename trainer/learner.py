@@ -1,4 +1,4 @@
-"""The model side: architecture, pretrained weights, device and precision."""
+"""The model side: the learner, its weights in and out (model.safetensors + model.json), optimiser, init."""
 
 from __future__ import annotations
 
@@ -8,56 +8,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.errors import BadInput, did_you_mean
-
-
-def resolve_arch(name: str):
-    """A torchvision architecture function, or a timm name passed through as fastai expects."""
-    import torchvision.models as tvm
-
-    builder = getattr(tvm, name, None)
-    if callable(builder) and name in tvm.list_models(module=tvm):
-        return builder
-    try:
-        import timm
-
-        if timm.list_models(name):
-            return name
-    except ImportError:
-        pass
-    raise BadInput(f"unknown --arch '{name}'{did_you_mean(name, tvm.list_models(module=tvm))}; "
-                   f"use a torchvision classification model (resnet18, resnet34, resnet50, ...) "
-                   f"or install timm for its names")
-
-
-def local_weights_arch(arch, weights_path: str):
-    """Wrap a torchvision `arch` so fastai's pretrained path loads a local state dict instead of downloading."""
-    from fastai.vision.learner import model_meta
-
-    path = Path(weights_path).expanduser()
-    if not path.is_file():
-        raise BadInput(f"--weights {weights_path}: no such file; give a torchvision state dict (.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BadInput(f"--weights {weights_path} is not a readable torch state dict ({type(e).__name__}); "
-                       f"give a torchvision .pth file") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-
-    def arch_with_local_weights(weights=None, **kwargs):
-        model = arch(weights=None, **kwargs)
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise BadInput(f"--weights {weights_path} does not fit {arch.__name__} ({first}); "
-                           f"give weights saved from {arch.__name__} or pick the matching --arch") from None
-        return model
-
-    arch_with_local_weights.__name__ = arch.__name__
-    model_meta[arch_with_local_weights] = model_meta.get(arch, {"cut": None})
-    return arch_with_local_weights
+from trainer.arch import resolve_arch
+from trainer.errors import BadInput
 
 
 def weights_cached(arch) -> bool:
@@ -97,10 +49,14 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
 
     metrics = {"error_rate": error_rate, "accuracy": accuracy}
     arch = resolve_arch(cfg.arch)
+    timm_args = {}  # for timm.create_model, through vision_learner
     if cfg.weights:
+        from trainer.arch import local_weights_arch, timm_weights_kwargs
+
         if isinstance(arch, str):
-            raise BadInput(f"--weights works with torchvision architectures; '{cfg.arch}' is a timm name")
-        arch = local_weights_arch(arch, cfg.weights)
+            timm_args = timm_weights_kwargs(arch, cfg.weights)
+        else:
+            arch = local_weights_arch(arch, cfg.weights)
     elif cfg.pretrained and not isinstance(arch, str) and not weights_cached(cfg.arch):
         from trainer.data import offline
 
@@ -108,9 +64,16 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
             raise BadInput(no_weights_message(cfg, "TRAINER_OFFLINE is set"))
     try:
         learn = vision_learner(dls, arch, pretrained=cfg.pretrained, metrics=[metrics[m] for m in recipe.metrics],
-                               path=run_dir, model_dir=".", opt_func=optimizer(cfg.opt), wd=cfg.wd, ps=cfg.dropout)
+                               path=run_dir, model_dir=".", opt_func=optimizer(cfg.opt), wd=cfg.wd, ps=cfg.dropout,
+                               **timm_args)
     except OSError as e:  # urllib's URLError is an OSError: the weights could not be fetched
         raise BadInput(no_weights_message(cfg, f"{type(e).__name__}: {e}")) from None
+    except (RuntimeError, KeyError, ValueError) as e:
+        if not timm_args:
+            raise
+        from trainer.arch import weights_mismatch
+
+        raise weights_mismatch(cfg.weights, cfg.arch, e) from None  # timm's strict load refused the file
     # --init: the head always starts fresh; the body too when it has no pretrained weights
     initialise(learn.model if not cfg.pretrained else learn.model[-1], cfg.init)
     return learn
@@ -130,7 +93,7 @@ def apply_precision(learn, precision) -> None:
 def no_weights_message(cfg, why: str) -> str:
     return (f"could not get pretrained weights for {cfg.arch} ({why}); on a machine with internet run "
             f"`trainer download {cfg.recipe} --arch {cfg.arch}`, or pass --weights PATH "
-            f"(a torchvision state dict), or train from scratch with --no-pretrained")
+            f"(a state dict saved from {cfg.arch}), or train from scratch with --no-pretrained")
 
 
 def export_weights(learn, run_dir: Path, cfg, recipe) -> None:

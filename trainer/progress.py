@@ -29,6 +29,7 @@ class RunLog(Callback):
         self.rows: list[list] = []
         self.header: list[str] = []
         self.batch_losses: list[float] = []
+        self.batch_lrs: list[list[float]] = []  # each training batch's learning rate, per parameter group
         self.epoch_ends: list[int] = []  # index into batch_losses where each epoch ended
         self.train_seconds = 0.0
         self.train_images = 0
@@ -37,12 +38,13 @@ class RunLog(Callback):
 
     def state(self) -> dict:
         """What metrics.csv does not hold, for --resume."""
-        return {"batch_losses": self.batch_losses, "epoch_ends": self.epoch_ends,
+        return {"batch_losses": self.batch_losses, "batch_lrs": self.batch_lrs, "epoch_ends": self.epoch_ends,
                 "train_seconds": self.train_seconds, "train_images": self.train_images}
 
     def restore(self, header: list[str], rows: list[list], state: dict) -> None:
         self.header, self.rows = header, rows
         self.batch_losses, self.epoch_ends = state["batch_losses"], state["epoch_ends"]
+        self.batch_lrs = state.get("batch_lrs", [])  # absent from checkpoints written before it was recorded
         self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
 
     def before_fit(self):
@@ -62,6 +64,7 @@ class RunLog(Callback):
         if self.training:
             self.train_images += find_bs(self.yb)
             self.batch_losses.append(float(self.smooth_loss))
+            self.batch_lrs.append([float(h["lr"]) for h in self.opt.hypers])
 
     def after_train(self):
         self.train_seconds += time.perf_counter() - self.train_start
