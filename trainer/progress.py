@@ -35,23 +35,32 @@ class RunLog(Callback):
         self.train_images = 0
         self.trained = False  # this epoch ran (not skipped by a resumed schedule's SkipToEpoch)
         self.appended = False  # after_epoch added a row: later callbacks act on it
+        self.resumed_smooth_loss = None  # [value, count] of fastai's smoothed loss, from a checkpoint
 
     def state(self) -> dict:
         """What metrics.csv does not hold, for --resume."""
+        smooth = self.recorder.smooth_loss  # the running average train_loss shows, which goes on across epochs
         return {"batch_losses": self.batch_losses, "batch_lrs": self.batch_lrs, "epoch_ends": self.epoch_ends,
-                "train_seconds": self.train_seconds, "train_images": self.train_images}
+                "train_seconds": self.train_seconds, "train_images": self.train_images,
+                "smooth_loss": [float(smooth.val), smooth.count]}
 
     def restore(self, header: list[str], rows: list[list], state: dict) -> None:
         self.header, self.rows = header, rows
         self.batch_losses, self.epoch_ends = state["batch_losses"], state["epoch_ends"]
         self.batch_lrs = state.get("batch_lrs", [])  # absent from checkpoints written before it was recorded
         self.train_seconds, self.train_images = state["train_seconds"], state["train_images"]
+        self.resumed_smooth_loss = state.get("smooth_loss")
 
     def before_fit(self):
         # fine_tune's first fit trains the head alone, on a frozen body
         self.phase = "frozen" if getattr(self.opt, "frozen_idx", 0) > 0 else "train"
         self.names = list(self.recorder.metric_names[1:-1])  # drop 'epoch' and 'time'
         self.header = ["epoch", "phase", *self.names, "seconds"]
+        resumed, self.resumed_smooth_loss = self.resumed_smooth_loss, None
+        if resumed and self.rows and self.rows[-1][1] == self.phase:  # the same fit goes on (Recorder reset it)
+            import torch
+
+            self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = torch.tensor(resumed[0]), resumed[1]
 
     def before_epoch(self):
         self.epoch_start = time.perf_counter()
