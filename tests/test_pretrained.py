@@ -82,7 +82,7 @@ def interrupted_fit(trainer, monkeypatch, args, signal_at: SignalAt, out: Path) 
     before = set(out.glob("*/*"))
     plain = fit.early_stopping
     with monkeypatch.context() as m:  # the training callbacks come from here: add the Ctrl-C to them
-        m.setattr(fit, "early_stopping", lambda cfg, recipe: [*plain(cfg, recipe), signal_at])
+        m.setattr(fit, "early_stopping", lambda cfg, recipe, *done: [*plain(cfg, recipe, *done), signal_at])
         result = trainer(*args, expect=130)
     assert signal_at.sent and "interrupted" in result.stderr and "--resume" in result.stderr
     (run_dir,) = set(out.glob("*/*")) - before
@@ -168,7 +168,7 @@ def test_inference_rebuilds_the_fine_tuned_timm_model(trainer, small_digits, lit
     assert len(top) == 9
     for row in top:
         assert float(row["loss"]) == pytest.approx(-math.log(expected[row["path"]][row["actual"]]), abs=1e-4)
-        assert float(row["probability"]) == pytest.approx(expected[row["path"]][row["predicted"]], abs=2e-6)
+        assert float(row["p_predicted"]) == pytest.approx(expected[row["path"]][row["predicted"]], abs=2e-6)
 
 
 @pytest.mark.parametrize("arch, groups", [("mobilenet_v3_small", 3), ("regnet_x_400mf", 3)])

@@ -76,7 +76,7 @@ def save_state(run_dir: Path, learn, progress: dict, run_log: RunLog) -> None:
              "metrics": plain({"header": run_log.header, "rows": run_log.rows})}
     with runs.atomic_path(run_dir / "last.pth") as tmp:
         torch.save(state, tmp)
-    runs.write_json(run_dir / "checkpoint.json", progress)
+    runs.write_json(run_dir / "checkpoint.json", {**progress, "run_log": state["run_log"]})  # a mirror, for people
 
 
 def plain(value):
