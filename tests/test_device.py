@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainer.config import FitConfig, resume_config
-from trainer.device import (CPU_BF16_MIN_SIDE, cache_device, cpu_has_bf16, default_workers, device_spec,
+from trainer.device import (CPU_BF16_MIN_SIDE, CPU_CHANNELS_LAST_MIN_SIDE, cache_device, cpu_has_bf16, default_workers, device_spec,
                             pin_memory, precision_for)
 from trainer.errors import BadInput
 
@@ -62,10 +62,15 @@ def test_device_spec_refusals(spec, local_rank, cuda_count, has_mps, message):
     ("auto", "cpu", False, True, CPU_BF16_MIN_SIDE - 1, ("fp32", False)),
     ("auto", "cpu", False, True, 28, ("fp32", False)),
     ("auto", "cpu", False, True, None, ("fp32", False)),
-    ("auto", "cpu", False, False, 224, ("fp32", False)),  # no bf16 instructions
+    ("auto", "cpu", False, False, 224, ("fp32", True)),  # no bf16 instructions: channels_last alone pays
+    ("auto", "cpu", False, False, CPU_CHANNELS_LAST_MIN_SIDE, ("fp32", True)),
+    ("auto", "cpu", False, False, CPU_CHANNELS_LAST_MIN_SIDE - 1, ("fp32", False)),
+    ("auto", "cpu", False, False, 28, ("fp32", False)),
+    ("fp32", "cpu", False, False, 224, ("fp32", True)),
     ("bf16", "cpu", False, True, 28, ("bf16", True)),  # forced
     ("bf16", "cpu", False, False, 224, ("bf16", True)),  # forced, though slow without the instructions
-    ("fp32", "cpu", False, True, 224, ("fp32", False)),
+    ("fp32", "cpu", False, True, 224, ("fp32", True)),
+    ("fp32", "cpu", False, True, 64, ("fp32", False)),
     ("auto", "mps", False, False, 224, ("fp32", False)),
 ])
 def test_precision_for(spec, device_type, cuda_bf16, cpu_bf16, side, expected):

@@ -67,6 +67,10 @@ class Precision:
 # project's 2-core machine (resnet34 training step, batch 32): 4.4x faster at 224 px (30.8 vs 7.0 images/s),
 # but slower at 28 px (121-163 vs 187), where the model's layers are too small to keep the bf16 units busy.
 CPU_BF16_MIN_SIDE = 64
+# channels_last alone (fp32) on a CPU without bf16 instructions, measured on this project's 2-core machine
+# (scripts/precision_bench.py, batch 32, 2026-11-29): tf_efficientnet_lite0 1.5x at 128 px, 1.8x at 224;
+# resnet34 1.09x at 128, 1.14x at 224; but slower at 28-64 px (resnet34 104 vs 120 images/s at 28).
+CPU_CHANNELS_LAST_MIN_SIDE = 128
 
 
 def precision_for(spec: str, device_type: str, cuda_bf16: bool = False, cpu_bf16: bool = False,
@@ -89,10 +93,12 @@ def precision_for(spec: str, device_type: str, cuda_bf16: bool = False, cpu_bf16
         return Precision("bf16", True, "as asked, as autocast with channels_last on the CPU"
                          + ("" if cpu_bf16 else "; this CPU has no bf16 instructions (AMX, AVX-512 BF16), so expect "
                                                 "it to be several times slower than fp32"))
+    large = side is not None and side >= CPU_CHANNELS_LAST_MIN_SIDE
+    layout = (f"; channels_last, which pays from {CPU_CHANNELS_LAST_MIN_SIDE} px" if large else "")
     if spec == "fp32":
-        return Precision("fp32", False, "as asked")
+        return Precision("fp32", large, "as asked" + layout)
     if not cpu_bf16:
-        return Precision("fp32", False, "this CPU has no bf16 instructions (AMX or AVX-512 BF16)")
+        return Precision("fp32", large, "this CPU has no bf16 instructions (AMX or AVX-512 BF16)" + layout)
     if side is None or side < CPU_BF16_MIN_SIDE:
         return Precision("fp32", False, f"at {side} px the model is too small for bf16 to pay on the CPU "
                                         f"(it does from {CPU_BF16_MIN_SIDE} px)")
