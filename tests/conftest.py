@@ -7,11 +7,14 @@ class gets a bright band in its own place, so even a few images are learnable.
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastai.callback.core import Callback
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -35,7 +38,7 @@ def draw(path: Path, class_index: int, n_classes: int, size=(28, 28), mode="L", 
 def class_folders(root: Path, classes, per_class: int, **kw) -> None:
     for k, name in enumerate(classes):
         for i in range(per_class):
-            draw(root / str(name) / f"{k}_{i}.png", k, len(classes), seed=zlib.crc32(f"{root}/{k}/{i}".encode()), **kw)
+            draw(root / str(name) / f"{k}_{i}.png", k, len(classes), seed=zlib.crc32(f"{root.parent.name}/{root.name}/{k}/{i}".encode()), **kw)
 
 
 @pytest.fixture(scope="session")
@@ -166,3 +169,31 @@ def digits_folder(tmp_path_factory) -> Path:
     (root / "training").rename(root / "train")
     (root / "testing").rename(root / "valid")
     return root
+
+
+class SignalAt(Callback):
+    """Ctrl-C at one exact moment: SIGINT to this process at batch `batch` of epoch `epoch` (1-based, as in
+    metrics.csv), in its training or validation pass. Deterministic, unlike a timer."""
+
+    def __init__(self, epoch: int, training: bool, batch: int = 1):
+        self.at, self.sent = (epoch, training, batch), False
+
+    def after_batch(self):
+        now = (len(self.learn.run_log.rows) + 1, self.training, self.iter + 1)
+        if now == self.at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def interrupted_fit(trainer, monkeypatch, args, signal_at: SignalAt, out: Path) -> Path:
+    """`trainer fit ARGS` stopped by `signal_at`; the new run directory under `out`."""
+    import trainer.fit as fit
+
+    before = set(out.glob("*/*"))
+    plain = fit.early_stopping
+    with monkeypatch.context() as m:  # the training callbacks come from here: add the Ctrl-C to them
+        m.setattr(fit, "early_stopping", lambda cfg, recipe, *done: [*plain(cfg, recipe, *done), signal_at])
+        result = trainer(*args, expect=130)
+    assert signal_at.sent and "interrupted" in result.stderr and "--resume" in result.stderr
+    (run_dir,) = set(out.glob("*/*")) - before
+    return run_dir

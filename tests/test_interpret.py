@@ -112,6 +112,21 @@ def test_fit_lr_auto_trains_with_valley(trainer, fixtures):
     assert not (run_dir / "confusion_matrix.png").exists()
 
 
+def test_fit_lr_auto_refuses_when_lr_find_diverges_at_once(trainer, fixtures, isolated, monkeypatch):
+    from trainer import lrfind
+
+    real = lrfind.find_lr  # a real lr_find, started where the loss explodes within a few steps
+    monkeypatch.setattr(lrfind, "find_lr", lambda learn: real(learn, start_lr=1e3, end_lr=1e9))
+    result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--arch",
+                     "resnet18", "--bs", "8", "--epochs", "1", "--lr", "auto", "--no-interpret", expect=2)
+    assert "too early for a valley" in result.stderr and "pass --lr" in result.stderr
+    assert "lr_find.png" in result.stderr and "Traceback" not in result.stderr
+    [curve] = (isolated / "runs" / "mnist_sample").glob("*/lr_find.png")
+    assert str(curve.relative_to(isolated)) in result.stderr
+    decodes(curve)  # the curve that explains the refusal
+    assert result.stderr.count("\n") == 1
+
+
 def test_interpret_without_a_run(trainer, isolated):
     result = trainer("interpret", "mnist", expect=2)
     assert "no trained run of 'mnist'" in result.stderr and "trainer fit mnist" in result.stderr

@@ -26,3 +26,12 @@ def test_a_short_curve_gives_every_suggestion_that_fits_it():
     assert math.isnan(lr) and tolerant(slide).__name__ == "slide"
     for func in (minimum, steep, valley):
         assert tolerant(func)(lrs, losses, 100)[0] == func(lrs, losses, 100)[0]
+
+
+@pytest.mark.parametrize("points", [0, 1, 2, 4])
+def test_a_curve_too_short_to_read_gives_no_suggestion_and_no_crash(points):
+    # lr_find keeps recorder[num_it//10:-5]: a loss that diverges by iteration 16 leaves 0-1 points,
+    # where fastai's slide raises ValueError, steep IndexError, and valley returns the start rate
+    lrs, losses = short_curve(points)
+    for func in (minimum, steep, valley, slide):
+        assert math.isnan(tolerant(func)(lrs, losses, 100)[0]), (func.__name__, points)

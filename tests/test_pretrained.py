@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy
 import pytest
 import torch
-from fastai.callback.core import Callback
 
-from conftest import run_dir_of
+from conftest import SignalAt, interrupted_fit, run_dir_of
 
 LITE0 = ["--arch", "tf_efficientnet_lite0"]
 
@@ -59,34 +56,6 @@ def digits_subset(digits_folder: Path, root: Path, n_train: int, n_valid: int) -
 def small_digits(digits_folder, tmp_path_factory) -> Path:
     """Enough batches for a schedule (10 per epoch at bs 8), cheap enough to train three times."""
     return digits_subset(digits_folder, tmp_path_factory.mktemp("small_digits"), 8, 3)
-
-
-class SignalAt(Callback):
-    """Ctrl-C at one exact moment: SIGINT to this process at batch `batch` of epoch `epoch` (1-based, as in
-    metrics.csv), in its training or validation pass. Deterministic, unlike a timer."""
-
-    def __init__(self, epoch: int, training: bool, batch: int = 1):
-        self.at, self.sent = (epoch, training, batch), False
-
-    def after_batch(self):
-        now = (len(self.learn.run_log.rows) + 1, self.training, self.iter + 1)
-        if now == self.at and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def interrupted_fit(trainer, monkeypatch, args, signal_at: SignalAt, out: Path) -> Path:
-    """`trainer fit ARGS` stopped by `signal_at`; the new run directory under `out`."""
-    import trainer.fit as fit
-
-    before = set(out.glob("*/*"))
-    plain = fit.early_stopping
-    with monkeypatch.context() as m:  # the training callbacks come from here: add the Ctrl-C to them
-        m.setattr(fit, "early_stopping", lambda cfg, recipe, *done: [*plain(cfg, recipe, *done), signal_at])
-        result = trainer(*args, expect=130)
-    assert signal_at.sent and "interrupted" in result.stderr and "--resume" in result.stderr
-    (run_dir,) = set(out.glob("*/*")) - before
-    return run_dir
 
 
 def test_resume_fine_tune_in_the_frozen_and_unfrozen_epochs(trainer, small_digits, lite0_weights, isolated,

@@ -80,32 +80,39 @@ def test_resume_refuses_finished_or_checkpointless_runs(trainer, fixtures, isola
     assert "has no checkpoint" in trainer("fit", "--resume", run_dir, expect=2).stderr
 
 
-def test_sigkill_mid_training_then_resume_continues_exactly(trainer, fixtures, isolated):
-    """After a SIGKILL, --resume ends the run as the uninterrupted run ends: every epoch once, and the same
-    losses epoch by epoch (the same shuffles, augmentations and optimizer state). With --early-stop too
-    (patience longer than the run): fastai's tracker must not judge the epochs the resumed schedule skips."""
-    out = isolated / "runs"
-    proc = start_training(fixtures, out, extra=["--early-stop", "12"])
-    run_dir = wait_for_epochs(out, 1, proc)
-    proc.kill()  # SIGKILL: no handler runs; the last completed epoch's checkpoint must suffice
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
-    # A kill between writing an epoch's metrics row and its checkpoint leaves a row the checkpoint lacks.
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows[: done + 1] + [[str(done + 1), *rows[done][1:]]])
-    trainer("fit", "--resume", run_dir, "--no-interpret", "--quiet")
-    with open(run_dir / "metrics.csv") as f:
-        resumed = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in resumed] == list(range(1, 13)) and done >= 1  # every epoch exactly once
+# Every write of an epoch's save path, in order: the metrics row, the checkpoint, its mirror, the best weights;
+# each killed after its temporary file is whole (not yet renamed) and just after the rename. The second epoch is
+# the last: killed after its checkpoint, the resumed run has no epoch left to train, only the model to export.
+KILL_POINTS = [f"{name}:{stage}:{n}" for name, n in (("metrics.csv", 2), ("last.pth", 2), ("checkpoint.json", 2),
+                                                    ("best.pth", 1)) for stage in ("written", "renamed")]
+
+
+def test_a_kill_anywhere_in_the_save_path_resumes_to_the_uninterrupted_result(trainer, fixtures, isolated):
+    """SIGKILL at each point of the save path (a test hook in runs.atomic_path, not a timer): --resume then
+    ends with every epoch's metrics row once and the same losses as a run that was never killed (the same
+    shuffles, augmentations and optimizer state). With --early-stop (patience longer than the run): fastai's
+    tracker must not judge the epochs the resumed schedule skips."""
+    import os
 
     uninterrupted = run_dir_of(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained",
-                                       "--arch", "resnet18", "--bs", "2", "--epochs", "12", "--no-interpret",
-                                       "--early-stop", "12", "--out", isolated / "uninterrupted", "--quiet"))
+                                       "--arch", "resnet18", "--bs", "8", "--epochs", "2", "--no-interpret",
+                                       "--early-stop", "5", "--out", isolated / "whole", "--quiet"))
     with open(uninterrupted / "metrics.csv") as f:
         expected = list(csv.DictReader(f))
-    for got, want in zip(resumed, expected):
-        for column in ("train_loss", "valid_loss", "error_rate"):
-            assert abs(float(got[column]) - float(want[column])) < 1e-4, (column, got, want)
+    for point in KILL_POINTS:
+        out = isolated / point.replace(":", "-")
+        command = [sys.executable, "-m", "trainer", "fit", "mnist_sample", "--data", str(fixtures / "mnist_sample"),
+                   "--no-pretrained", "--arch", "resnet18", "--bs", "8", "--epochs", "2", "--no-interpret",
+                   "--early-stop", "5", "--out", str(out), "--quiet"]
+        killed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TRAINER_TEST_KILL_AT": point})
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
+        (run_dir,) = out.glob("mnist_sample/2*")
+        trainer("fit", "--resume", run_dir, "--no-interpret", "--quiet")
+        with open(run_dir / "metrics.csv") as f:
+            resumed = list(csv.DictReader(f))
+        assert [int(r["epoch"]) for r in resumed] == [1, 2], point  # every epoch exactly once
+        for got, want in zip(resumed, expected):
+            for column in ("train_loss", "valid_loss", "error_rate"):
+                assert abs(float(got[column]) - float(want[column])) < 1e-4, (point, column, got, want)
+        assert not list(run_dir.glob(".*.tmp")), point  # the cut-short write's temporary file is gone
+        assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2

@@ -119,3 +119,70 @@ def test_unreadable_images_after_the_fit(trainer, isolated):
     evaluated = trainer("evaluate", run_dir, "--data", pics / "valid")
     assert "skipping 3 unreadable" in evaluated.stderr
     assert json.loads((run_dir / "test_metrics.json").read_text())["n"] == 6
+
+
+def test_a_random_split_does_not_depend_on_the_order_files_are_listed_in(isolated, monkeypatch):
+    """fastai lists files in os.walk order, which differs between copies of a dataset (another disk, another
+    filesystem): listed in reverse, a --valid-pct split must still put the same files in the same split."""
+    from trainer.config import FitConfig
+    from trainer.data import build_dls
+    from trainer.recipes import get_recipe
+    import torch
+
+    from trainer.split import split_rows
+
+    root = isolated / "pics"
+    class_folders(root, ["cat", "dog"], 10, size=(16, 16))
+    recipe = get_recipe("folder")
+    cfg = FitConfig(recipe="folder", data=str(root), arch="resnet18", pretrained=False, bs=4, workers=0, size=16,
+                    valid_pct=0.3).resolve(recipe)
+    listed = split_rows(build_dls(recipe, root, cfg, torch.device("cpu")), root)
+    walk = os.walk
+
+    def reversed_walk(*args, **kwargs):  # what another filesystem may return
+        for folder, dirs, files in walk(*args, **kwargs):
+            dirs.reverse()
+            yield folder, dirs, files[::-1]
+
+    monkeypatch.setattr(os, "walk", reversed_walk)
+    assert split_rows(build_dls(recipe, root, cfg, torch.device("cpu")), root) == listed
+    assert sum(split == "valid" for split, _, _ in listed) == 6
+
+
+def test_the_split_file_is_checked_by_resume_interpret_export_and_evaluate(trainer, fixtures, isolated, monkeypatch):
+    """split.csv lists every image of the run with its split and label; data that no longer gives that split is
+    refused with one line saying how many images differ, and a test set holding training images is refused."""
+    import csv
+    import json
+    import shutil
+
+    from conftest import SignalAt, interrupted_fit
+
+    data = isolated / "mnist_sample"
+    shutil.copytree(fixtures / "mnist_sample", data)
+    args = ["mnist_sample", "--data", data, "--no-pretrained", "--arch", "resnet18", "--bs", "8", "--no-interpret",
+            "--quiet"]
+    run_dir = run_dir_of(trainer("fit", *args, "--epochs", "1"))
+    stopped = interrupted_fit(trainer, monkeypatch, ["fit", *args, "--epochs", "2"], SignalAt(epoch=1, training=False),
+                              isolated / "runs")
+    with open(run_dir / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert sum(r["split"] == "train" for r in rows) == config["data"]["n_train"] == 24
+    assert sum(r["split"] == "valid" for r in rows) == config["data"]["n_valid"] == 8
+    assert all((data / r["path"]).is_file() and r["path"].split("/")[1] == r["label"] for r in rows)
+
+    evaluated = trainer("evaluate", run_dir, "--data", data / "train", expect=2)
+    assert "24 of its 24 images trained this run" in evaluated.stderr and "split.csv" in evaluated.stderr
+    assert not (run_dir / "test_metrics.json").exists()
+
+    (data / "valid" / "3" / "0_0.png").unlink()  # the data changed after the runs: one image gone,
+    shutil.move(data / "train" / "7" / "1_0.png", data / "valid" / "7" / "moved.png")  # one moved to valid/
+    for target, command in ((run_dir, ["interpret", run_dir]), (run_dir, ["export", run_dir, "--format", "torchscript"]),
+                            (stopped, ["fit", "--resume", stopped])):
+        before = {p.name: p.stat().st_mtime_ns for p in target.iterdir()}
+        refused = trainer(*command, expect=2)
+        assert "no longer matches the run's split" in refused.stderr, (command, refused.stderr)
+        assert "2 of the run's 32 images missing, 1 new (e.g. train/7/1_0.png)" in refused.stderr
+        assert refused.stderr.count("\n") == 1 and "--data" in refused.stderr
+        assert {p.name: p.stat().st_mtime_ns for p in target.iterdir()} == before  # nothing written

@@ -300,22 +300,7 @@ def input_side(recipe: Recipe, cfg, dls) -> int:
 
 def labels_of(ds) -> list[int]:
     """The class index of every item of a fastai Datasets, without decoding an image. Kept on the
-    Datasets: the split hash and the decoded cache both need them (2 s each on MNIST)."""
+    Datasets: the split file and the decoded cache both need them (2 s each on MNIST)."""
     if getattr(ds, "_class_indices", None) is None:
         ds._class_indices = [int(y) for y in ds.tls[1]]
     return ds._class_indices
-
-
-def split_hash(dls, root: Path) -> str:
-    """A fingerprint of the train/valid split: sha256 of the sorted "split, path under the dataset
-    root, label" lines. Two runs with the same hash used the same files with the same labels,
-    wherever the dataset was stored."""
-    import hashlib
-
-    lines = []
-    for split, ds in (("train", dls.train_ds), ("valid", dls.valid_ds)):
-        for item, label in zip(ds.items, labels_of(ds)):
-            item = Path(item)
-            name = item.relative_to(root) if item.is_relative_to(root) else item
-            lines.append(f"{split}\t{name.as_posix()}\t{dls.vocab[label]}")
-    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()

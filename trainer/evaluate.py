@@ -33,6 +33,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
     readable_or_refuse(total, bad, str(test), "give a folder of <class>/ subfolders of images that open")
     skip = {path for path, _ in bad}
     items = [f for f in sorted(get_image_files(test)) if f not in skip]
+    refuse_training_images(run_dir, test, items)
     torch_device = resolve_device(device)
     model, meta = load_weights(run_dir, torch_device)
     unknown = sorted({f.parent.name for f in items} - set(meta["classes"]))
@@ -53,3 +54,18 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
 
     write_report(run_dir)
     return result
+
+
+def refuse_training_images(run_dir: Path, test: Path, items: list[Path]) -> None:
+    """A test set that holds images the run trained on would flatter it: refuse it (split.csv says which)."""
+    from trainer.errors import BadInput
+    from trainer.runs import read_config
+    from trainer.split import training_images
+
+    data = read_config(run_dir).get("data", {})
+    trained = training_images(run_dir, Path(data["path"])) if "path" in data else set()
+    seen = sorted(f for f in items if f.resolve() in trained)
+    if seen:
+        raise BadInput(f"{test}: {len(seen)} of its {len(items)} images trained this run (e.g. {seen[0]}; see "
+                       f"{run_dir / 'split.csv'}); evaluate on images the run never saw, such as the dataset's "
+                       f"test split")

@@ -110,19 +110,21 @@ def skip_unreadable(data_path: Path, console) -> list:
 def start_run(p: Prepared, command: str, **extra) -> Path:
     """Create the run directory and its config.json (rewritten later with what is learned)."""
     from trainer import runs
+    from trainer.split import split_rows, split_sha256, write_split
 
     run_dir = runs.new_run_dir(Path(p.cfg.out), p.recipe.name)
     p.learn.path = run_dir
     if p.skipped:
         runs.write_text(run_dir / "skipped_images.txt", "".join(f"{path}\t{why}\n" for path, why in p.skipped))
-    p.config = run_config(p, run_dir, command, **extra)
+    rows = split_rows(p.dls, p.data_path)
+    write_split(run_dir, rows)
+    p.config = run_config(p, run_dir, command, split_sha256(rows), **extra)
     runs.write_json(run_dir / "config.json", p.config)
     return run_dir
 
 
-def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
+def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **extra) -> dict:
     from trainer import runs
-    from trainer.data import split_hash
 
     device = p.dls.device
     return {
@@ -135,7 +137,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, **extra) -> dict:
         **extra,
         "data": {"path": str(p.data_path.resolve()), "classes": [str(c) for c in p.dls.vocab],
                  "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped),
-                 "split_sha256": split_hash(p.dls, p.data_path),
+                 "split_sha256": split_digest,
                  "decoded_cache": getattr(p.fast_dls, "cache_info", None), "resized_cache": p.presized},
         "device": {"name": str(device), "precision": p.cfg.precision, "channels_last": p.precision.channels_last,
                    "precision_reason": p.precision.reason, **device_info(device)},
@@ -225,6 +227,12 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     p.tensorboard = bool(config.get("tensorboard"))
     from trainer.checkpoint import load_last, read_state
 
+    from trainer.split import check_split
+
+    check_split(run_dir, config, p.dls, p.data_path)  # the same validation set, or a clear refusal
+    from trainer.runs import remove_stale_temporaries
+
+    remove_stale_temporaries(run_dir)  # writes a kill cut short
     state = read_state(run_dir, p.dls.device)
     if state is None:
         raise no_checkpoint
@@ -372,7 +380,8 @@ def auto_lr(p: Prepared, run_dir: Path, title: str) -> dict:
     write_lr_find(found, run_dir, f"{title} · lr_find")
     if "valley" not in found["suggestions"]:
         raise BadInput(f"lr_find's loss diverged after {len(found['losses'])} points, too early for a valley "
-                       f"suggestion; run `trainer lr-find {p.recipe.name}` with a lower --end-lr, or pass --lr")
+                       f"suggestion (curve: {run_dir / 'lr_find.png'}); pass --lr, or rerun "
+                       f"`trainer lr-find {p.recipe.name}` with a lower --end-lr for a slower ramp")
     p.cfg = replace(p.cfg, lr=found["suggestions"]["valley"])
     p.say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
           f"training with valley")

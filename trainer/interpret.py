@@ -153,6 +153,7 @@ def run_data(run_dir: Path, data: str | None):
     from trainer.images import readable_or_refuse, scan
     from trainer.recipes import get_recipe
     from trainer.runs import read_config
+    from trainer.split import check_split
 
     config = read_config(run_dir)
     try:
@@ -168,7 +169,9 @@ def run_data(run_dir: Path, data: str | None):
         root = locate(recipe, str(data_path))
         total, bad = scan(root)
         readable_or_refuse(total, bad, str(root), "check the files or pass --data with the run's dataset")
-        return build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
+        dls = build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
+        check_split(run_dir, config, dls, root)  # the run's own validation set, or a clear refusal
+        return dls
 
     return recipe, cfg, data_path, split
 

@@ -32,14 +32,21 @@ def find_lr(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
     }
 
 
+MIN_CURVE_POINTS = 5  # fewer points than this have no shape to read a suggestion from
+
+
 def tolerant(func):
-    """A fastai suggestion function that gives NaN instead of failing when the loss diverged so early that
-    too few points were recorded for it (slide looks 15 points back, and fails on a 13-point curve)."""
+    """A fastai suggestion function that gives NaN instead of a meaningless rate or a crash when the loss
+    diverged so early that too few points were recorded: on one point valley returns the start rate,
+    steep and minimum raise IndexError on none, slide looks 15 points back (IndexError) and takes a
+    gradient (ValueError under two points)."""
 
     def suggest(lrs, losses, num_it):
+        if len(losses) < MIN_CURVE_POINTS:
+            return math.nan, (math.nan, math.nan)
         try:
             return func(lrs, losses, num_it)
-        except IndexError:
+        except (IndexError, ValueError):
             return math.nan, (math.nan, math.nan)
 
     suggest.__name__ = func.__name__  # fastai names each suggestion after its function
@@ -77,8 +84,8 @@ def lr_find_figure(result: dict, title: str):
     points = [(name, lr, float(np.interp(np.log10(lr), np.log10(lrs), losses)))
               for name, lr in result["suggestions"].items() if math.isfinite(lr) and len(lrs) > 1]
     if len(losses) > 1:  # the divergence at the end would flatten the interesting part
-        low = min(losses.min(), *(loss for _, _, loss in points))
-        high = max(np.percentile(losses, 90), *(loss for _, _, loss in points))
+        low = min([losses.min(), *(loss for _, _, loss in points)])
+        high = max([np.percentile(losses, 90), *(loss for _, _, loss in points)])
         ax.set_ylim(low - 0.05 * (high - low), high + 0.3 * (high - low))
     for name, lr, loss in points:
         ax.plot([lr], [loss], MARKERS.get(name, "o"), markersize=MARKER_SIZE, alpha=0.8)

@@ -123,27 +123,26 @@ PETS_BREED_PATTERN = r"^(.+)_\d+\.jpg$"
 
 def from_folder(path: Path, skip, train="train", valid="valid", valid_pct=None, seed=None,
                 item_tfms=None, batch_tfms=None, img_cls=None, **loader):
-    """fastai's ImageDataLoaders.from_folder, leaving out the unreadable files in `skip`."""
+    """fastai's ImageDataLoaders.from_folder (the same DataBlock), with its files listed in sorted order and
+    without the unreadable files in `skip`. fastai lists files in os.walk order, which changes when a
+    dataset is copied or moved; sorted, a random split (--valid-pct) is the same on every copy."""
     from fastai.vision.all import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, ImageDataLoaders,
-                                   RandomSplitter, parent_label)
+                                   PILImage, RandomSplitter, parent_label)
 
-    if not skip:  # the course's own call
-        return ImageDataLoaders.from_folder(path, train=train, valid=valid, valid_pct=valid_pct, seed=seed,
-                                            item_tfms=item_tfms, batch_tfms=batch_tfms, img_cls=img_cls, **loader)
-    # The DataBlock that from_folder builds, with a file list that leaves the bad files out.
     splitter = (GrandparentSplitter(train_name=train, valid_name=valid) if valid_pct is None
                 else RandomSplitter(valid_pct, seed=seed))
     get_items = partial(readable_images, folders=None if valid_pct else [train, valid], skip=frozenset(skip))
-    block = DataBlock(blocks=(ImageBlock(img_cls), CategoryBlock), get_items=get_items, splitter=splitter,
-                      get_y=parent_label, item_tfms=item_tfms, batch_tfms=batch_tfms)
+    block = DataBlock(blocks=(ImageBlock(img_cls or PILImage), CategoryBlock), get_items=get_items,
+                      splitter=splitter, get_y=parent_label, item_tfms=item_tfms, batch_tfms=batch_tfms)
     return ImageDataLoaders.from_dblock(block, path, path=path, **loader)
 
 
 def readable_images(path, folders=None, skip=frozenset()):
-    """fastai's get_image_files without the unreadable files in `skip`."""
+    """fastai's get_image_files, sorted (the same order on every copy of the data), without the unreadable
+    files in `skip`."""
     from fastai.vision.all import get_image_files
 
-    return get_image_files(path, folders=folders).filter(lambda f: f not in skip)
+    return get_image_files(path, folders=folders).filter(lambda f: f not in skip).sorted()
 
 
 def _folder_split(path: Path, cfg, loader: dict, skip, train: str, valid: str, **tfms):

@@ -91,11 +91,40 @@ def atomic_path(path: Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
+        kill_point(path, "written")
         os.replace(tmp, path)
+        kill_point(path, "renamed")
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+KILL_AT = "TRAINER_TEST_KILL_AT"  # a test hook: "<file name>:<written|renamed>:<n>"
+_kill_counts: dict[str, int] = {}
+
+
+def kill_point(path: Path, stage: str) -> None:
+    """SIGKILL this process at the n-th time `path`'s temporary copy is written or renamed over it, when the
+    test hook asks for it: a kill at an exact point of the save path, not at a moment chosen by a timer."""
+    wanted = os.environ.get(KILL_AT)
+    if not wanted:
+        return
+    point = f"{path.name}:{stage}"
+    _kill_counts[point] = _kill_counts.get(point, 0) + 1
+    if wanted == f"{point}:{_kill_counts[point]}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """The temporary files of writes a kill cut short (atomic_path's .<name>.*.tmp); never the real files."""
+    stale = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return stale
 
 
 def write_text(path: Path, text: str) -> None:
