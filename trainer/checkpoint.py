@@ -26,6 +26,7 @@ from fastai.learner import save_model
 from fastai.torch_core import L, get_model
 
 from trainer import runs
+from trainer.recipes import improves
 from trainer.progress import ConsoleProgress, RunLog
 
 
@@ -38,6 +39,10 @@ class Interrupted(BaseException):
 
 
 class Checkpoints(Callback):
+    """last.pth after every epoch, best.pth when the main metric improves. Kept instead of fastai's
+    SaveModelCallback, whose learn.save writes in place (not atomic) and saves neither the random streams
+    nor the run log that an exact --resume needs."""
+
     order = ConsoleProgress.order + 1  # after RunLog wrote the epoch's row
 
     def __init__(self, run_dir: Path, run_log: RunLog, main_metric: str, best: dict | None = None):
@@ -54,8 +59,7 @@ class Checkpoints(Callback):
             return
         row = self.run_log.last
         value = row[self.main_metric]
-        lower_is_better = self.main_metric in ("error_rate", "valid_loss")
-        improved = self.best is None or (value < self.best["value"] if lower_is_better else value > self.best["value"])
+        improved = improves(self.main_metric, value, self.best and self.best["value"])
         if improved:
             self.best = {"epoch": row["epoch"], "metric": self.main_metric, "value": value}
         save_state(self.run_dir, self.learn, {"epochs_done": row["epoch"], "phase": row["phase"], "best": self.best},

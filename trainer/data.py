@@ -284,7 +284,8 @@ def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
     from trainer.device import pin_memory
 
     loader = dict(bs=cfg.bs, num_workers=cfg.workers, device=device, img_cls=RGBImage,
-                  pin_memory=pin_memory(torch.device("cpu"), device))  # PIL decodes each batch in host memory
+                  pin_memory=pin_memory(torch.device("cpu"), device),  # PIL decodes each batch in host memory
+                  **recipe.transforms(cfg))  # the one declaration inference rebuilds too (inputs.py)
     return recipe.build(path, cfg, loader, frozenset(skip))
 
 

@@ -35,6 +35,7 @@ class Prepared:
     tensorboard: bool = False  # log to <run>/tensorboard/ (fastai's TensorBoardCallback)
     presized: dict | None = None  # the resized-image cache (cache.presize), for config.json
     precision: object = None  # device.Precision: how the model computes, and why
+    lr_found: dict | None = None  # --lr auto: lr_find's curve and suggestions
     config: dict | None = None  # what config.json holds, once start_run has written it
 
 
@@ -93,8 +94,29 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
     presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, say)
     cfg = replace(cfg, cache=fast_dls is not None or presized is not None)
+    lr_found = auto_lr(learn, fast_dls, recipe, say) if cfg.lr == "auto" else None
+    if lr_found:
+        cfg = replace(cfg, lr=lr_found["suggestions"]["valley"])
     return Prepared(recipe, cfg, asked, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
-                    presized=presized, precision=precision)
+                    presized=presized, precision=precision, lr_found=lr_found)
+
+
+def auto_lr(learn, fast_dls, recipe: Recipe, say) -> dict:
+    """--lr auto: lr_find, whose valley suggestion becomes the learning rate (before any run directory exists,
+    so config.json is written once, with the rate used)."""
+    from trainer.cache import swapped_dls
+    from trainer.lrfind import find_lr
+
+    say("--lr auto: running lr_find first")
+    with swapped_dls(learn, fast_dls):
+        found = find_lr(learn)
+    if "valley" not in found["suggestions"]:
+        raise BadInput(f"lr_find's loss diverged after {len(found['losses'])} points, too early for a valley "
+                       f"suggestion; pass --lr, or see the curve with `trainer lr-find {recipe.name}` (a lower "
+                       f"--end-lr ramps up more slowly)")
+    say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
+        f"training with valley")
+    return found
 
 
 def skip_unreadable(data_path: Path, console) -> list:
@@ -108,7 +130,7 @@ def skip_unreadable(data_path: Path, console) -> list:
 
 
 def start_run(p: Prepared, command: str, **extra) -> Path:
-    """Create the run directory and its config.json (rewritten later with what is learned)."""
+    """Create the run directory: config.json (every resolved option), split.csv, what lr_find found."""
     from trainer import runs
     from trainer.split import split_rows, split_sha256, write_split
 
@@ -118,6 +140,11 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
         runs.write_text(run_dir / "skipped_images.txt", "".join(f"{path}\t{why}\n" for path, why in p.skipped))
     rows = split_rows(p.dls, p.data_path)
     write_split(run_dir, rows)
+    if p.lr_found:
+        from trainer.lrfind import write_lr_find
+
+        write_lr_find(p.lr_found, run_dir, f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch} · lr_find")
+        extra["lr_find"] = {"suggestions": p.lr_found["suggestions"], "chosen": "valley"}
     p.config = run_config(p, run_dir, command, split_sha256(rows), **extra)
     runs.write_json(run_dir / "config.json", p.config)
     return run_dir
@@ -179,7 +206,8 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interp
     p.tensorboard = tensorboard
     if not p.world.main:
         return follow(p)
-    run_dir = start_run(p, "fit")
+    run_dir = start_run(p, "fit", schedule=schedule_of(p.cfg), schedule_reason=schedule_reason(p.cfg),
+                        tensorboard=p.tensorboard)
     with failures_logged(run_dir):
         return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
 
@@ -247,145 +275,183 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
 
 def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpret: bool, top_k: int,
           resumed: dict | None = None) -> dict:
-    """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
-    from trainer import runs
-    from trainer.cache import swapped_dls
-    from trainer.checkpoint import Checkpoints, Interrupted, restore_files, restore_rng, stop_on_signals
-    from trainer.distributed import distributed
-    from trainer.learner import export_weights
-    from trainer.plots import plot_history, save_batch, save_results
-    from trainer.progress import ConsoleProgress, RunLog
+    """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary.
+    Read top to bottom: each step is one function below."""
+    from trainer.plots import save_batch
 
-    cfg, learn, recipe = p.cfg, p.learn, p.recipe
-    title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
-    names = dict(zip(map(str, p.dls.vocab), recipe.display_names(p.dls.vocab)))  # for fastai's own titles
-    if not resumed:
-        save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch", names)
-
-    extra = {"lr_find": auto_lr(p, run_dir, title)} if cfg.lr == "auto" else {}
-    cfg = p.cfg
-    schedule = schedule_of(cfg)
-    why = ("pretrained weights: fine_tune trains the new head for one frozen epoch, then everything"
-           if cfg.pretrained else
-           "no pretrained weights: fit_one_cycle trains every layer from the start "
-           "(fine_tune's frozen epoch would only train a random body's head)")
-    p.say(f"{schedule} for {cfg.epochs} epoch(s) at lr {cfg.lr:g}, {cfg.arch}: {why}")
+    title = f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch}"
     if resumed:
-        p.config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                   "after_epoch": resumed["epochs_done"],
-                                                   "device": cfg.device, "precision": cfg.precision,
-                                                   "world_size": p.world.size})
-    else:  # start_run wrote the rest; --lr auto may have changed the options since
-        p.config.update(options=cfg.to_dict(), schedule=schedule, schedule_reason=why, tensorboard=p.tensorboard,
-                        **extra)
-    runs.write_json(run_dir / "config.json", p.config)
-
-    run_log = RunLog(run_dir / "metrics.csv")
-    done = 0
-    if resumed:  # the files as the checkpoint has them, then training goes on with its random streams
-        restore_files(run_dir, learn, resumed)
-        run_log.restore(resumed["metrics"]["header"], resumed["metrics"]["rows"], resumed["run_log"])
-        done = resumed["epochs_done"]
-    total_epochs = cfg.epochs + (1 if schedule == "fine_tune" else 0)
-    display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
-    checkpoints = Checkpoints(run_dir, run_log, recipe.main_metric, best=resumed and resumed["best"])
-    callbacks = [run_log, display, checkpoints, *early_stopping(cfg, recipe, run_log.header, run_log.rows)]
-    flag = checkpoints  # what a signal sets: Checkpoints itself, or (distributed) a flag every rank shares
-    if p.world.launched:
-        from trainer.distributed import signal_sync
-
-        flag = signal_sync(checkpoints)
-        callbacks.append(flag)
-    if p.tensorboard:
-        callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
-    stats = None
-    if cfg.activation_stats:
-        from trainer.activations import activation_callback
-
-        stats = activation_callback(learn.model)
-        callbacks.append(stats)
-    start = time.perf_counter()
-    try:
-        with learn.added_cbs(callbacks), stop_on_signals(flag), \
-                swapped_dls(learn, p.fast_dls), distributed(learn, p.world, p.dls.device):
-            if resumed:
-                restore_rng(resumed, learn.dls.train)  # last: nothing draws from them before training goes on
-            run_schedule(learn, cfg, done)
-    except Interrupted as stop:
-        epochs = len(run_log.rows)
-        raise TrainingInterrupted(f"stopped by {stop} after {epochs} of {total_epochs} epochs; the checkpoint is "
-                                  f"saved: continue with `trainer fit --resume {run_dir}"
-                                  f"{f' --nproc {p.world.size}' if p.world.launched else ''}`", stop.signum) from None
-    finally:
-        display.close()
-    wall_seconds = time.perf_counter() - start
-    stopped_early = cfg.early_stop is not None and len(run_log.rows) < total_epochs
-    if stopped_early:
-        p.say(f"early stop: {recipe.main_metric} did not improve for {cfg.early_stop} epoch(s); "
-              f"stopped after epoch {len(run_log.rows)} of {total_epochs}")
-    final_row = keep_best(p, run_dir, run_log, checkpoints.best) if cfg.save_best else run_log.last
-    if cfg.activation_stats:
-        from trainer.activations import write_activations
-
-        write_activations(stats, run_dir, f"{title} · activations")
-
-    learn.to_contiguous(to_fp32=True)  # the exported model is fp32 in the default memory format: it runs anywhere
-    with runs.atomic_path(run_dir / "model.pkl") as tmp:
-        learn.export(tmp)  # for fastai users (load_learner); trainer itself loads the safetensors below
-    export_weights(learn, run_dir, cfg, recipe)
-    runs.point_latest(run_dir.parent, run_dir)  # `latest` names the newest run with a model
-    plot_history(run_log, title, run_dir / "history.png", best=checkpoints.best)
-    save_results(learn, run_dir / "results.png", f"{title} · validation: actual / predicted", names)
-    final = {k: v for k, v in final_row.items() if k not in ("epoch", "phase", "seconds")}
-    summary = {
-        "run": run_dir.name,
-        "recipe": recipe.name,
-        "final": final,
-        "epochs": cfg.epochs,
-        "epochs_run": len(run_log.rows),
-        "wall_seconds": round(wall_seconds, 2),
-        "train_seconds": round(run_log.train_seconds, 2),
-        "train_images_per_second": round(run_log.images_per_second * p.world.size, 1),  # every rank's images
-        "device": str(p.dls.device),
-        "precision": cfg.precision,
-        "model": "model.safetensors",
-        "best": checkpoints.best,  # best.pth holds that epoch's weights
-        "final_epoch": final_row["epoch"],  # the epoch whose weights were exported
-        "stopped_early": stopped_early,
-        "baseline": recipe.baseline.judge(cfg.to_dict(), final) if recipe.baseline else None,
-    }
-    if resumed:
-        summary["resumed_after_epoch"] = resumed["epochs_done"]
+        record_resume(p, run_dir, resumed)
+    else:
+        save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch", display_names(p))
+    p.say(f"{schedule_of(p.cfg)} for {p.cfg.epochs} epoch(s) at lr {p.cfg.lr:g}, {p.cfg.arch}: {schedule_reason(p.cfg)}")
+    run_log = training_log(run_dir, p.learn, resumed)
+    trained = run_training(p, run_dir, console, run_log, live, quiet, resumed)
+    final_row = keep_best(p, run_dir, run_log, trained.best) if p.cfg.save_best else run_log.last
+    export_model(p, run_dir)
+    write_plots(p, run_dir, run_log, trained, title)
+    summary = summarise(p, run_dir, run_log, trained, final_row, resumed)
     if interpret:
-        from trainer.interpret import analyse, write_interpretation
-
-        analysis = analyse(learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items, list(names.values()))
-        summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
-    runs.write_json(run_dir / "summary.json", summary)
-    from trainer.report import write_report
-
-    write_report(run_dir)
-    (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
+        summary["interpretation"] = interpret_validation(p, run_dir, title, top_k)
+    finish(run_dir, summary)
     return summary
 
 
-def auto_lr(p: Prepared, run_dir: Path, title: str) -> dict:
-    """--lr auto: lr_find first, then train with its valley suggestion (p.cfg.lr is set)."""
-    from trainer.cache import swapped_dls
-    from trainer.lrfind import find_lr, write_lr_find
+@dataclass(frozen=True)
+class Trained:
+    """What training itself produced, beside the run log."""
 
-    p.say("--lr auto: running lr_find first")
-    with swapped_dls(p.learn, p.fast_dls):
-        found = find_lr(p.learn)
-    write_lr_find(found, run_dir, f"{title} · lr_find")
-    if "valley" not in found["suggestions"]:
-        raise BadInput(f"lr_find's loss diverged after {len(found['losses'])} points, too early for a valley "
-                       f"suggestion (curve: {run_dir / 'lr_find.png'}); pass --lr, or rerun "
-                       f"`trainer lr-find {p.recipe.name}` with a lower --end-lr for a slower ramp")
-    p.cfg = replace(p.cfg, lr=found["suggestions"]["valley"])
-    p.say(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
-          f"training with valley")
-    return {"suggestions": found["suggestions"], "chosen": "valley"}
+    best: dict | None  # {"epoch", "metric", "value"} of the best epoch by the recipe's main metric
+    wall_seconds: float
+    stopped_early: bool
+    activation_stats: object = None  # fastai's ActivationStats, with --activation-stats
+
+
+def display_names(p: Prepared) -> dict:
+    """vocab -> the name people read, for fastai's own plot titles."""
+    return dict(zip(map(str, p.dls.vocab), p.recipe.display_names(p.dls.vocab)))
+
+
+def record_resume(p: Prepared, run_dir: Path, resumed: dict) -> None:
+    """config.json gains a line for each resume: when, after which epoch, where and how it went on."""
+    from trainer import runs
+
+    p.config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                               "after_epoch": resumed["epochs_done"], "device": p.cfg.device,
+                                               "precision": p.cfg.precision, "world_size": p.world.size})
+    runs.write_json(run_dir / "config.json", p.config)
+
+
+def training_log(run_dir: Path, learn, resumed: dict | None):
+    """The run log (metrics.csv): empty, or, for --resume, the files and the log as the checkpoint has them."""
+    from trainer.checkpoint import restore_files
+    from trainer.progress import RunLog
+
+    run_log = RunLog(run_dir / "metrics.csv")
+    if resumed:
+        restore_files(run_dir, learn, resumed)
+        run_log.restore(resumed["metrics"]["header"], resumed["metrics"]["rows"], resumed["run_log"])
+    return run_log
+
+
+def run_training(p: Prepared, run_dir: Path, console, run_log, live: bool, quiet: bool,
+                 resumed: dict | None) -> Trained:
+    """The schedule, with the run's callbacks (progress, checkpoints, early stopping, signals)."""
+    from trainer.cache import swapped_dls
+    from trainer.checkpoint import Checkpoints, Interrupted, restore_rng, stop_on_signals
+    from trainer.distributed import distributed
+    from trainer.progress import ConsoleProgress
+
+    total_epochs = p.cfg.epochs + (1 if schedule_of(p.cfg) == "fine_tune" else 0)
+    display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
+    checkpoints = Checkpoints(run_dir, run_log, p.recipe.main_metric, best=resumed and resumed["best"])
+    flag, extra = signal_target(p, checkpoints)
+    stats = activation_stats(p)
+    callbacks = [run_log, display, checkpoints, *early_stopping(p.cfg, p.recipe, run_log.header, run_log.rows),
+                 *extra, *([tensorboard_callback(run_dir / "tensorboard")] if p.tensorboard else []),
+                 *([stats] if stats else [])]
+    start = time.perf_counter()
+    try:
+        with p.learn.added_cbs(callbacks), stop_on_signals(flag), \
+                swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
+            if resumed:
+                restore_rng(resumed, p.learn.dls.train)  # last: nothing draws from them before training goes on
+            run_schedule(p.learn, p.cfg, resumed["epochs_done"] if resumed else 0)
+    except Interrupted as stop:
+        resume = f"trainer fit --resume {run_dir}{f' --nproc {p.world.size}' if p.world.launched else ''}"
+        raise TrainingInterrupted(f"stopped by {stop} after {len(run_log.rows)} of {total_epochs} epochs; the "
+                                  f"checkpoint is saved: continue with `{resume}`", stop.signum) from None
+    finally:
+        display.close()
+    stopped_early = p.cfg.early_stop is not None and len(run_log.rows) < total_epochs
+    if stopped_early:
+        p.say(f"early stop: {p.recipe.main_metric} did not improve for {p.cfg.early_stop} epoch(s); "
+              f"stopped after epoch {len(run_log.rows)} of {total_epochs}")
+    return Trained(checkpoints.best, time.perf_counter() - start, stopped_early, stats)
+
+
+def signal_target(p: Prepared, checkpoints) -> tuple[object, list]:
+    """What a signal sets (Checkpoints itself, or, distributed, a flag every rank shares) and the callbacks
+    that adds."""
+    if not p.world.launched:
+        return checkpoints, []
+    from trainer.distributed import signal_sync
+
+    flag = signal_sync(checkpoints)
+    return flag, [flag]
+
+
+def activation_stats(p: Prepared):
+    if not p.cfg.activation_stats:
+        return None
+    from trainer.activations import activation_callback
+
+    return activation_callback(p.learn.model)
+
+
+def export_model(p: Prepared, run_dir: Path) -> None:
+    """model.safetensors + model.json (what trainer loads), model.pkl (for fastai users); `latest` moves."""
+    from trainer import runs
+    from trainer.learner import export_weights
+
+    p.learn.to_contiguous(to_fp32=True)  # the exported model is fp32 in the default memory format: it runs anywhere
+    with runs.atomic_path(run_dir / "model.pkl") as tmp:
+        p.learn.export(tmp)
+    export_weights(p.learn, run_dir, p.cfg, p.recipe)
+    runs.point_latest(run_dir.parent, run_dir)  # `latest` names the newest run with a model
+
+
+def write_plots(p: Prepared, run_dir: Path, run_log, trained: Trained, title: str) -> None:
+    from trainer.plots import plot_history, save_results
+
+    if trained.activation_stats is not None:
+        from trainer.activations import write_activations
+
+        write_activations(trained.activation_stats, run_dir, f"{title} · activations")
+    plot_history(run_log, title, run_dir / "history.png", best=trained.best)
+    save_results(p.learn, run_dir / "results.png", f"{title} · validation: actual / predicted", display_names(p))
+
+
+def summarise(p: Prepared, run_dir: Path, run_log, trained: Trained, final_row: dict, resumed: dict | None) -> dict:
+    final = {k: v for k, v in final_row.items() if k not in ("epoch", "phase", "seconds")}
+    summary = {
+        "run": run_dir.name,
+        "recipe": p.recipe.name,
+        "final": final,
+        "epochs": p.cfg.epochs,
+        "epochs_run": len(run_log.rows),
+        "wall_seconds": round(trained.wall_seconds, 2),
+        "train_seconds": round(run_log.train_seconds, 2),
+        "train_images_per_second": round(run_log.images_per_second * p.world.size, 1),  # every rank's images
+        "device": str(p.dls.device),
+        "precision": p.cfg.precision,
+        "model": "model.safetensors",
+        "best": trained.best,  # best.pth holds that epoch's weights
+        "final_epoch": final_row["epoch"],  # the epoch whose weights were exported
+        "stopped_early": trained.stopped_early,
+        "baseline": p.recipe.judge(p.cfg.to_dict(), final),
+    }
+    if resumed:
+        summary["resumed_after_epoch"] = resumed["epochs_done"]
+    return summary
+
+
+def interpret_validation(p: Prepared, run_dir: Path, title: str, top_k: int) -> dict:
+    """The confusion matrix, top losses and per-class report, from the learner that was just trained."""
+    from trainer.interpret import analyse, write_interpretation
+
+    analysis = analyse(p.learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items, list(display_names(p).values()))
+    return write_interpretation(analysis, run_dir, title, top_k)
+
+
+def finish(run_dir: Path, summary: dict) -> None:
+    """summary.json marks the run done; the report shows it; the checkpoint is no longer needed."""
+    from trainer import runs
+    from trainer.report import write_report
+
+    runs.write_json(run_dir / "summary.json", summary)
+    write_report(run_dir)
+    (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
 
 
 def keep_best(p: Prepared, run_dir: Path, run_log, best: dict | None) -> dict:
@@ -404,17 +470,15 @@ def early_stopping(cfg: FitConfig, recipe: Recipe, header: list[str] = (), rows:
     replays the epochs done (`header`, `rows` of metrics.csv) so it stops where the uninterrupted run would."""
     if not cfg.early_stop:
         return []
-    import numpy as np
-
     from trainer.checkpoint import ResumableEarlyStopping
 
-    lower_is_better = recipe.main_metric in ("error_rate", "valid_loss")
     history = []
     if rows:  # the epochs of the fit being continued (fine_tune's unfrozen fit does not see the frozen epoch)
         metric, phase = header.index(recipe.main_metric), header.index("phase")
         history = [row[metric] for row in rows if row[phase] == rows[-1][phase]]
-    return [ResumableEarlyStopping(monitor=recipe.main_metric, comp=np.less if lower_is_better else np.greater,
-                                   min_delta=0.0, patience=cfg.early_stop, history=history)]
+    # comp=None: fastai's own direction for the metric, the rule recipes.lower_is_better states
+    return [ResumableEarlyStopping(monitor=recipe.main_metric, comp=None, min_delta=0.0, patience=cfg.early_stop,
+                                   history=history)]
 
 
 def tensorboard_callback(log_dir: Path | None):
@@ -430,6 +494,13 @@ def tensorboard_callback(log_dir: Path | None):
 
 def schedule_of(cfg: FitConfig) -> str:
     return "fine_tune" if cfg.pretrained else "fit_one_cycle"
+
+
+def schedule_reason(cfg: FitConfig) -> str:
+    if cfg.pretrained:
+        return "pretrained weights: fine_tune trains the new head for one frozen epoch, then everything"
+    return ("no pretrained weights: fit_one_cycle trains every layer from the start "
+            "(fine_tune's frozen epoch would only train a random body's head)")
 
 
 def run_schedule(learn, cfg: FitConfig, done: int) -> None:

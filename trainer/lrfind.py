@@ -6,7 +6,9 @@ fastai 2.8 returns only `valley` unless suggestion functions are passed, so the 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,9 @@ def find_lr(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
     from fastai.callback.schedule import minimum, slide, steep, valley
 
     funcs = [tolerant(f) for f in (minimum, steep, valley, slide)]
-    suggested = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False, suggest_funcs=funcs)
+    with scratch_path(learn):
+        suggested = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, show_plot=False,
+                                  suggest_funcs=funcs)
     lrs = [float(lr) for lr in learn.recorder.lrs]
     losses = [float(loss) for loss in learn.recorder.losses]
     values = {name: float(getattr(suggested, name)) for name in SUGGESTIONS}
@@ -33,6 +37,19 @@ def find_lr(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
 
 
 MIN_CURVE_POINTS = 5  # fewer points than this have no shape to read a suggestion from
+
+
+@contextlib.contextmanager
+def scratch_path(learn):
+    """fastai's lr_find saves the model under learn.path/models/ and restores it, leaving the folder behind:
+    give it a temporary path instead (no models/ in the run directory or the working directory)."""
+    saved = learn.path
+    with tempfile.TemporaryDirectory(prefix="trainer-lr-find-") as tmp:
+        learn.path = Path(tmp)
+        try:
+            yield
+        finally:
+            learn.path = saved
 
 
 def tolerant(func):

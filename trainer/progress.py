@@ -19,7 +19,9 @@ from trainer.runs import write_csv
 class RunLog(Callback):
     """Rows of metrics.csv, rewritten after every epoch so a crash keeps what was done.
 
-    Spans both fits of fine_tune (frozen, then unfrozen), unlike fastai's Recorder.
+    Spans both fits of fine_tune (frozen, then unfrozen), unlike fastai's Recorder. Kept instead of fastai's
+    CSVLogger, which appends to the file in place (a kill can leave half a row), starts a new header per
+    fit, and holds nothing --resume can restore (per-batch losses and lrs, the smoothed loss).
     """
 
     order = Recorder.order + 1  # Recorder has the epoch's values by then

@@ -15,6 +15,7 @@ import shlex
 from pathlib import Path
 
 from trainer.listing import read_json
+from trainer.recipes import lower_is_better
 from trainer.runs import write_text
 
 IMAGES = [  # (file, caption), in reading order; the ones a run has are shown
@@ -94,7 +95,7 @@ def reproduce_command(config: dict) -> str:
 def baseline_html(baseline: dict | None) -> str:
     if not baseline:
         return '<p class="muted">This recipe has no expected baseline.</p>'
-    wanted = "at most" if baseline["metric"] in ("error_rate", "valid_loss") else "at least"
+    wanted = "at most" if lower_is_better(baseline["metric"]) else "at least"
     settings = f"{baseline['epochs']} epoch(s), {baseline['arch']}, {'pretrained' if baseline['pretrained'] else 'from scratch'}"
     actual = "" if baseline.get("actual") is None else f"; this run: {baseline['actual']:.4f}"
     status = baseline["status"]
@@ -107,8 +108,7 @@ def judge_baseline(recipe: str, config: dict, final: dict) -> dict | None:
     """For runs whose summary.json predates baselines: judge them against the recipe's now."""
     from trainer.recipes import RECIPES
 
-    baseline = getattr(RECIPES.get(recipe), "baseline", None)
-    return baseline.judge(config.get("options") or {}, final) if baseline else None
+    return RECIPES[recipe].judge(config.get("options") or {}, final) if recipe in RECIPES else None
 
 
 def build_report(run_dir: Path) -> str:
