@@ -40,38 +40,59 @@ class Prepared:
 
 
 def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
+    """Resolve the options once (recipe defaults, then machine, data, precision, caches and --lr auto, in that
+    order) and build the data and the learner. Every check happens here, before a run directory exists."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     recipe = get_recipe(cfg.recipe)
     asked, cfg = cfg, cfg.resolve(recipe)
-    from trainer.data import build_dls, locate
+    from trainer.data import locate
     from trainer.runs import check_writable
 
     check_writable(Path(cfg.out))
     data_path = locate(recipe, cfg.data)
+    cfg, device, world = resolve_machine(cfg)
+    say = (lambda *_: None) if quiet or not world.main else (lambda msg: console.print(msg, highlight=False))
+    say(f"recipe {recipe.name}: data {data_path}, device {device}")
+    from trainer.distributed import join
 
-    from fastai.callback.progress import ProgressCallback
-    from fastai.torch_core import set_seed
+    world = join(world, device)
+    if world.launched:
+        say(f"distributed: {world.size} process(es) ({world.backend}), batch size {cfg.bs} per process "
+            f"({cfg.bs * world.size} per step), lr {cfg.lr} as given")
+    skipped = skip_unreadable(data_path, console)
+    dls = load_data(recipe, cfg, data_path, device, skipped)
+    learn, precision = build_learner(recipe, cfg, dls, device, say)
+    from trainer.cache import cacheable, cached_dls, presize
 
-    from trainer.distributed import join, world_from_env
+    fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
+    presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, say)
+    lr_found = auto_lr(learn, fast_dls, recipe, say) if cfg.lr == "auto" else None
+    cfg = replace(cfg, precision=precision.name, cache=fast_dls is not None or presized is not None,
+                  lr=lr_found["suggestions"]["valley"] if lr_found else cfg.lr)
+    return Prepared(recipe, cfg, asked, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
+                    presized=presized, precision=precision, lr_found=lr_found)
+
+
+def resolve_machine(cfg: FitConfig):
+    """(cfg with device and workers resolved, torch device, distributed world) for this process."""
     from trainer.device import default_workers, resolve_device, resolve_precision
-    from trainer.data import input_side
-    from trainer.learner import apply_precision, create_learner
+    from trainer.distributed import world_from_env
 
     world = world_from_env()
     if world.size > 1 and cfg.lr == "auto":
         raise BadInput("--lr auto runs lr_find in one process: run `trainer lr-find` first, then pass --lr")
     device = resolve_device(cfg.device, world.local_rank if world.launched else None)
     resolve_precision(cfg.precision, device)  # a precision this device cannot run fails before the data is read
-    cfg = replace(cfg, device=str(device), workers=default_workers(device.type) if cfg.workers is None else cfg.workers)
-    quiet = quiet or not world.main  # only rank 0 talks
-    say = (lambda *_: None) if quiet else (lambda msg: console.print(msg, highlight=False))
-    say(f"recipe {recipe.name}: data {data_path}, device {device}")
-    world = join(world, device)
-    if world.launched:
-        say(f"distributed: {world.size} process(es) ({world.backend}), batch size {cfg.bs} per process "
-            f"({cfg.bs * world.size} per step), lr {cfg.lr} as given")
+    workers = default_workers(device.type) if cfg.workers is None else cfg.workers
+    return replace(cfg, device=str(device), workers=workers), device, world
 
-    skipped = skip_unreadable(data_path, console)
+
+def load_data(recipe: Recipe, cfg: FitConfig, data_path: Path, device, skipped: list):
+    """The recipe's DataLoaders without the unreadable files, refused when they cannot train a classifier."""
+    from fastai.torch_core import set_seed
+
+    from trainer.data import build_dls
+
     set_seed(cfg.seed)
     dls = build_dls(recipe, data_path, cfg, device, skip={path for path, _ in skipped})
     if len(dls.vocab) < 2:
@@ -83,22 +104,23 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     if len(dls.train) == 0:  # fastai drops the last partial training batch
         raise BadInput(f"--bs {cfg.bs} is larger than the {len(dls.train_ds)} training images, so an epoch "
                        f"has no batch; use --bs {max(1, len(dls.train_ds) // 2)} or add images")
+    return dls
+
+
+def build_learner(recipe: Recipe, cfg: FitConfig, dls, device, say):
+    """(fastai Learner, device.Precision): the model, computing in the precision this device and size call for."""
+    from fastai.callback.progress import ProgressCallback
+
+    from trainer.data import input_side
+    from trainer.device import resolve_precision
+    from trainer.learner import apply_precision, create_learner
+
     precision = resolve_precision(cfg.precision, device, input_side(recipe, cfg, dls))
     say(f"precision {precision.name}{' + channels_last' if precision.channels_last else ''}: {precision.reason}")
-    cfg = replace(cfg, precision=precision.name)
-    learn = create_learner(dls, cfg, recipe, Path("."))
+    learn = create_learner(dls, replace(cfg, precision=precision.name), recipe, Path("."))
     apply_precision(learn, precision)
-    learn.remove_cb(ProgressCallback)
-    from trainer.cache import cacheable, cached_dls, presize
-
-    fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
-    presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, say)
-    cfg = replace(cfg, cache=fast_dls is not None or presized is not None)
-    lr_found = auto_lr(learn, fast_dls, recipe, say) if cfg.lr == "auto" else None
-    if lr_found:
-        cfg = replace(cfg, lr=lr_found["suggestions"]["valley"])
-    return Prepared(recipe, cfg, asked, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
-                    presized=presized, precision=precision, lr_found=lr_found)
+    learn.remove_cb(ProgressCallback)  # ConsoleProgress shows progress
+    return learn, precision
 
 
 def auto_lr(learn, fast_dls, recipe: Recipe, say) -> dict:
