@@ -25,7 +25,7 @@ from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import save_model
 from fastai.torch_core import L, get_model
 
-from trainer import runs
+from trainer import rundir, runs
 from trainer.recipes import improves
 from trainer.progress import ConsoleProgress, RunLog
 
@@ -78,9 +78,9 @@ def save_state(run_dir: Path, learn, progress: dict, run_log: RunLog) -> None:
              "scaler": scaler.state_dict() if scaler is not None else None,
              "rng": rng_state(learn.dls.train), "run_log": plain(run_log.state()),
              "metrics": plain({"header": run_log.header, "rows": run_log.rows})}
-    with runs.atomic_path(run_dir / "last.pth") as tmp:
+    with runs.atomic_path(run_dir / rundir.LAST) as tmp:
         torch.save(state, tmp)
-    runs.write_json(run_dir / "checkpoint.json", {**progress, "run_log": state["run_log"]})  # a mirror, for people
+    runs.write_json(run_dir / rundir.CHECKPOINT, {**progress, "run_log": state["run_log"]})  # a mirror, for people
 
 
 def plain(value):
@@ -96,7 +96,7 @@ def plain(value):
 
 
 def save_best(run_dir: Path, learn) -> None:
-    with runs.atomic_path(run_dir / "best.pth") as tmp:
+    with runs.atomic_path(run_dir / rundir.BEST) as tmp:
         save_model(tmp, learn.model, None, with_opt=False)
 
 
@@ -179,13 +179,13 @@ def read_state(run_dir: Path, device=None) -> dict | None:
     import json
 
     try:
-        state = torch.load(run_dir / "last.pth", map_location=device or "cpu", weights_only=True)
+        state = torch.load(run_dir / rundir.LAST, map_location=device or "cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError):
         return None
     if "epochs_done" not in state:  # the older layout: progress in checkpoint.json, metrics in metrics.csv
         try:
-            progress = json.loads((run_dir / "checkpoint.json").read_text())
-            header, rows = read_metrics(run_dir / "metrics.csv")
+            progress = json.loads((run_dir / rundir.CHECKPOINT).read_text())
+            header, rows = rundir.read_metrics(run_dir)
         except (OSError, ValueError, KeyError):
             return None
         state.update(progress, metrics={"header": header, "rows": rows[: progress["epochs_done"]]})
@@ -204,16 +204,7 @@ def restore_files(run_dir: Path, learn, state: dict) -> None:
     """metrics.csv and best.pth as the checkpoint says: a kill after writing an epoch's metrics row or before
     writing its best.pth leaves them one epoch apart from last.pth."""
     metrics = state["metrics"]
-    runs.write_csv(run_dir / "metrics.csv", metrics["header"], metrics["rows"])
+    runs.write_csv(run_dir / rundir.METRICS, metrics["header"], metrics["rows"])
     best = state.get("best")
     if best and best["epoch"] == state["epochs_done"]:  # the best epoch is the last one: its weights are loaded
         save_best(run_dir, learn)
-
-
-def read_metrics(path: Path) -> tuple[list[str], list[list]]:
-    import csv
-
-    with open(path, newline="") as f:
-        header, *rows = list(csv.reader(f))
-    typed = [[int(r[0]), r[1], *[float(v) for v in r[2:]]] for r in rows]
-    return header, typed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer import rundir
 from trainer.inputs import inference_dls
 from trainer.interpret import analyse, write_confusion
 from trainer.runs import write_json
@@ -44,12 +45,12 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
     analysis = analyse(inference_learner(dls, model), dls.valid, items, class_names(run_dir, meta["classes"]))
     classes, cm = analysis.classes, analysis.confusion()
     title = f"{meta['recipe']} · run {run_dir.name} · test set {test}"
-    write_confusion(cm, classes, title, run_dir, "test_confusion_matrix")
+    write_confusion(cm, classes, title, run_dir, rundir.TEST_CONFUSION)
     result = {"data": str(test.resolve()), "n": len(items), "n_skipped": len(bad),
               "accuracy": round(analysis.accuracy, 6), "error_rate": round(1 - analysis.accuracy, 6),
               "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class(),
               "most_confused": analysis.most_confused()[:10]}
-    write_json(run_dir / "test_metrics.json", result)
+    write_json(run_dir / rundir.TEST_METRICS, result)
     from trainer.report import write_report
 
     write_report(run_dir)
@@ -59,7 +60,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
 def refuse_training_images(run_dir: Path, test: Path, items: list[Path]) -> None:
     """A test set that holds images the run trained on would flatter it: refuse it (split.csv says which)."""
     from trainer.errors import BadInput
-    from trainer.runs import read_config
+    from trainer.rundir import read_config
     from trainer.split import training_images
 
     data = read_config(run_dir).get("data", {})
@@ -67,5 +68,5 @@ def refuse_training_images(run_dir: Path, test: Path, items: list[Path]) -> None
     seen = sorted(f for f in items if f.resolve() in trained)
     if seen:
         raise BadInput(f"{test}: {len(seen)} of its {len(items)} images trained this run (e.g. {seen[0]}; see "
-                       f"{run_dir / 'split.csv'}); evaluate on images the run never saw, such as the dataset's "
+                       f"{run_dir / rundir.SPLIT}); evaluate on images the run never saw, such as the dataset's "
                        f"test split")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from trainer import rundir
 from trainer.config import FitConfig
 from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted
 from trainer.recipes import Recipe, get_recipe
@@ -159,7 +160,7 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
     run_dir = runs.new_run_dir(Path(p.cfg.out), p.recipe.name)
     p.learn.path = run_dir
     if p.skipped:
-        runs.write_text(run_dir / "skipped_images.txt", "".join(f"{path}\t{why}\n" for path, why in p.skipped))
+        runs.write_text(run_dir / rundir.SKIPPED, "".join(f"{path}\t{why}\n" for path, why in p.skipped))
     rows = split_rows(p.dls, p.data_path)
     write_split(run_dir, rows)
     if p.lr_found:
@@ -168,7 +169,7 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
         write_lr_find(p.lr_found, run_dir, f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch} · lr_find")
         extra["lr_find"] = {"suggestions": p.lr_found["suggestions"], "chosen": "valley"}
     p.config = run_config(p, run_dir, command, split_sha256(rows), **extra)
-    runs.write_json(run_dir / "config.json", p.config)
+    runs.write_json(run_dir / rundir.CONFIG, p.config)
     return run_dir
 
 
@@ -258,11 +259,11 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     """Continue an interrupted run from its last completed epoch, with the same options and schedule
     (`device`/`precision`: where and how to continue, when not as the run asked)."""
     from trainer.config import resume_config
-    from trainer.runs import read_config
+    from trainer.rundir import read_config
 
     config = read_config(run_dir)
     recipe = config.get("recipe", {}).get("name", "RECIPE")
-    if (run_dir / "summary.json").is_file():
+    if (run_dir / rundir.SUMMARY).is_file():
         raise BadInput(f"{run_dir} already finished; start a new run with `trainer fit {recipe}`")
     no_checkpoint = BadInput(f"{run_dir} has no checkpoint (a whole last.pth): it stopped before its first epoch "
                              f"ended; start again with `trainer fit {recipe}`")
@@ -271,7 +272,7 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
         cfg = resume_config(config, device=device, precision=precision)
     except (ValueError, KeyError, TypeError):
         raise no_checkpoint from None
-    if not (run_dir / "last.pth").is_file():
+    if not (run_dir / rundir.LAST).is_file():
         raise no_checkpoint
     p = prepare(cfg, console, quiet)
     p.tensorboard = bool(config.get("tensorboard"))
@@ -305,7 +306,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     if resumed:
         record_resume(p, run_dir, resumed)
     else:
-        save_batch(p.dls, run_dir / "batch.png", f"{title} · training batch", display_names(p))
+        save_batch(p.dls, run_dir / rundir.BATCH, f"{title} · training batch", display_names(p))
     p.say(f"{schedule_of(p.cfg)} for {p.cfg.epochs} epoch(s) at lr {p.cfg.lr:g}, {p.cfg.arch}: {schedule_reason(p.cfg)}")
     run_log = training_log(run_dir, p.learn, resumed)
     trained = run_training(p, run_dir, console, run_log, live, quiet, resumed)
@@ -341,7 +342,7 @@ def record_resume(p: Prepared, run_dir: Path, resumed: dict) -> None:
     p.config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                "after_epoch": resumed["epochs_done"], "device": p.cfg.device,
                                                "precision": p.cfg.precision, "world_size": p.world.size})
-    runs.write_json(run_dir / "config.json", p.config)
+    runs.write_json(run_dir / rundir.CONFIG, p.config)
 
 
 def training_log(run_dir: Path, learn, resumed: dict | None):
@@ -349,7 +350,7 @@ def training_log(run_dir: Path, learn, resumed: dict | None):
     from trainer.checkpoint import restore_files
     from trainer.progress import RunLog
 
-    run_log = RunLog(run_dir / "metrics.csv")
+    run_log = RunLog(run_dir / rundir.METRICS)
     if resumed:
         restore_files(run_dir, learn, resumed)
         run_log.restore(resumed["metrics"]["header"], resumed["metrics"]["rows"], resumed["run_log"])
@@ -370,7 +371,7 @@ def run_training(p: Prepared, run_dir: Path, console, run_log, live: bool, quiet
     flag, extra = signal_target(p, checkpoints)
     stats = activation_stats(p)
     callbacks = [run_log, display, checkpoints, *early_stopping(p.cfg, p.recipe, run_log.header, run_log.rows),
-                 *extra, *([tensorboard_callback(run_dir / "tensorboard")] if p.tensorboard else []),
+                 *extra, *([tensorboard_callback(run_dir / rundir.TENSORBOARD)] if p.tensorboard else []),
                  *([stats] if stats else [])]
     start = time.perf_counter()
     try:
@@ -417,7 +418,7 @@ def export_model(p: Prepared, run_dir: Path) -> None:
     from trainer.learner import export_weights
 
     p.learn.to_contiguous(to_fp32=True)  # the exported model is fp32 in the default memory format: it runs anywhere
-    with runs.atomic_path(run_dir / "model.pkl") as tmp:
+    with runs.atomic_path(run_dir / rundir.MODEL_PICKLE) as tmp:
         p.learn.export(tmp)
     export_weights(p.learn, run_dir, p.cfg, p.recipe)
     runs.point_latest(run_dir.parent, run_dir)  # `latest` names the newest run with a model
@@ -430,8 +431,8 @@ def write_plots(p: Prepared, run_dir: Path, run_log, trained: Trained, title: st
         from trainer.activations import write_activations
 
         write_activations(trained.activation_stats, run_dir, f"{title} · activations")
-    plot_history(run_log, title, run_dir / "history.png", best=trained.best)
-    save_results(p.learn, run_dir / "results.png", f"{title} · validation: actual / predicted", display_names(p))
+    plot_history(run_log, title, run_dir / rundir.HISTORY, best=trained.best)
+    save_results(p.learn, run_dir / rundir.RESULTS, f"{title} · validation: actual / predicted", display_names(p))
 
 
 def summarise(p: Prepared, run_dir: Path, run_log, trained: Trained, final_row: dict, resumed: dict | None) -> dict:
@@ -447,7 +448,7 @@ def summarise(p: Prepared, run_dir: Path, run_log, trained: Trained, final_row: 
         "train_images_per_second": round(run_log.images_per_second * p.world.size, 1),  # every rank's images
         "device": str(p.dls.device),
         "precision": p.cfg.precision,
-        "model": "model.safetensors",
+        "model": rundir.WEIGHTS,
         "best": trained.best,  # best.pth holds that epoch's weights
         "final_epoch": final_row["epoch"],  # the epoch whose weights were exported
         "stopped_early": trained.stopped_early,
@@ -471,9 +472,9 @@ def finish(run_dir: Path, summary: dict) -> None:
     from trainer import runs
     from trainer.report import write_report
 
-    runs.write_json(run_dir / "summary.json", summary)
+    runs.write_json(run_dir / rundir.SUMMARY, summary)
     write_report(run_dir)
-    (run_dir / "last.pth").unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
+    (run_dir / rundir.LAST).unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
 
 
 def keep_best(p: Prepared, run_dir: Path, run_log, best: dict | None) -> dict:
@@ -482,7 +483,7 @@ def keep_best(p: Prepared, run_dir: Path, run_log, best: dict | None) -> dict:
         return run_log.last
     from fastai.learner import load_model
 
-    load_model(run_dir / "best.pth", p.learn.model, None, with_opt=False, device=p.learn.dls.device)
+    load_model(run_dir / rundir.BEST, p.learn.model, None, with_opt=False, device=p.learn.dls.device)
     p.say(f"keeping epoch {best['epoch']}'s weights (best {p.recipe.main_metric})")
     return dict(zip(run_log.header, run_log.rows[best["epoch"] - 1]))
 
@@ -547,8 +548,8 @@ def failures_logged(run_dir: Path):
     except (KeyboardInterrupt, BadInput, TrainingInterrupted):
         raise
     except Exception as e:
-        runs.write_text(run_dir / "error.log", traceback.format_exc())
-        raise TrainingFailed(f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.log'})") from e
+        runs.write_text(run_dir / rundir.ERROR_LOG, traceback.format_exc())
+        raise TrainingFailed(f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / rundir.ERROR_LOG})") from e
 
 
 def device_info(device) -> dict:

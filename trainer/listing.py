@@ -6,22 +6,11 @@ corrupt files is still listed, with its state saying what is wrong; it never sto
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
+from trainer import rundir
+from trainer.rundir import last_metrics, read_json
 from trainer.runs import run_dirs, run_order
-
-
-def read_json(path: Path) -> tuple[dict | None, str | None]:
-    """(content, problem): problem is None, 'missing' or 'unreadable'."""
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, "missing"
-    except (OSError, ValueError):
-        return None, "unreadable"
-    return (value, None) if isinstance(value, dict) else (None, "unreadable")
 
 
 def run_state(run_dir: Path, config_problem: str | None, summary: dict | None, summary_problem: str | None) -> str:
@@ -31,22 +20,22 @@ def run_state(run_dir: Path, config_problem: str | None, summary: dict | None, s
         return "done"
     if summary_problem == "unreadable":
         return "damaged (summary.json unreadable)"
-    if (run_dir / "error.log").is_file():
+    if (run_dir / rundir.ERROR_LOG).is_file():
         return "failed"
-    if (run_dir / "lr_find.json").is_file():
+    if (run_dir / rundir.LR_FIND_JSON).is_file():
         return "lr-find"
-    if (run_dir / "checkpoint.json").is_file():
+    if (run_dir / rundir.CHECKPOINT).is_file():
         return "stopped (resumable)"
     return "incomplete"
 
 
 def describe(run_dir: Path) -> dict:
     """One row of the listing; every field may be None when its file is missing."""
-    config, config_problem = read_json(run_dir / "config.json")
-    summary, summary_problem = read_json(run_dir / "summary.json")
+    config, config_problem = read_json(run_dir / rundir.CONFIG)
+    summary, summary_problem = read_json(run_dir / rundir.SUMMARY)
     config = config or {}
     options = config.get("options", {}) if isinstance(config.get("options"), dict) else {}
-    final = (summary or {}).get("final") or last_metrics(run_dir / "metrics.csv")
+    final = (summary or {}).get("final") or last_metrics(run_dir)
     return {
         "id": run_dir.name,
         "recipe": run_dir.parent.name,
@@ -89,16 +78,6 @@ def describe_or_flag(run_dir: Path) -> dict:
         return {"id": run_dir.name, "recipe": run_dir.parent.name, "path": str(run_dir),
                 "state": f"damaged (unexpected content: {type(e).__name__})", "changes": "", "final": {},
                 **dict.fromkeys(keys)}
-
-
-def last_metrics(path: Path) -> dict:
-    """The last epoch's row of metrics.csv (for a run that stopped before summary.json)."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        return {k: float(v) for k, v in rows[-1].items() if k not in ("epoch", "phase", "seconds")}
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
-        return {}
 
 
 def list_runs(out: Path, recipe: str | None = None) -> list[dict]:

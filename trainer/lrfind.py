@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import rundir
 from trainer.runs import save_figure, write_json
 
 SUGGESTIONS = ("minimum", "steep", "valley", "slide")
@@ -71,11 +72,11 @@ def tolerant(func):
 
 
 def write_lr_find(result: dict, run_dir: Path, title: str) -> None:
-    write_json(run_dir / "lr_find.json", result)
+    write_json(run_dir / rundir.LR_FIND_JSON, result)
     import matplotlib.pyplot as plt
 
     fig = lr_find_figure(result, title)
-    save_figure(fig, run_dir / "lr_find.png")
+    save_figure(fig, run_dir / rundir.LR_FIND_PNG)
     plt.close(fig)
 
 

@@ -190,11 +190,13 @@ def resolve_run(target: str, out: Path, need_model: bool = True) -> Path:
     newest run with a model). `need_model=False` (runs show, report) accepts runs without one."""
     from trainer.errors import did_you_mean
     from trainer.recipes import RECIPES
+    from trainer import rundir
+    from trainer.rundir import has_model, read_config
 
     path = Path(target)
     if path.is_dir():
         if need_model and not has_model(path):
-            recipe = read_config(path).get("recipe", {}).get("name", "RECIPE") if (path / "config.json").is_file() else "RECIPE"
+            recipe = read_config(path).get("recipe", {}).get("name", "RECIPE") if (path / rundir.CONFIG).is_file() else "RECIPE"
             raise BadInput(f"{path} holds no trained model (model.safetensors); run `trainer fit {recipe}` "
                            f"and use the run directory it prints")
         return path
@@ -215,16 +217,3 @@ def resolve_run(target: str, out: Path, need_model: bool = True) -> Path:
         raise BadInput(f"run id {target} exists for several recipes: give the path, e.g. {matches[0]}")
     raise BadInput(f"no run '{target}' under {out}/{did_you_mean(target, RECIPES)}: give a run directory "
                    f"(runs/<recipe>/<id>), a run id, 'latest' or a recipe name (see `trainer runs`)")
-
-
-def has_model(run_dir: Path) -> bool:
-    return (run_dir / "model.safetensors").is_file() or (run_dir / "model.pkl").is_file()
-
-
-def read_config(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{run_dir}/config.json is missing or unreadable ({type(e).__name__}); "
-                       f"the run is incomplete: train again with `trainer fit`") from None
-

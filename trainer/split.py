@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trainer.errors import BadInput
 
-SPLIT_FILE = "split.csv"
+from trainer.rundir import SPLIT as SPLIT_FILE
 HEADER = ["split", "path", "label"]
 
 
