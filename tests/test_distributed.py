@@ -99,3 +99,16 @@ def test_sigterm_stops_every_rank_and_resume_continues(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs_run"] == 4 and summary["resumed_after_epoch"] == done
+
+
+def test_world_is_what_the_launcher_said(monkeypatch):
+    """torchrun's variables as fastai's DistributedDL reads them; no launcher: one process, no process group."""
+    from trainer.distributed import World, world_from_env
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert world_from_env() == World(rank=0, local_rank=0, size=1, launched=False)
+    launcher = dict(RANK="3", LOCAL_RANK="1", WORLD_SIZE="4", MASTER_ADDR="localhost", MASTER_PORT="29500")
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    assert world_from_env() == World(rank=3, local_rank=1, size=4, launched=True)

@@ -136,3 +136,19 @@ def test_interpret_without_a_run(trainer, isolated):
     assert trainer("interpret", "mnist", "--top-k", "0", expect=2).stderr.count("--top-k") == 1
     missing = trainer("predict", isolated / "runs" / "nope", isolated, expect=2).stderr
     assert "no run '" in missing and not (isolated / "runs" / "nope").exists()
+
+
+def test_per_class_table_by_hand():
+    """Precision, recall and F1 worked out by hand, with a class never predicted and one never present."""
+    import torch
+
+    from trainer.interpret import Analysis
+
+    actual, predicted = [0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 0]  # classes a, b, c, d: d never seen
+    probs = torch.nn.functional.one_hot(torch.tensor(predicted), 4).float()
+    analysis = Analysis(["a", "b", "c", "d"], [], probs, torch.tensor(actual), torch.zeros(6))
+    assert analysis.per_class() == [
+        {"class": "a", "precision": 0.5, "recall": 0.6667, "f1": 0.5714, "support": 3},  # 2 of 4 called a; 2 of 3 a
+        {"class": "b", "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2},
+        {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1},  # never predicted: 0, not 0/0
+        {"class": "d", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]

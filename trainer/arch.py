@@ -62,7 +62,7 @@ def torchvision_archs() -> dict:
 
     archs = {}
     for name in tvm.list_models(module=tvm):
-        builder = getattr(tvm, name)
+        builder = tvm.get_model_builder(name)  # torchvision's registry: the same function fastai's model_meta keys
         if builder not in model_meta:
             meta = _extra_meta(name)
             if meta is None:

@@ -128,6 +128,7 @@ def resize_target(recipe, cfg) -> int | None:
     return max(item_tfms.size) if isinstance(item_tfms, Resize) else None
 
 
+# not fastai's resize_images: it bounds the long side (Resize then upsamples), decodes JPEGs in full, whitens 16-bit
 def shrink(source: Path, target: Path, side: int) -> bool:
     """Save `source` with its short side at `side` (JPEG q95 for JPEGs, PNG otherwise); False when
     it is already that small (the original is read as it is)."""

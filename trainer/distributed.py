@@ -34,11 +34,12 @@ class World:
 
 def world_from_env() -> World:
     """What torchrun (or accelerate launch, or SLURM through torchrun) told this process."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    from fastai.torch_core import num_distrib, rank_distrib  # what fastai's DistributedDL shards by
+
     # A launcher sets these for env:// rendezvous. Then even one process trains through DistributedDataParallel,
     # so `--nproc 1` on a single GPU exercises the same path (nccl, index broadcast) as a multi-GPU job.
     launched = all(name in os.environ for name in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
-    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), size, launched=launched)
+    return World(rank_distrib(), int(os.environ.get("LOCAL_RANK", "0")), num_distrib() or 1, launched=launched)
 
 
 def join(world: World, device) -> World:
@@ -110,6 +111,7 @@ def signal_sync(checkpoints=None):
 
     from trainer.checkpoint import Checkpoints, Interrupted
 
+    # not accelerate's set_trigger/check_trigger: its 0/1 flag loses which signal came (exit 130 or 143); no faster
     class SignalSync(Callback):
         order = Checkpoints.order - 1
 
@@ -177,7 +179,7 @@ def launch(nproc: int, argv: list[str], cfg=None) -> int:
 
     if nproc < 1:
         raise BadInput(f"--nproc must be a whole number of at least 1, got {nproc}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # num_distrib(), read before torch loads: instant refusal
         raise BadInput("--nproc inside torchrun or accelerate launch: drop --nproc, the launcher starts the processes")
     if cfg is not None:  # bad options fail here, once, not in N processes
         from trainer.recipes import get_recipe

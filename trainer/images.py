@@ -61,6 +61,7 @@ def open_image(source: str | Path | bytes, max_pixels: int | None = None) -> Ima
     return to_rgb(image)
 
 
+# not fastai's verify_image(s): a bool, no reason to report; a bare except (eats Ctrl-C); leaves the file open
 def unreadable(path: Path) -> str | None:
     """Why `path` cannot be decoded, or None. JPEGs decode at 1/8 scale: every byte is still read."""
     try:

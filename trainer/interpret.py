@@ -44,16 +44,14 @@ class Analysis:
         return sorted(pairs, key=lambda pair: -pair[2])
 
     def per_class(self) -> list[dict]:
-        cm = self.confusion().double()
-        rows = []
-        for k, name in enumerate(self.classes):
-            true_pos, predicted, support = cm[k, k], cm[:, k].sum(), cm[k, :].sum()
-            precision = float(true_pos / predicted) if predicted else 0.0
-            recall = float(true_pos / support) if support else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            rows.append({"class": name, "precision": round(precision, 4), "recall": round(recall, 4),
-                         "f1": round(f1, 4), "support": int(support)})
-        return rows
+        """Precision, recall, F1 and support of each class; 0 where a class is never predicted or never present."""
+        from sklearn.metrics import precision_recall_fscore_support  # loaded already: fastai.learner imports it
+
+        table = precision_recall_fscore_support(self.targets.numpy(), self.predicted.numpy(),
+                                                labels=range(len(self.classes)), zero_division=0.0)
+        return [{"class": name, "precision": round(float(precision), 4), "recall": round(float(recall), 4),
+                 "f1": round(float(f1), 4), "support": int(support)}
+                for name, precision, recall, f1, support in zip(self.classes, *table)]
 
     def top_losses(self, k: int) -> list[dict]:
         losses, order = self.losses.topk(min(k, len(self.losses)))

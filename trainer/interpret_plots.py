@@ -38,6 +38,7 @@ def cell_inches(n: int, max_side: float = MAX_SIDE) -> float:
     return min(max(0.25, min(1.5, 9 / n)), max_side / n)
 
 
+# not sklearn's ConfusionMatrixDisplay: at its size names and numbers overlap from 10 classes; it writes all n² cells
 def confusion_figure(cm, classes: list[str], title: str, normalize: bool = False, max_side: float = MAX_SIDE):
     """counts[actual, predicted] as a heat map, with the numbers where they fit in their cells."""
     n = len(classes)

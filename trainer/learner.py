@@ -34,6 +34,7 @@ def initialise(model, scheme: str) -> None:
     a ReLU network's activations at unit scale layer after layer; Xavier (Glorot) suits tanh/linear."""
     if scheme == "default":
         return
+    # not fastai's apply_init: it inits every weighted layer but Batch/LayerNorm, and raises on GroupNorm (timm *_bit)
     for module in model.modules():
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
             if scheme == "kaiming":
