@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer import rundir
+
 MAX_LAYERS = 6
 
 
@@ -75,8 +77,8 @@ def write_activations(stats, run_dir: Path, title: str) -> dict:
         panels.append(name)
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(fig, run_dir / "activations.png")
+    save_figure(fig, run_dir / rundir.ACTIVATIONS_PNG)
     plt.close(fig)
     result = {"layers": summary, "panels": panels, "batches": len(stats.stats)}
-    write_json(run_dir / "activations.json", result)
+    write_json(run_dir / rundir.ACTIVATIONS_JSON, result)
     return result

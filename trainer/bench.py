@@ -30,6 +30,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from trainer import rundir
+
 def run_row(args: list[str]) -> tuple[dict, float, float]:
     """Run one row in its own process; its JSON result, wall s, peak RSS MB."""
     start = time.perf_counter()
@@ -212,8 +214,8 @@ def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: 
                                         "--bs", str(bs), "--out", out, "--quiet", "--no-interpret",
                                         *(["--no-cache"] if row == "trainer-nocache" else [])])
                 run = next(Path(out).glob("*/2*"))
-                summary = json.loads((run / "summary.json").read_text())
-                config = json.loads((run / "config.json").read_text())
+                summary = json.loads((run / rundir.SUMMARY).read_text())
+                config = json.loads((run / rundir.CONFIG).read_text())
             channels_last = " channels_last" if config["device"].get("channels_last") else ""
             table[row] = {"wall_s": wall, "images_per_s": summary["train_images_per_second"],
                           "error_rate": summary["final"]["error_rate"], "peak_rss_mb": rss,

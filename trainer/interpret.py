@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import rundir
 from trainer.runs import write_csv, write_json
 
 
@@ -76,23 +77,23 @@ def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: i
 
     classes = analysis.classes
     cm = analysis.confusion()
-    write_confusion(cm, classes, title, run_dir, "confusion_matrix")
+    write_confusion(cm, classes, title, run_dir, rundir.CONFUSION)
     plot_confusion(cm.numpy(), classes, f"{title} · confusion matrix (each row sums to 1)",
-                   run_dir / "confusion_matrix_normalized.png", normalize=True)
+                   run_dir / f"{rundir.CONFUSION_NORMALIZED}.png", normalize=True)
     pairs = analysis.most_confused()
-    write_csv(run_dir / "most_confused.csv", ["actual", "predicted", "count"], [list(p) for p in pairs])
+    write_csv(run_dir / f"{rundir.MOST_CONFUSED}.csv", ["actual", "predicted", "count"], [list(p) for p in pairs])
     if len(classes) >= MOST_CONFUSED_FROM and pairs:
-        plot_most_confused(pairs, f"{title} · most confused pairs", run_dir / "most_confused.png")
+        plot_most_confused(pairs, f"{title} · most confused pairs", run_dir / f"{rundir.MOST_CONFUSED}.png")
     else:  # not from an earlier interpretation of other predictions
-        (run_dir / "most_confused.png").unlink(missing_ok=True)
+        (run_dir / f"{rundir.MOST_CONFUSED}.png").unlink(missing_ok=True)
     report = analysis.per_class()
-    write_csv(run_dir / "per_class.csv", list(report[0]), [list(r.values()) for r in report])
-    write_json(run_dir / "per_class.json", {"accuracy": round(analysis.accuracy, 6), "n": len(analysis.targets),
+    write_csv(run_dir / f"{rundir.PER_CLASS}.csv", list(report[0]), [list(r.values()) for r in report])
+    write_json(run_dir / f"{rundir.PER_CLASS}.json", {"accuracy": round(analysis.accuracy, 6), "n": len(analysis.targets),
                                              "classes": report})
     top = analysis.top_losses(top_k)
-    write_csv(run_dir / "top_losses.csv", ["path", "actual", "predicted", "loss", "p_actual", "p_predicted"],
+    write_csv(run_dir / f"{rundir.TOP_LOSSES}.csv", ["path", "actual", "predicted", "loss", "p_actual", "p_predicted"],
               [list(r.values()) for r in top])
-    plot_top_losses(top, f"{title} · top {len(top)} losses", run_dir / "top_losses.png")
+    plot_top_losses(top, f"{title} · top {len(top)} losses", run_dir / f"{rundir.TOP_LOSSES}.png")
     return {"accuracy": analysis.accuracy, "n": len(analysis.targets), "most_confused": pairs[:5]}
 
 
@@ -150,7 +151,7 @@ def run_data(run_dir: Path, data: str | None):
     from trainer.errors import BadInput
     from trainer.images import readable_or_refuse, scan
     from trainer.recipes import get_recipe
-    from trainer.runs import read_config
+    from trainer.rundir import read_config
     from trainer.split import check_split
 
     config = read_config(run_dir)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import rundir
 from trainer.arch import resolve_arch
 from trainer.errors import BadInput
 
@@ -105,10 +106,10 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
     from trainer.runs import atomic_path, write_json
 
     state = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
-    with atomic_path(run_dir / "model.safetensors") as tmp:
+    with atomic_path(run_dir / rundir.WEIGHTS) as tmp:
         save_file(state, str(tmp))
     norm = next((t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)), None)
-    write_json(run_dir / "model.json", {
+    write_json(run_dir / rundir.MODEL_META, {
         "format": "trainer-model/1",
         "recipe": recipe.name,
         "arch": cfg.arch,
@@ -127,9 +128,9 @@ def load_weights(run_dir: Path, device):
     from safetensors.torch import load_file
 
     try:
-        meta = json.loads((run_dir / "model.json").read_text())
+        meta = json.loads((run_dir / rundir.MODEL_META).read_text())
         arch, classes = resolve_arch(meta["arch"]), meta["classes"]
-        state = load_file(str(run_dir / "model.safetensors"))
+        state = load_file(str(run_dir / rundir.WEIGHTS))
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise BadInput(f"{run_dir} has no readable model.safetensors/model.json ({type(e).__name__}); train again "
                        f"with `trainer fit`, or pass --trust-pickle to load model.pkl (only for runs you trust)") from None
@@ -154,7 +155,7 @@ def class_names(run_dir: Path, vocab) -> list[str]:
     display names (or without a model.json) show the vocab itself."""
     vocab = [str(c) for c in vocab]
     try:
-        meta = json.loads((run_dir / "model.json").read_text())
+        meta = json.loads((run_dir / rundir.MODEL_META).read_text())
     except (OSError, ValueError):
         return vocab
     names = meta.get("display_names")
@@ -166,7 +167,7 @@ def load_pickled(run_dir: Path, device):
     from fastai.learner import load_learner
 
     try:
-        learn = load_learner(run_dir / "model.pkl", cpu=True)
+        learn = load_learner(run_dir / rundir.MODEL_PICKLE, cpu=True)
     except Exception as e:
         raise BadInput(f"{run_dir}/model.pkl could not be loaded ({type(e).__name__}: {e}); "
                        f"the file is damaged or from another fastai: train again with `trainer fit`") from None

@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+from trainer import rundir
 from trainer.errors import BadInput
 
 MAX_FILES = 64  # images in one request
@@ -170,7 +171,7 @@ def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_by
     for name, value in (("--workers", workers), ("--max-bytes", max_bytes), ("--max-pixels", max_pixels)):
         if value < 1:
             raise BadInput(f"{name} must be at least 1, got {value}")
-    if not (run_dir / "model.safetensors").is_file() or not (run_dir / "model.json").is_file():
+    if not (run_dir / rundir.WEIGHTS).is_file() or not (run_dir / rundir.MODEL_META).is_file():
         raise BadInput(f"{run_dir} has no model.safetensors/model.json; serve loads those (never model.pkl): "
                        f"train again with `trainer fit`")
     from trainer.device import resolve_device
