@@ -28,7 +28,8 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.torch_core import TensorCategory, TensorImage
 
-from trainer.data import data_root, labels_of
+from trainer.data import labels_of
+from trainer.locations import data_root
 from trainer.runs import atomic_path
 
 

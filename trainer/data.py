@@ -9,7 +9,6 @@ Lookup order, first hit wins, so a folder that is already there never needs the 
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import fcntl
 import hashlib
@@ -21,27 +20,10 @@ import zipfile
 from pathlib import Path
 
 from trainer.errors import BadInput
+from trainer.locations import IMAGE_EXTENSIONS, data_root, fastai_data_dir, offline
 from trainer.recipes import Recipe
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("TRAINER_DATA", "datasets")).expanduser()
-
-
-def offline() -> bool:
-    return os.environ.get("TRAINER_OFFLINE", "") not in ("", "0", "false")
-
-
-def fastai_data_dir() -> Path:
-    """Where fastai's untar_data extracts to, read without importing fastai."""
-    home = Path(os.environ.get("FASTAI_HOME", "~/.fastai")).expanduser()
-    parser = configparser.ConfigParser()
-    parser.read(home / "config.ini")
-    data = Path(parser.get("DEFAULT", "data", fallback="data")).expanduser()
-    return data if data.is_absolute() else home / data
 
 
 def local_candidates(recipe: Recipe) -> list[Path]:

@@ -16,7 +16,7 @@ import numpy as np
 from fastai.vision.core import PILImage
 from PIL import Image
 
-from trainer.data import IMAGE_EXTENSIONS, data_root
+from trainer.locations import IMAGE_EXTENSIONS, data_root
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

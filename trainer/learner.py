@@ -60,7 +60,7 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
         else:
             arch = local_weights_arch(arch, cfg.weights)
     elif cfg.pretrained and not isinstance(arch, str) and not weights_cached(cfg.arch):
-        from trainer.data import offline
+        from trainer.locations import offline
 
         if offline():
             raise BadInput(no_weights_message(cfg, "TRAINER_OFFLINE is set"))
