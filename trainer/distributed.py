@@ -175,13 +175,39 @@ def without_nproc(argv: list[str]) -> list[str]:
 def launch(nproc: int, argv: list[str], cfg=None) -> int:
     """`trainer fit ... --nproc N`: the same command in N processes under torchrun's elastic agent,
     which stops every worker when one fails. Returns the exit code for the user."""
-    from trainer.errors import BadInput, TrainingFailed
+    check_launch(nproc, cfg)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from trainer.errors import TrainingInterrupted
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="trainer",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores: each process gets its part, not all of them
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    quiet_agent_logs()
+    try:
+        elastic_launch(config, sys.executable)("-m", "trainer", *without_nproc(argv))
+    except SignalException as e:  # Ctrl-C or SIGTERM: torchrun passed it on; rank 0 saved and said how to resume
+        import signal
+
+        raise TrainingInterrupted(f"stopped by {signal.Signals(e.sigval).name}; every worker was stopped "
+                                  f"(rank 0's message above has the --resume command)", e.sigval) from None
+    except ChildFailedError as e:
+        return failed_job(e)
+    return 0
+
+
+def check_launch(nproc: int, cfg) -> None:
+    """Bad input fails here, once, not in N processes."""
+    from trainer.errors import BadInput
 
     if nproc < 1:
         raise BadInput(f"--nproc must be a whole number of at least 1, got {nproc}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # num_distrib(), read before torch loads: instant refusal
         raise BadInput("--nproc inside torchrun or accelerate launch: drop --nproc, the launcher starts the processes")
-    if cfg is not None:  # bad options fail here, once, not in N processes
+    if cfg is not None:
         from trainer.recipes import get_recipe
 
         cfg.resolve(get_recipe(cfg.recipe))
@@ -190,38 +216,25 @@ def launch(nproc: int, argv: list[str], cfg=None) -> int:
     if cfg is not None and cfg.device.startswith("cuda") or cfg is None and torch.cuda.is_available():
         if nproc > torch.cuda.device_count():
             raise BadInput(f"--nproc {nproc}: only {torch.cuda.device_count()} GPU(s) here; one process per GPU")
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="trainer",
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
-    if "OMP_NUM_THREADS" not in os.environ:  # share the cores: each process gets its part, not all of them
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    from torch.distributed.elastic.multiprocessing.api import SignalException
 
+def quiet_agent_logs() -> None:
+    """torchrun's agent logs each worker it ends; the workers' own messages and ours say it in one line each."""
     import logging
 
-    # torchrun's agent logs each worker it ends; the workers' own messages and ours below say it in one line each
     for name in [n for n in logging.Logger.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
         logging.getLogger(name).setLevel(logging.CRITICAL)  # torch sets each module's own level
-    try:
-        elastic_launch(config, sys.executable)("-m", "trainer", *without_nproc(argv))
-    except SignalException as e:  # Ctrl-C or SIGTERM: torchrun passed it on; rank 0 saved and said how to resume
-        import signal
 
-        from trainer.errors import TrainingInterrupted
 
-        raise TrainingInterrupted(f"stopped by {signal.Signals(e.sigval).name}; every worker was stopped "
-                                  f"(rank 0's message above has the --resume command)", e.sigval) from None
-    except ChildFailedError as e:
-        if {failure.exitcode for failure in e.failures.values()} == {2}:
-            return 2  # every rank refused the same bad input and said why
-        rank, failure = e.get_first_failure()  # the cause; the others were ended because of it
-        if failure.exitcode in (130, 143):  # the workers themselves were signalled, and stopped cleanly
-            from trainer.errors import TrainingInterrupted
+def failed_job(error) -> int:
+    """The exit code, or the one-line error, for a job whose workers failed (torchrun's ChildFailedError)."""
+    from trainer.errors import TrainingFailed, TrainingInterrupted
 
-            raise TrainingInterrupted("the workers were stopped by a signal (rank 0's message above has the "
-                                      "--resume command)", failure.exitcode - 128) from None
-        raise TrainingFailed(f"worker rank {rank} exited with code {failure.exitcode}: the job stopped, "
-                             f"every worker was ended (see the worker's message above)") from None
-    return 0
+    if {failure.exitcode for failure in error.failures.values()} == {2}:
+        return 2  # every rank refused the same bad input and said why
+    rank, failure = error.get_first_failure()  # the cause; the others were ended because of it
+    if failure.exitcode in (130, 143):  # the workers themselves were signalled, and stopped cleanly
+        raise TrainingInterrupted("the workers were stopped by a signal (rank 0's message above has the "
+                                  "--resume command)", failure.exitcode - 128) from None
+    raise TrainingFailed(f"worker rank {rank} exited with code {failure.exitcode}: the job stopped, "
+                         f"every worker was ended (see the worker's message above)") from None

@@ -87,9 +87,8 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
     import contextlib
     import html
 
-    from fastapi import FastAPI, File, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi import FastAPI, File, UploadFile
+    from fastapi.responses import HTMLResponse
 
     predictor = Predictor(run_dir, device)
     meta = predictor.meta
@@ -102,25 +101,7 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
 
     title = f"{meta['recipe']} · {meta['arch']} · run {run_dir.resolve().name}"
     app = FastAPI(title=f"trainer serve · {title}", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-
-    @app.exception_handler(Rejected)
-    def rejected(request: Request, error: Rejected):
-        return JSONResponse({"error": error.reason}, status_code=error.status)
-
-    @app.exception_handler(RequestValidationError)
-    def invalid(request: Request, error: RequestValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        """Refuse an oversized request from its Content-Length, before its body is read."""
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_FILES * max_bytes + 1_000_000:
-            return JSONResponse({"error": f"the request is {length} bytes, over {MAX_FILES} files of "
-                                          f"--max-bytes {max_bytes}"}, status_code=413)
-        return await call_next(request)
+    add_guards(app, max_bytes)
 
     @app.get("/health")
     def health():
@@ -150,6 +131,33 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
                 "results": [{"file": name, "predictions": p} for name, p in zip(names, predictions)]}
 
     return app
+
+
+def add_guards(app, max_bytes: int) -> None:
+    """Every refusal as JSON with a one-line reason: ours (Rejected), FastAPI's validation errors, and a
+    request too large to read."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(Rejected)
+    def rejected(request: Request, error: Rejected):
+        return JSONResponse({"error": error.reason}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        """Refuse an oversized request from its Content-Length, before its body is read."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_FILES * max_bytes + 1_000_000:
+            return JSONResponse({"error": f"the request is {length} bytes, over {MAX_FILES} files of "
+                                          f"--max-bytes {max_bytes}"}, status_code=413)
+        return await call_next(request)
 
 
 def app_from_settings():
