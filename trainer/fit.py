@@ -32,7 +32,6 @@ class Prepared:
     skipped: list  # (path, reason) of the unreadable images left out
     fast_dls: object = None  # the same data as decoded-tensor batches (cache.py), used while training
     world: object = None  # distributed.World: this process's rank among how many
-    tensorboard: bool = False  # log to <run>/tensorboard/ (fastai's TensorBoardCallback)
     presized: dict | None = None  # the resized-image cache (cache.presize), for config.json
     precision: object = None  # device.Precision: how the model computes, and why
     config: dict | None = None  # what config.json holds, once start_run has written it
@@ -171,17 +170,15 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     return run_dir, result
 
 
-def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interpret: bool = True,
-        top_k: int = 9, tensorboard: bool = False) -> tuple[Path, dict]:
-    if tensorboard:
+def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tuple[Path, dict]:
+    if cfg.tensorboard:
         tensorboard_callback(None)  # a missing package is bad input: before anything is written
     p = prepare(cfg, console, quiet)
-    p.tensorboard = tensorboard
     if not p.world.main:
         return follow(p)
     run_dir = start_run(p, "fit")
     with failures_logged(run_dir):
-        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
+        return run_dir, train(p, run_dir, console, quiet, live)
 
 
 def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
@@ -203,10 +200,10 @@ def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
     return None, None
 
 
-def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, interpret: bool = True,
-           top_k: int = 9, device: str | None = None, precision: str | None = None) -> tuple[Path, dict]:
+def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, **given) -> tuple[Path, dict]:
     """Continue an interrupted run from its last completed epoch, with the same options and schedule
-    (`device`/`precision`: where and how to continue, when not as the run asked)."""
+    (`given`: device/precision, where and how to continue when not as the run asked; interpret, top_k,
+    tensorboard, checked against the run's own)."""
     from trainer.config import resume_config
     from trainer.runs import read_config
 
@@ -218,13 +215,12 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
                              f"ended; start again with `trainer fit {recipe}`")
     try:
         # The data where the run found it (a download or lookup need not happen again).
-        cfg = resume_config(config, device=device, precision=precision)
+        cfg = resume_config(config, **given)
     except (ValueError, KeyError, TypeError):
         raise no_checkpoint from None
     if not (run_dir / "last.pth").is_file():
         raise no_checkpoint
     p = prepare(cfg, console, quiet)
-    p.tensorboard = bool(config.get("tensorboard"))
     from trainer.checkpoint import load_last, read_state
 
     from trainer.split import check_split
@@ -242,11 +238,10 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     p.learn.path, p.config = run_dir, config
     with failures_logged(run_dir):
         p.say(f"resuming {run_dir} after epoch {state['epochs_done']}")
-        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k, resumed=state)
+        return run_dir, train(p, run_dir, console, quiet, live, resumed=state)
 
 
-def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpret: bool, top_k: int,
-          resumed: dict | None = None) -> dict:
+def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, resumed: dict | None = None) -> dict:
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary."""
     from trainer import runs
     from trainer.cache import swapped_dls
@@ -276,8 +271,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
                                                    "device": cfg.device, "precision": cfg.precision,
                                                    "world_size": p.world.size})
     else:  # start_run wrote the rest; --lr auto may have changed the options since
-        p.config.update(options=cfg.to_dict(), schedule=schedule, schedule_reason=why, tensorboard=p.tensorboard,
-                        **extra)
+        p.config.update(options=cfg.to_dict(), schedule=schedule, schedule_reason=why, **extra)
     runs.write_json(run_dir / "config.json", p.config)
 
     run_log = RunLog(run_dir / "metrics.csv")
@@ -296,7 +290,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
 
         flag = signal_sync(checkpoints)
         callbacks.append(flag)
-    if p.tensorboard:
+    if cfg.tensorboard:
         callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
     stats = None
     if cfg.activation_stats:
@@ -356,11 +350,11 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     }
     if resumed:
         summary["resumed_after_epoch"] = resumed["epochs_done"]
-    if interpret:
+    if cfg.interpret:
         from trainer.interpret import analyse, write_interpretation
 
         analysis = analyse(learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items, list(names.values()))
-        summary["interpretation"] = write_interpretation(analysis, run_dir, title, top_k)
+        summary["interpretation"] = write_interpretation(analysis, run_dir, title, cfg.top_k)
     runs.write_json(run_dir / "summary.json", summary)
     from trainer.report import write_report
 
