@@ -92,9 +92,13 @@ def test_bench_loader_rows(trainer, fixtures, isolated):
     """`trainer bench` plumbing, on its cheapest row (the speeds themselves are the benchmark's to report)."""
     out = isolated / "bench.json"
     table = trainer("bench", "mnist", "--data", fixtures / "mnist_png", "--rows", "loader", "--bs", "4",
-                    "--json", out).stdout
+                    "--json-out", out).stdout
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"loader (pil)", "loader (cache)"} and "loader (cache)" in table
+    # --json, as in every command: the same table as JSON on stdout instead
+    printed = json.loads(trainer("bench", "mnist", "--data", fixtures / "mnist_png", "--rows", "loader", "--bs", "4",
+                                 "--json").stdout)
+    assert set(printed["rows"]) == set(rows) and printed.keys() == json.loads(out.read_text()).keys()
     assert all(row["images_per_s"] > 0 and row["wall_s"] is None for row in rows.values())
     assert "unknown --rows fast" in trainer("bench", "mnist", "--data", fixtures / "mnist_png", "--rows", "fast",
                                             expect=2).stderr

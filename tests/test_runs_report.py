@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import subprocess
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import numpy as np
 import pytest
 from conftest import run_dir_of
 from PIL import Image
+
+from trainer.config import MACHINE_OPTIONS, FitConfig
+from trainer.report import reproduce_command
 
 
 def copy_run(source: Path, target: Path, files=("config.json", "summary.json", "metrics.csv")) -> Path:
@@ -191,4 +195,68 @@ def test_tensorboard_logs_scalars(trainer, fixtures):
     valid = [e.value for e in events.Scalars("valid_loss")]
     with open(run_dir / "metrics.csv", newline="") as f:
         assert valid == pytest.approx([float(r["valid_loss"]) for r in csv.DictReader(f)], rel=1e-4)
-    assert json.loads((run_dir / "config.json").read_text())["tensorboard"] is True
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["options"]["tensorboard"] is True and config["options"]["interpret"] is False
+    command = reproduce_command(config)
+    assert "--no-interpret" in command and "--tensorboard" in command
+    assert command in html_unescape((run_dir / "report.html").read_text())
+
+
+def parsed(trainer, monkeypatch, command: str) -> FitConfig:
+    """The FitConfig that the CLI builds from `command` (a `trainer fit` or `trainer lr-find` line), caught where
+    it is handed to training: what the command would train with."""
+    import shlex
+
+    import trainer.distributed as distributed
+    import trainer.fit as fit
+
+    caught = []
+    monkeypatch.setattr(fit, "fit", lambda cfg, *args, **kwargs: caught.append(cfg) or (None, None))
+    monkeypatch.setattr(fit, "lr_find", lambda cfg, *args, **kwargs: caught.append(cfg) or (Path("x"), {"suggestions": {}}))
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv, cfg: caught.append(cfg) or 0)
+    words = shlex.split(command)
+    assert words[0] == "trainer"
+    trainer(*words[1:])
+    (cfg,) = caught
+    return cfg
+
+
+def assert_same_run(cfg: FitConfig, config: dict) -> None:
+    """`cfg` resolves to the run's recorded options, except the machine's own (resolved where the command runs)."""
+    from trainer.recipes import get_recipe
+
+    again = cfg.resolve(get_recipe(cfg.recipe)).to_dict()
+    recorded = FitConfig(**config["options"]).to_dict()
+    if recorded["cache"] is True and again["cache"] is None:  # "on where it applies", and it applied
+        again["cache"] = True
+    for name in MACHINE_OPTIONS:
+        again.pop(name), recorded.pop(name)
+    assert again == recorded
+
+
+def test_repeat_command_round_trips(trainer, digits_run, monkeypatch, tmp_path):
+    """The report's command, parsed back by the CLI, trains with the run's own options: as the run recorded them,
+    with every option changed, and for lr-find."""
+    from dataclasses import fields
+
+    run_dir, _ = digits_run
+    config = json.loads((run_dir / "config.json").read_text())
+    assert_same_run(parsed(trainer, monkeypatch, reproduce_command(config)), config)
+
+    changed = dict(epochs=2, lr=0.003, bs=16, arch="resnet18", pretrained=True, weights=str(tmp_path / "w 1.pth"),
+                   data=str(tmp_path / "my data"), size=64, valid_pct=0.25, cache=False, opt="sgd", wd=0.05,
+                   dropout=0.2, init="kaiming", early_stop=2, save_best=True, activation_stats=True, seed=7,
+                   out=str(tmp_path / "elsewhere"), interpret=False, top_k=4, tensorboard=True)
+    untested = {f.name for f in fields(FitConfig)} - {"recipe", *MACHINE_OPTIONS} - {
+        name for name, value in changed.items() if value != config["options"].get(name)}
+    assert not untested, f"options the round trip does not change: {untested}"
+    everything = {**config, "options": {**config["options"], **changed}, "distributed": {"world_size": 2}}
+    command = reproduce_command(everything)
+    assert "--nproc 2" in command and "--no-interpret" in command and "--top-k 4" in command
+    assert_same_run(parsed(trainer, monkeypatch, command), everything)
+
+    lr_find = {**config, "command": "lr-find",
+               "options": {**config["options"], "bs": 16, "arch": "resnet18", "seed": 7, "cache": False}}
+    command = reproduce_command(lr_find)
+    assert command.startswith("trainer lr-find digits ") and "--epochs" not in command
+    assert_same_run(parsed(trainer, monkeypatch, command), lr_find)

@@ -1,7 +1,7 @@
 """Side-by-side benchmark: the course's plain fastai recipe, `trainer fit`, and the model's floor.
 
     trainer bench mnist_sample --data ../shared/data/mnist_sample.tgz --epochs 1
-    python -m trainer.bench mnist --data ../shared/data/mnist_png.tgz --json bench_mnist.json
+    python -m trainer.bench mnist --data ../shared/data/mnist_png.tgz --json-out bench_mnist.json
     python scripts/bench.py ...  (the same)
 
 Each row runs in its own process, one after the other, on the same data and device:
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", help="pretrained weights file: reference and trainer rows fine-tune from it")
     parser.add_argument("--size", type=int, help="resize for recipes that resize (pets, folder)")
     parser.add_argument("--rows", default="reference,trainer,floor,loader", help=f"comma-separated, from {ROWS}")
-    parser.add_argument("--json", type=Path, help="also write the table here")
+    parser.add_argument("--json-out", type=Path, help="also write the table as JSON here")
     parser.add_argument("--_row", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")  # fastai's, not ours
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             return floor(args.recipe, args.data, args.bs, args.device, args.arch, args.size)
         return loader(args.recipe, args.data, args.bs, args.device, args.size)
     print(format_table(run_bench(args.recipe, args.data, args.epochs, args.device, args.bs,
-                                 tuple(args.rows.split(",")), args.json, arch=args.arch, weights=args.weights,
+                                 tuple(args.rows.split(",")), args.json_out, arch=args.arch, weights=args.weights,
                                  size=args.size)))
 
 

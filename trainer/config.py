@@ -1,7 +1,7 @@
 """One resolved configuration, from the command line to fastai and into config.json.
 
 Options the user did not set stay None until `resolve`, so the recipe's defaults win;
-config.json records the resolved values.
+config.json records the resolved values. A FitConfig is frozen: a changed value is a new one (`replace`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "lamb", "ranger")
 INITS = ("default", "kaiming", "xavier")
+TOP_K = 9  # highest-loss validation images the interpretation shows
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitConfig:
     recipe: str
     epochs: int | None = None
@@ -43,9 +44,42 @@ class FitConfig:
     activation_stats: bool | None = None  # fastai's ActivationStats -> activations.png
     seed: int | None = None
     out: str = "runs"
+    # What the run writes besides the model (not how it trains): recorded, so --resume and the report's
+    # repeat command see them too.
+    interpret: bool | None = None  # the interpretation files at the end; None: yes
+    top_k: int | None = None  # highest-loss images in top_losses.png/.csv; None: TOP_K
+    tensorboard: bool | None = None  # fastai's TensorBoardCallback into <run>/tensorboard/
 
     def resolve(self, recipe: Recipe) -> "FitConfig":
         """Validate what the user set and fill the rest from the recipe's defaults."""
+        self.check()
+        if recipe.check == "folder" and not self.data:
+            raise BadInput(f"recipe '{recipe.name}' trains on your own images: pass --data PATH "
+                           f"(layout: {recipe.layout})")
+        pretrained = recipe.pretrained if self.pretrained is None else self.pretrained
+        return replace(
+            self,
+            epochs=self.epochs or recipe.epochs,
+            lr=self.lr or recipe.lr,
+            bs=self.bs or recipe.bs,
+            arch=self.arch or "resnet34",
+            pretrained=True if self.weights else pretrained,
+            size=self.size or recipe.size,
+            valid_pct=self.valid_pct if self.valid_pct is not None else recipe.valid_pct,
+            seed=42 if self.seed is None else self.seed,
+            opt=self.opt or "adam",
+            wd=self.wd if self.wd is not None else default_wd(self.opt or "adam"),
+            dropout=0.5 if self.dropout is None else self.dropout,  # fastai's head default
+            init=self.init or "default",
+            save_best=bool(self.save_best or self.early_stop),  # early stopping keeps the best epoch
+            activation_stats=bool(self.activation_stats),
+            interpret=self.interpret is not False,
+            top_k=self.top_k or TOP_K,
+            tensorboard=bool(self.tensorboard),
+        )
+
+    def check(self) -> None:
+        """The values the user set, each on its own (the command line checks most of them already)."""
         check_positive("--epochs", self.epochs, integer=True)
         if self.lr != "auto":
             check_positive("--lr", self.lr)
@@ -71,29 +105,9 @@ class FitConfig:
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise BadInput(f"--dropout must be at least 0 and below 1 (e.g. 0.5), got {self.dropout}")
         check_positive("--early-stop", self.early_stop, integer=True)
-        if recipe.check == "folder" and not self.data:
-            raise BadInput(f"recipe '{recipe.name}' trains on your own images: pass --data PATH "
-                           f"(layout: {recipe.layout})")
-        pretrained = recipe.pretrained if self.pretrained is None else self.pretrained
+        check_positive("--top-k", self.top_k, integer=True)
         if self.weights and self.pretrained is False:
             raise BadInput("--weights and --no-pretrained contradict each other: drop one of them")
-        return replace(
-            self,
-            epochs=self.epochs or recipe.epochs,
-            lr=self.lr or recipe.lr,
-            bs=self.bs or recipe.bs,
-            arch=self.arch or "resnet34",
-            pretrained=True if self.weights else pretrained,
-            size=self.size or recipe.size,
-            valid_pct=self.valid_pct if self.valid_pct is not None else recipe.valid_pct,
-            seed=42 if self.seed is None else self.seed,
-            opt=self.opt or "adam",
-            wd=self.wd if self.wd is not None else default_wd(self.opt or "adam"),
-            dropout=0.5 if self.dropout is None else self.dropout,  # fastai's head default
-            init=self.init or "default",
-            save_best=bool(self.save_best or self.early_stop),  # early stopping keeps the best epoch
-            activation_stats=bool(self.activation_stats),
-        )
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -109,11 +123,27 @@ def resume_config(config: dict, **given) -> FitConfig:
     again where it resumes: a run trained on cuda:0 resumes under --nproc 8 with each rank on its own GPU,
     or on a CPU-only machine."""
     options = dict(config["options"])
+    if "tensorboard" in config:  # runs from before it was an option kept it beside them
+        options.setdefault("tensorboard", config["tensorboard"])
     asked = config.get("asked") or {}  # runs from before "asked" was recorded: every machine option on auto
     for name in MACHINE_OPTIONS:
         options[name] = asked.get(name, FitConfig.__dataclass_fields__[name].default)
-    options.update({name: value for name, value in given.items() if value is not None})
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in MACHINE_OPTIONS and name in options and value != options[name]:
+            raise BadInput(f"--resume continues with the run's own options: it has {as_flag(name, options[name])}; "
+                           f"drop {as_flag(name, value)}")
+        options[name] = value
     return FitConfig(**{**options, "data": config["data"]["path"]})
+
+
+def as_flag(name: str, value) -> str:
+    """An option as the command line writes it: `--top-k 5`, `--no-interpret`, `--tensorboard`."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {value}"
 
 
 def default_wd(opt: str) -> float:

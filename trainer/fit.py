@@ -19,23 +19,29 @@ from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted
 from trainer.recipes import Recipe, get_recipe
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The recipe's data, checked: where it is, its DataLoaders and what was left out or cached."""
+
+    path: Path
+    dls: object  # fastai DataLoaders
+    skipped: list  # (path, reason) of the unreadable images left out
+    fast_dls: object = None  # the same data as decoded-tensor batches (cache.py), used while training
+    presized: dict | None = None  # the resized-image cache (cache.presize), for config.json
+
+
 @dataclass
 class Prepared:
     """A checked recipe, its data and a learner, ready to train; no run directory yet."""
 
     recipe: Recipe
-    cfg: FitConfig  # resolved
+    cfg: FitConfig  # resolved once, frozen
     asked: FitConfig  # as the user gave it (None: not set), recorded so --resume can re-resolve on another machine
-    data_path: Path
-    dls: object
+    data: TrainingData
     learn: object
-    say: object
-    skipped: list  # (path, reason) of the unreadable images left out
-    fast_dls: object = None  # the same data as decoded-tensor batches (cache.py), used while training
-    world: object = None  # distributed.World: this process's rank among how many
-    tensorboard: bool = False  # log to <run>/tensorboard/ (fastai's TensorBoardCallback)
-    presized: dict | None = None  # the resized-image cache (cache.presize), for config.json
-    precision: object = None  # device.Precision: how the model computes, and why
+    world: object  # distributed.World: this process's rank among how many
+    precision: object  # device.Precision: how the model computes, and why
+    say: object  # print for people (nothing with --quiet, or on ranks other than 0)
     lr_found: dict | None = None  # --lr auto: lr_find's curve and suggestions
     config: dict | None = None  # what config.json holds, once start_run has written it
 
@@ -70,8 +76,8 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     lr_found = auto_lr(learn, fast_dls, recipe, say) if cfg.lr == "auto" else None
     cfg = replace(cfg, precision=precision.name, cache=fast_dls is not None or presized is not None,
                   lr=lr_found["suggestions"]["valley"] if lr_found else cfg.lr)
-    return Prepared(recipe, cfg, asked, data_path, dls, learn, say, skipped, fast_dls=fast_dls, world=world,
-                    presized=presized, precision=precision, lr_found=lr_found)
+    data = TrainingData(data_path, dls, skipped, fast_dls, presized)
+    return Prepared(recipe, cfg, asked, data, learn, world, precision, say, lr_found)
 
 
 def resolve_machine(cfg: FitConfig):
@@ -159,9 +165,9 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
 
     run_dir = runs.new_run_dir(Path(p.cfg.out), p.recipe.name)
     p.learn.path = run_dir
-    if p.skipped:
-        runs.write_text(run_dir / rundir.SKIPPED, "".join(f"{path}\t{why}\n" for path, why in p.skipped))
-    rows = split_rows(p.dls, p.data_path)
+    if p.data.skipped:
+        runs.write_text(run_dir / rundir.SKIPPED, "".join(f"{path}\t{why}\n" for path, why in p.data.skipped))
+    rows = split_rows(p.data.dls, p.data.path)
     write_split(run_dir, rows)
     if p.lr_found:
         from trainer.lrfind import write_lr_find
@@ -176,7 +182,7 @@ def start_run(p: Prepared, command: str, **extra) -> Path:
 def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **extra) -> dict:
     from trainer import runs
 
-    device = p.dls.device
+    device = p.data.dls.device
     return {
         "run": run_dir.name,
         "command": command,
@@ -185,10 +191,10 @@ def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **ex
         "recipe": {"name": p.recipe.name, "url": p.recipe.url, "metrics": list(p.recipe.metrics),
                    "main_metric": p.recipe.main_metric},
         **extra,
-        "data": {"path": str(p.data_path.resolve()), "classes": [str(c) for c in p.dls.vocab],
-                 "n_train": len(p.dls.train_ds), "n_valid": len(p.dls.valid_ds), "n_skipped": len(p.skipped),
+        "data": {"path": str(p.data.path.resolve()), "classes": [str(c) for c in p.data.dls.vocab],
+                 "n_train": len(p.data.dls.train_ds), "n_valid": len(p.data.dls.valid_ds), "n_skipped": len(p.data.skipped),
                  "split_sha256": split_digest,
-                 "decoded_cache": getattr(p.fast_dls, "cache_info", None), "resized_cache": p.presized},
+                 "decoded_cache": getattr(p.data.fast_dls, "cache_info", None), "resized_cache": p.data.presized},
         "device": {"name": str(device), "precision": p.cfg.precision, "channels_last": p.precision.channels_last,
                    "precision_reason": p.precision.reason, **device_info(device)},
         "distributed": p.world.to_dict(),
@@ -212,7 +218,7 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     p = prepare(cfg, console, quiet)
     run_dir = start_run(p, "lr-find")
     p.say(f"lr_find from {start_lr:g} to {end_lr:g} over {num_it} iterations, {p.cfg.arch}")
-    with failures_logged(run_dir), swapped_dls(p.learn, p.fast_dls):
+    with failures_logged(run_dir), swapped_dls(p.learn, p.data.fast_dls):
         result = find_lr(p.learn, start_lr, end_lr, num_it)
         write_lr_find(result, run_dir, f"{p.recipe.name} · lr_find · run {run_dir.name} · {p.cfg.arch}")
         from trainer.report import write_report
@@ -221,18 +227,15 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     return run_dir, result
 
 
-def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False, interpret: bool = True,
-        top_k: int = 9, tensorboard: bool = False) -> tuple[Path, dict]:
-    if tensorboard:
+def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tuple[Path, dict]:
+    if cfg.tensorboard:
         tensorboard_callback(None)  # a missing package is bad input: before anything is written
     p = prepare(cfg, console, quiet)
-    p.tensorboard = tensorboard
     if not p.world.main:
         return follow(p)
-    run_dir = start_run(p, "fit", schedule=schedule_of(p.cfg), schedule_reason=schedule_reason(p.cfg),
-                        tensorboard=p.tensorboard)
+    run_dir = start_run(p, "fit", schedule=schedule_of(p.cfg), schedule_reason=schedule_reason(p.cfg))
     with failures_logged(run_dir):
-        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k)
+        return run_dir, train(p, run_dir, console, quiet, live)
 
 
 def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
@@ -245,7 +248,7 @@ def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
     history = (resumed["metrics"]["header"], resumed["metrics"]["rows"]) if resumed else ([], [])
     try:
         with p.learn.added_cbs([*early_stopping(p.cfg, p.recipe, *history), flag]), stop_on_signals(flag), \
-                swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
+                swapped_dls(p.learn, p.data.fast_dls), distributed(p.learn, p.world, p.data.dls.device):
             if resumed:
                 restore_rng(resumed, p.learn.dls.train)
             run_schedule(p.learn, p.cfg, resumed["epochs_done"] if resumed else 0)  # every rank sees the same gathered metrics: they stop together
@@ -254,10 +257,10 @@ def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
     return None, None
 
 
-def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, interpret: bool = True,
-           top_k: int = 9, device: str | None = None, precision: str | None = None) -> tuple[Path, dict]:
+def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, **given) -> tuple[Path, dict]:
     """Continue an interrupted run from its last completed epoch, with the same options and schedule
-    (`device`/`precision`: where and how to continue, when not as the run asked)."""
+    (`given`: device/precision, where and how to continue when not as the run asked; interpret, top_k,
+    tensorboard, checked against the run's own)."""
     from trainer.config import resume_config
     from trainer.rundir import read_config
 
@@ -269,22 +272,21 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
                              f"ended; start again with `trainer fit {recipe}`")
     try:
         # The data where the run found it (a download or lookup need not happen again).
-        cfg = resume_config(config, device=device, precision=precision)
+        cfg = resume_config(config, **given)
     except (ValueError, KeyError, TypeError):
         raise no_checkpoint from None
     if not (run_dir / rundir.LAST).is_file():
         raise no_checkpoint
     p = prepare(cfg, console, quiet)
-    p.tensorboard = bool(config.get("tensorboard"))
     from trainer.checkpoint import load_last, read_state
 
     from trainer.split import check_split
 
-    check_split(run_dir, config, p.dls, p.data_path)  # the same validation set, or a clear refusal
+    check_split(run_dir, config, p.data.dls, p.data.path)  # the same validation set, or a clear refusal
     from trainer.runs import remove_stale_temporaries
 
     remove_stale_temporaries(run_dir)  # writes a kill cut short
-    state = read_state(run_dir, p.dls.device)
+    state = read_state(run_dir, p.data.dls.device)
     if state is None:
         raise no_checkpoint
     load_last(p.learn, state)
@@ -293,11 +295,10 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, inte
     p.learn.path, p.config = run_dir, config
     with failures_logged(run_dir):
         p.say(f"resuming {run_dir} after epoch {state['epochs_done']}")
-        return run_dir, train(p, run_dir, console, quiet, live, interpret, top_k, resumed=state)
+        return run_dir, train(p, run_dir, console, quiet, live, resumed=state)
 
 
-def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpret: bool, top_k: int,
-          resumed: dict | None = None) -> dict:
+def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, resumed: dict | None = None) -> dict:
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary.
     Read top to bottom: each step is one function below."""
     from trainer.plots import save_batch
@@ -306,7 +307,7 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     if resumed:
         record_resume(p, run_dir, resumed)
     else:
-        save_batch(p.dls, run_dir / rundir.BATCH, f"{title} · training batch", display_names(p))
+        save_batch(p.data.dls, run_dir / rundir.BATCH, f"{title} · training batch", display_names(p))
     p.say(f"{schedule_of(p.cfg)} for {p.cfg.epochs} epoch(s) at lr {p.cfg.lr:g}, {p.cfg.arch}: {schedule_reason(p.cfg)}")
     run_log = training_log(run_dir, p.learn, resumed)
     trained = run_training(p, run_dir, console, run_log, live, quiet, resumed)
@@ -314,8 +315,8 @@ def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, interpre
     export_model(p, run_dir)
     write_plots(p, run_dir, run_log, trained, title)
     summary = summarise(p, run_dir, run_log, trained, final_row, resumed)
-    if interpret:
-        summary["interpretation"] = interpret_validation(p, run_dir, title, top_k)
+    if p.cfg.interpret:
+        summary["interpretation"] = interpret_validation(p, run_dir, title, p.cfg.top_k)
     finish(run_dir, summary)
     return summary
 
@@ -332,7 +333,7 @@ class Trained:
 
 def display_names(p: Prepared) -> dict:
     """vocab -> the name people read, for fastai's own plot titles."""
-    return dict(zip(map(str, p.dls.vocab), p.recipe.display_names(p.dls.vocab)))
+    return dict(zip(map(str, p.data.dls.vocab), p.recipe.display_names(p.data.dls.vocab)))
 
 
 def record_resume(p: Prepared, run_dir: Path, resumed: dict) -> None:
@@ -371,12 +372,12 @@ def run_training(p: Prepared, run_dir: Path, console, run_log, live: bool, quiet
     flag, extra = signal_target(p, checkpoints)
     stats = activation_stats(p)
     callbacks = [run_log, display, checkpoints, *early_stopping(p.cfg, p.recipe, run_log.header, run_log.rows),
-                 *extra, *([tensorboard_callback(run_dir / rundir.TENSORBOARD)] if p.tensorboard else []),
+                 *extra, *([tensorboard_callback(run_dir / rundir.TENSORBOARD)] if p.cfg.tensorboard else []),
                  *([stats] if stats else [])]
     start = time.perf_counter()
     try:
         with p.learn.added_cbs(callbacks), stop_on_signals(flag), \
-                swapped_dls(p.learn, p.fast_dls), distributed(p.learn, p.world, p.dls.device):
+                swapped_dls(p.learn, p.data.fast_dls), distributed(p.learn, p.world, p.data.dls.device):
             if resumed:
                 restore_rng(resumed, p.learn.dls.train)  # last: nothing draws from them before training goes on
             run_schedule(p.learn, p.cfg, resumed["epochs_done"] if resumed else 0)
@@ -446,7 +447,7 @@ def summarise(p: Prepared, run_dir: Path, run_log, trained: Trained, final_row: 
         "wall_seconds": round(trained.wall_seconds, 2),
         "train_seconds": round(run_log.train_seconds, 2),
         "train_images_per_second": round(run_log.images_per_second * p.world.size, 1),  # every rank's images
-        "device": str(p.dls.device),
+        "device": str(p.data.dls.device),
         "precision": p.cfg.precision,
         "model": rundir.WEIGHTS,
         "best": trained.best,  # best.pth holds that epoch's weights
@@ -463,7 +464,7 @@ def interpret_validation(p: Prepared, run_dir: Path, title: str, top_k: int) -> 
     """The confusion matrix, top losses and per-class report, from the learner that was just trained."""
     from trainer.interpret import analyse, write_interpretation
 
-    analysis = analyse(p.learn, (p.fast_dls or p.dls).valid, p.dls.valid_ds.items, list(display_names(p).values()))
+    analysis = analyse(p.learn, (p.data.fast_dls or p.data.dls).valid, p.data.dls.valid_ds.items, list(display_names(p).values()))
     return write_interpretation(analysis, run_dir, title, top_k)
 
 

@@ -14,6 +14,7 @@ import json
 import shlex
 from pathlib import Path
 
+from trainer.config import MACHINE_OPTIONS, TOP_K, as_flag
 from trainer.listing import read_json
 from trainer.recipes import lower_is_better
 from trainer.runs import write_text
@@ -70,22 +71,32 @@ def read_csv(path: Path) -> tuple[list, list[list]]:
         return [], []
 
 
+# A repeat command leaves out the machine's own options (MACHINE_OPTIONS: resolved again where it runs)
+# and these defaults.
+DEFAULTS = {"out": "runs", "cache": True, "interpret": True, "top_k": TOP_K}
+NEGATABLE = ("pretrained", "cache", "interpret", "tensorboard")  # the flags with a --no- form
+# `trainer lr-find` takes the data and model options of fit, not its training or output ones.
+LR_FIND_OPTIONS = ("bs", "arch", "pretrained", "weights", "data", "size", "valid_pct", "cache", "seed", "out")
+
+
 def reproduce_command(config: dict) -> str:
-    """The `trainer` command that repeats this run, from its resolved options."""
+    """The `trainer` command that repeats this run, from its recorded (resolved) options."""
     options = dict(config.get("options") or {})
     if not options:
         return ""
-    words = ["trainer", config.get("command", "fit"), options.pop("recipe", "?")]
-    skip = {"device": "auto", "precision": "auto", "out": "runs", "cache": True}
+    if "tensorboard" in config:  # runs from before it was an option kept it beside them
+        options.setdefault("tensorboard", config["tensorboard"])
+    command = config.get("command", "fit")
+    words = ["trainer", command, str(options.pop("recipe", "?"))]
     for name, value in options.items():
-        if value is None or skip.get(name) == value or name in ("device", "precision", "workers"):
+        if (value is None or name in MACHINE_OPTIONS or (name in DEFAULTS and DEFAULTS[name] == value)
+                or command == "lr-find" and name not in LR_FIND_OPTIONS):
             continue
-        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            if value or name in ("pretrained", "cache"):  # the flags that have a --no- form
-                words.append(flag if value else "--no-" + name.replace("_", "-"))
+            if value or name in NEGATABLE:
+                words.append(as_flag(name, value))
         else:
-            words += [flag, str(value)]
+            words += ["--" + name.replace("_", "-"), str(value)]
     world_size = (config.get("distributed") or {}).get("world_size", 1)
     if world_size > 1:
         words += ["--nproc", str(world_size)]
