@@ -58,6 +58,21 @@ def small_digits(digits_folder, tmp_path_factory) -> Path:
     return digits_subset(digits_folder, tmp_path_factory.mktemp("small_digits"), 8, 3)
 
 
+def test_imagenet_weights_beat_scratch_on_the_same_budget(trainer, digits_folder, lite0_weights, tmp_path_factory):
+    """One `--epochs 1` run each on 400 digits at 64 px: fine-tuning the real ImageNet body is far better than
+    the same architecture from scratch, which stays near chance (0.9 error for ten classes). Measured on a
+    2-core CPU (2026-11-29): 0.63 error pretrained, 0.93 from scratch; asserted: a margin of at least 0.15."""
+    data = digits_subset(digits_folder, tmp_path_factory.mktemp("digits_40"), 40, 15)
+    common = ["fit", "folder", "--data", data, *LITE0, "--size", "64", "--bs", "16", "--epochs", "1",
+              "--no-interpret", "--quiet", "--out", data.parent / "runs"]
+    pretrained = metrics_of(run_dir_of(trainer(*common, "--weights", lite0_weights)))
+    scratch = metrics_of(run_dir_of(trainer(*common, "--no-pretrained")))
+    assert [r["phase"] for r in pretrained] == ["frozen", "train"] and [r["phase"] for r in scratch] == ["train"]
+    pretrained_error, scratch_error = float(pretrained[-1]["error_rate"]), float(scratch[-1]["error_rate"])
+    assert scratch_error > 0.8, scratch  # one epoch from random weights: near chance
+    assert pretrained_error < scratch_error - 0.15, (pretrained, scratch)
+
+
 def test_resume_fine_tune_in_the_frozen_and_unfrozen_epochs(trainer, small_digits, lite0_weights, isolated,
                                                             monkeypatch):
     args = ["fit", "folder", "--data", small_digits, *LITE0, "--size", "32", "--weights", lite0_weights, "--epochs", "2",

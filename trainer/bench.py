@@ -102,45 +102,13 @@ def floor(recipe: str, data: str, bs: int, device: str, arch: str = "resnet34", 
           steps: int = 40) -> None:
     """fwd+bwd+step of the same model on random in-memory batches; prints images/s as JSON."""
     import torch
-    from fastai.vision.all import Adam, create_timm_model, create_vision_model
 
-    from trainer.arch import resolve_arch
-
-    from trainer.data import locate
-    from trainer.recipes import get_recipe
-
-    r = get_recipe(recipe)
-    path = locate(r, data)
-    if size or r.size:
-        side = size or r.size
-    else:
-        from PIL import Image
-
-        sample = next(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        side = Image.open(sample).size[0]
-    classes = 2 if recipe in ("mnist_sample", "pets") else 10
     from trainer.device import resolve_device, resolve_precision
 
+    side, classes = input_shape(recipe, data, size)
     precision = resolve_precision("auto", resolve_device(device), side)  # what trainer's --precision auto picks
     memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
-    builder = resolve_arch(arch)
-    model = (create_timm_model(builder, classes, pretrained=False)[0] if isinstance(builder, str)
-             else create_vision_model(builder, classes, pretrained=False)).to(device, memory_format=memory_format)
-    opt = Adam(model.parameters(), lr=1e-3)
-    x = torch.rand(bs, 3, side, side, device=device).contiguous(memory_format=memory_format)
-    y = torch.randint(0, classes, (bs,), device=device)
-    loss_func = torch.nn.CrossEntropyLoss()
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.name)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision.name == "fp16")
-
-    def step():
-        with torch.autocast(device.split(":")[0], dtype=half or torch.float32, enabled=half is not None):
-            loss = loss_func(model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad()
-
+    step = training_step(arch, classes, bs, side, device, precision.name, memory_format)
     for _ in range(5):  # warm-up
         step()
     if device.startswith("cuda"):
@@ -152,6 +120,50 @@ def floor(recipe: str, data: str, bs: int, device: str, arch: str = "resnet34", 
         torch.cuda.synchronize()
     print(json.dumps({"images_per_second": bs * steps / (time.perf_counter() - start), "side": side,
                       "precision": precision.name + (" channels_last" if precision.channels_last else "")}))
+
+
+def input_shape(recipe: str, data: str, size: int | None) -> tuple[int, int]:
+    """(image side, class count) of a recipe's inputs: its resize size, or the side of one of its images."""
+    from trainer.data import locate
+    from trainer.recipes import get_recipe
+
+    r = get_recipe(recipe)
+    path = locate(r, data)
+    side = size or r.size
+    if not side:
+        from PIL import Image
+
+        sample = next(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        side = Image.open(sample).size[0]
+    return side, 2 if recipe in ("mnist_sample", "pets") else 10
+
+
+def training_step(arch: str, classes: int, bs: int, side: int, device: str, precision: str, memory_format):
+    """One fwd+bwd+step of `arch` on a fixed random batch, in `precision` (autocast), as a function."""
+    import torch
+    from fastai.vision.all import Adam, create_timm_model, create_vision_model
+
+    from trainer.arch import resolve_arch
+
+    builder = resolve_arch(arch)
+    model = (create_timm_model(builder, classes, pretrained=False)[0] if isinstance(builder, str)
+             else create_vision_model(builder, classes, pretrained=False)).to(device, memory_format=memory_format)
+    opt = Adam(model.parameters(), lr=1e-3)
+    x = torch.rand(bs, 3, side, side, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, classes, (bs,), device=device)
+    loss_func = torch.nn.CrossEntropyLoss()
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=precision == "fp16")
+
+    def step():
+        with torch.autocast(device.split(":")[0], dtype=half or torch.float32, enabled=half is not None):
+            loss = loss_func(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+
+    return step
 
 
 def loader(recipe: str, data: str, bs: int, device: str, size: int | None = None, batches: int = 200) -> None:
@@ -204,36 +216,17 @@ def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: 
     me = [sys.executable, "-m", "trainer.bench", recipe, "--data", data, "--device", device,
           "--epochs", str(epochs), "--bs", str(bs), *model, *(["--weights", str(weights)] if weights else [])]
     start_from = ["--weights", str(weights)] if weights else ["--no-pretrained"]
+    fit = [sys.executable, "-m", "trainer", "fit", recipe, "--data", data, "--epochs", str(epochs), *model,
+           *start_from, "--device", device, "--bs", str(bs), "--quiet", "--no-interpret"]
     table = {}
     for row in rows:
         log(f"running {row} ...")
         if row.startswith("trainer"):
-            with tempfile.TemporaryDirectory() as out:
-                _, wall, rss = run_row([sys.executable, "-m", "trainer", "fit", recipe, "--data", data,
-                                        "--epochs", str(epochs), *model, *start_from, "--device", device,
-                                        "--bs", str(bs), "--out", out, "--quiet", "--no-interpret",
-                                        *(["--no-cache"] if row == "trainer-nocache" else [])])
-                run = next(Path(out).glob("*/2*"))
-                summary = json.loads((run / rundir.SUMMARY).read_text())
-                config = json.loads((run / rundir.CONFIG).read_text())
-            channels_last = " channels_last" if config["device"].get("channels_last") else ""
-            table[row] = {"wall_s": wall, "images_per_s": summary["train_images_per_second"],
-                          "error_rate": summary["final"]["error_rate"], "peak_rss_mb": rss,
-                          "cache": config["data"].get("decoded_cache"), "precision": summary["precision"] + channels_last}
-        elif row == "reference":
-            result, wall, rss = run_row([*me, "--_row", "reference"])
-            table[row] = {"wall_s": wall, "images_per_s": result["train_images"] / result["fit_seconds"],
-                          "error_rate": result["error_rate"], "peak_rss_mb": rss, "precision": "fp32"}
-        elif row == "floor":
-            result, wall, rss = run_row([*me, "--_row", "floor"])
-            table[row] = {"wall_s": wall, "images_per_s": result["images_per_second"], "error_rate": None,
-                          "peak_rss_mb": rss, "precision": result["precision"]}
+            table[row] = trainer_row([*fit, *(["--no-cache"] if row == "trainer-nocache" else [])])
         elif row == "loader":
-            result, wall, rss = run_row([*me, "--_row", "loader"])
-            for kind, speed in result.items():
-                if speed is not None:
-                    table[f"loader ({kind})"] = {"wall_s": None, "images_per_s": speed, "error_rate": None,
-                                                 "peak_rss_mb": None}
+            table.update(loader_rows(me))
+        else:
+            table[row] = helper_row(row, me)
     ratios = {}
     if "trainer" in table and "reference" in table:
         ratios["trainer/reference wall"] = table["trainer"]["wall_s"] / table["reference"]["wall_s"]
@@ -247,6 +240,35 @@ def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: 
 
         write_json(Path(json_path), result)
     return result
+
+
+def trainer_row(fit: list[str]) -> dict:
+    """`trainer fit` itself, in a process of its own, read back from its run directory."""
+    with tempfile.TemporaryDirectory() as out:
+        _, wall, rss = run_row([*fit, "--out", out])
+        run = next(Path(out).glob("*/2*"))
+        summary = json.loads((run / rundir.SUMMARY).read_text())
+        config = json.loads((run / rundir.CONFIG).read_text())
+    channels_last = " channels_last" if config["device"].get("channels_last") else ""
+    return {"wall_s": wall, "images_per_s": summary["train_images_per_second"],
+            "error_rate": summary["final"]["error_rate"], "peak_rss_mb": rss,
+            "cache": config["data"].get("decoded_cache"), "precision": summary["precision"] + channels_last}
+
+
+def helper_row(row: str, me: list[str]) -> dict:
+    """The notebook reference (`reference`) or the model's own speed on in-memory batches (`floor`)."""
+    result, wall, rss = run_row([*me, "--_row", row])
+    if row == "reference":
+        return {"wall_s": wall, "images_per_s": result["train_images"] / result["fit_seconds"],
+                "error_rate": result["error_rate"], "peak_rss_mb": rss, "precision": "fp32"}
+    return {"wall_s": wall, "images_per_s": result["images_per_second"], "error_rate": None,
+            "peak_rss_mb": rss, "precision": result["precision"]}
+
+
+def loader_rows(me: list[str]) -> dict:
+    result, _, _ = run_row([*me, "--_row", "loader"])
+    return {f"loader ({kind})": {"wall_s": None, "images_per_s": speed, "error_rate": None, "peak_rss_mb": None}
+            for kind, speed in result.items() if speed is not None}
 
 
 def format_table(result: dict) -> str:

@@ -516,8 +516,8 @@ def runs_show(
     """One run: its state, config.json and metrics.csv."""
     import json
 
-    from trainer.listing import describe_or_flag, read_json
-    from trainer.report import read_csv
+    from trainer import rundir
+    from trainer.listing import describe_or_flag
     from trainer.runs import resolve_run
 
     try:
@@ -525,23 +525,26 @@ def runs_show(
     except BadInput as e:
         _fail(e)
     row = describe_or_flag(run_dir)
-    config, problem = read_json(run_dir / "config.json")
-    header, rows = read_csv(run_dir / "metrics.csv")
+    config, problem = rundir.read_json(run_dir / rundir.CONFIG)
+    try:
+        header, rows = rundir.read_metrics(run_dir)
+    except (OSError, ValueError, IndexError):
+        header, rows = [], []
     if as_json:
         print(json.dumps({**row, "config": config, "metrics": [dict(zip(header, r)) for r in rows]}, indent=2))
         return
     console = _console()
     console.print(f"{run_dir}  ({row['state']})")
-    console.print(json.dumps(config, indent=2) if config else f"config.json {problem}")
+    console.print(json.dumps(config, indent=2) if config else f"{rundir.CONFIG} {problem}")
     if header:
         from rich.table import Table
 
-        table = Table(*header, title="metrics.csv")
+        table = Table(*header, title=rundir.METRICS)
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*map(str, r))
         console.print(table)
-    if (run_dir / "report.html").is_file():
-        console.print(f"report: {run_dir / 'report.html'}")
+    if (run_dir / rundir.REPORT).is_file():
+        console.print(f"report: {run_dir / rundir.REPORT}")
 
 
 @app.command()
@@ -556,8 +559,10 @@ def report(
         from trainer.runs import resolve_run
 
         run_dir = resolve_run(target, out, need_model=False)
-        if not (run_dir / "config.json").is_file():
-            raise BadInput(f"{run_dir} is not a run directory (no config.json); see `trainer runs`")
+        from trainer.rundir import CONFIG
+
+        if not (run_dir / CONFIG).is_file():
+            raise BadInput(f"{run_dir} is not a run directory (no {CONFIG}); see `trainer runs`")
         path = write_report(run_dir)
     except BadInput as e:
         _fail(e)

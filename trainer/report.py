@@ -15,21 +15,22 @@ import shlex
 from pathlib import Path
 
 from trainer.config import MACHINE_OPTIONS, TOP_K, as_flag
-from trainer.listing import read_json
+from trainer import rundir
+from trainer.rundir import read_json
 from trainer.recipes import lower_is_better
 from trainer.runs import write_text
 
 IMAGES = [  # (file, caption), in reading order; the ones a run has are shown
-    ("history.png", "Loss and metrics per epoch"),
-    ("lr_find.png", "Learning-rate finder"),
-    ("activations.png", "Activation statistics per layer (--activation-stats)"),
-    ("batch.png", "A training batch"),
-    ("results.png", "Validation predictions"),
-    ("confusion_matrix.png", "Confusion matrix (counts)"),
-    ("confusion_matrix_normalized.png", "Confusion matrix (each row sums to 1)"),
-    ("most_confused.png", "Most confused pairs (actual → predicted)"),
-    ("test_confusion_matrix.png", "Test set confusion matrix (trainer evaluate)"),
-    ("top_losses.png", "Highest-loss validation images"),
+    (rundir.HISTORY, "Loss and metrics per epoch"),
+    (rundir.LR_FIND_PNG, "Learning-rate finder"),
+    (rundir.ACTIVATIONS_PNG, "Activation statistics per layer (--activation-stats)"),
+    (rundir.BATCH, "A training batch"),
+    (rundir.RESULTS, "Validation predictions"),
+    (f"{rundir.CONFUSION}.png", "Confusion matrix (counts)"),
+    (f"{rundir.CONFUSION_NORMALIZED}.png", "Confusion matrix (each row sums to 1)"),
+    (f"{rundir.MOST_CONFUSED}.png", "Most confused pairs (actual → predicted)"),
+    (f"{rundir.TEST_CONFUSION}.png", "Test set confusion matrix (trainer evaluate)"),
+    (f"{rundir.TOP_LOSSES}.png", "Highest-loss validation images"),
 ]
 
 STYLE = """
@@ -123,57 +124,27 @@ def judge_baseline(recipe: str, config: dict, final: dict) -> dict | None:
 
 
 def build_report(run_dir: Path) -> str:
-    config, _ = read_json(run_dir / "config.json")
-    summary, _ = read_json(run_dir / "summary.json")
+    """report.html's content: every section the run's files allow, in reading order."""
+    config, _ = read_json(run_dir / rundir.CONFIG)
+    summary, _ = read_json(run_dir / rundir.SUMMARY)
     config, summary = config or {}, summary or {}
     recipe = (config.get("recipe") or {}).get("name", run_dir.parent.name)
     parts = [f"<h1>{esc(recipe)} · run {esc(run_dir.name)}</h1>",
              f'<p class="muted">started {esc(config.get("started", "?"))} · {esc(config.get("command", "?"))} · '
              f'{esc((config.get("device") or {}).get("name", "?"))}</p>']
-
     command = reproduce_command(config)
     if command:
         parts.append(f"<h2>Command</h2><pre>{esc(command)}</pre>")
-
-    if summary:
-        final = summary.get("final", {})
-        rows = [[k, v] for k, v in final.items()]
-        rows += [["wall time (s)", summary.get("wall_seconds")],
-                 ["train images/s", summary.get("train_images_per_second")]]
-        parts.append("<h2>Result</h2>" + table(["metric", "value"], rows)
-                     + baseline_html(summary.get("baseline") or judge_baseline(recipe, config, final)))
-    else:
-        parts.append('<h2>Result</h2><p class="missed">No summary.json: the run did not finish.</p>')
-
-    test, _ = read_json(run_dir / "test_metrics.json")
-    if test:
-        parts.append(f"<h2>Test set</h2><p>{esc(test.get('data'))}: {test.get('n')} images</p>"
-                     + table(["metric", "value"], [[k, test.get(k)] for k in ("accuracy", "error_rate", "loss")]))
-
-    header, rows = read_csv(run_dir / "metrics.csv")
-    if header:
-        parts.append("<h2>Metrics per epoch</h2>" + table(header, rows))
-
-    figures = [(name, caption) for name, caption in IMAGES if (run_dir / name).is_file()]
-    if figures:
-        parts.append("<h2>Plots</h2>")
-        for name, caption in figures:
-            data = base64.b64encode((run_dir / name).read_bytes()).decode()
-            parts.append(f'<figure><img alt="{esc(caption)}" data-file="{esc(name)}" '
-                         f'src="data:image/png;base64,{data}"><figcaption>{esc(caption)} '
-                         f'(<code>{esc(name)}</code>)</figcaption></figure>')
-
-    for name, title in (("per_class.csv", "Per-class report"), ("most_confused.csv", "Most confused pairs"),
-                        ("top_losses.csv", "Top losses")):
+    parts += [result_section(recipe, config, summary), *table_sections(run_dir), *figure_sections(run_dir)]
+    for name, title in ((f"{rundir.PER_CLASS}.csv", "Per-class report"),
+                        (f"{rundir.MOST_CONFUSED}.csv", "Most confused pairs"), (f"{rundir.TOP_LOSSES}.csv", "Top losses")):
         header, rows = read_csv(run_dir / name)
         if header:
             parts.append(f"<h2>{title}</h2>" + table(header, rows))
-
-    lr_find, _ = read_json(run_dir / "lr_find.json")
+    lr_find, _ = read_json(run_dir / rundir.LR_FIND_JSON)
     if lr_find and isinstance(lr_find.get("suggestions"), dict):
         parts.append("<h2>Learning-rate suggestions</h2>"
                      + table(["method", "lr"], [[k, v] for k, v in lr_find["suggestions"].items()]))
-
     if config:
         parts.append("<h2>Configuration</h2><pre>" + esc(json.dumps(config, indent=2)) + "</pre>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -181,7 +152,45 @@ def build_report(run_dir: Path) -> str:
             "<body>" + "\n".join(parts) + "</body></html>\n")
 
 
+def result_section(recipe: str, config: dict, summary: dict) -> str:
+    if not summary:
+        return '<h2>Result</h2><p class="missed">No summary.json: the run did not finish.</p>'
+    final = summary.get("final", {})
+    rows = [[k, v] for k, v in final.items()]
+    rows += [["wall time (s)", summary.get("wall_seconds")], ["train images/s", summary.get("train_images_per_second")]]
+    return ("<h2>Result</h2>" + table(["metric", "value"], rows)
+            + baseline_html(summary.get("baseline") or judge_baseline(recipe, config, final)))
+
+
+def table_sections(run_dir: Path) -> list[str]:
+    """The test set's figures (trainer evaluate) and the metrics per epoch."""
+    parts = []
+    test, _ = read_json(run_dir / rundir.TEST_METRICS)
+    if test:
+        parts.append(f"<h2>Test set</h2><p>{esc(test.get('data'))}: {test.get('n')} images</p>"
+                     + table(["metric", "value"], [[k, test.get(k)] for k in ("accuracy", "error_rate", "loss")]))
+    try:
+        header, rows = rundir.read_metrics(run_dir)
+    except (OSError, ValueError, IndexError):
+        header, rows = [], []
+    if header:
+        parts.append("<h2>Metrics per epoch</h2>" + table(header, rows))
+    return parts
+
+
+def figure_sections(run_dir: Path) -> list[str]:
+    """Every plot the run has, embedded (the page needs no other file and no network)."""
+    figures = [(name, caption) for name, caption in IMAGES if (run_dir / name).is_file()]
+    parts = ["<h2>Plots</h2>"] if figures else []
+    for name, caption in figures:
+        data = base64.b64encode((run_dir / name).read_bytes()).decode()
+        parts.append(f'<figure><img alt="{esc(caption)}" data-file="{esc(name)}" '
+                     f'src="data:image/png;base64,{data}"><figcaption>{esc(caption)} '
+                     f'(<code>{esc(name)}</code>)</figcaption></figure>')
+    return parts
+
+
 def write_report(run_dir: Path) -> Path:
-    path = run_dir / "report.html"
+    path = run_dir / rundir.REPORT
     write_text(path, build_report(run_dir))
     return path
