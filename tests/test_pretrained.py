@@ -59,18 +59,29 @@ def small_digits(digits_folder, tmp_path_factory) -> Path:
 
 
 def test_imagenet_weights_beat_scratch_on_the_same_budget(trainer, digits_folder, lite0_weights, tmp_path_factory):
-    """One `--epochs 1` run each on 400 digits at 64 px: fine-tuning the real ImageNet body is far better than
-    the same architecture from scratch, which stays near chance (0.9 error for ten classes). Measured on a
-    2-core CPU (2026-11-29): 0.63 error pretrained, 0.93 from scratch; asserted: a margin of at least 0.15."""
+    """One `--epochs 1` run each on 400 digits at 64 px. The real ImageNet body against (a) the same
+    architecture from scratch (`--no-pretrained`, fit_one_cycle), which stays near chance (0.9 error for ten
+    classes), and (b) a randomly initialised body through the very same path (`--weights` of a random
+    state dict: the same frozen epoch, unfreeze and discriminative rates), so only the features differ.
+    Measured on a 2-core CPU (2026-11-29): error 0.63 pretrained, 0.77 random body, 0.93 from scratch;
+    validation loss 1.80 pretrained, 2.66 random body. Asserted: about half of each margin."""
+    import timm
+
     data = digits_subset(digits_folder, tmp_path_factory.mktemp("digits_40"), 40, 15)
+    torch.manual_seed(0)
+    random_body = data.parent / "random_lite0.pth"
+    torch.save(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict(), random_body)
     common = ["fit", "folder", "--data", data, *LITE0, "--size", "64", "--bs", "16", "--epochs", "1",
               "--no-interpret", "--quiet", "--out", data.parent / "runs"]
-    pretrained = metrics_of(run_dir_of(trainer(*common, "--weights", lite0_weights)))
-    scratch = metrics_of(run_dir_of(trainer(*common, "--no-pretrained")))
-    assert [r["phase"] for r in pretrained] == ["frozen", "train"] and [r["phase"] for r in scratch] == ["train"]
-    pretrained_error, scratch_error = float(pretrained[-1]["error_rate"]), float(scratch[-1]["error_rate"])
-    assert scratch_error > 0.8, scratch  # one epoch from random weights: near chance
-    assert pretrained_error < scratch_error - 0.15, (pretrained, scratch)
+    imagenet = metrics_of(run_dir_of(trainer(*common, "--weights", lite0_weights)))[-1]
+    random = metrics_of(run_dir_of(trainer(*common, "--weights", random_body)))[-1]
+    scratch = metrics_of(run_dir_of(trainer(*common, "--no-pretrained")))[-1]
+    error = {name: float(row["error_rate"]) for name, row in (("imagenet", imagenet), ("random", random),
+                                                               ("scratch", scratch))}
+    assert error["scratch"] > 0.8, error  # one epoch from random weights: near chance
+    assert error["imagenet"] < error["scratch"] - 0.15, error
+    assert error["imagenet"] < error["random"], error
+    assert float(imagenet["valid_loss"]) < float(random["valid_loss"]) - 0.4, (imagenet, random)
 
 
 def test_resume_fine_tune_in_the_frozen_and_unfrozen_epochs(trainer, small_digits, lite0_weights, isolated,
