@@ -95,6 +95,25 @@ def test_bench_loader_rows(trainer, fixtures, isolated):
                     "--json", out).stdout
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"loader (pil)", "loader (cache)"} and "loader (cache)" in table
-    assert all(row["images_per_s"] > 0 and row["wall_s"] is None for row in rows.values())
+    for name, row in rows.items():  # the table shows the figures of the JSON
+        assert row["images_per_s"] > 0 and row["wall_s"] is None
+        assert f"{row['images_per_s']:10.1f}".strip() in next(line for line in table.splitlines() if name in line)
     assert "unknown --rows fast" in trainer("bench", "mnist", "--data", fixtures / "mnist_png", "--rows", "fast",
                                             expect=2).stderr
+
+
+def test_bench_loader_speed_counts_the_images_it_timed(monkeypatch):
+    """images_per_second: the images of the batches drawn (at most `batches`, a last one short or not) over
+    the time it took, here on a clock that reads 10 s, then 12.5 s."""
+    import time
+
+    import torch
+
+    from trainer.bench import images_per_second
+
+    batches = [(torch.zeros(n, 3, 2, 2), None) for n in (4, 4, 4, 3)]
+    for limit, images in ((2, 8), (4, 15), (10, 15)):
+        clock = iter([10.0, 12.5])
+        with monkeypatch.context() as m:
+            m.setattr(time, "perf_counter", lambda: next(clock))
+            assert images_per_second(batches, limit) == images / 2.5, limit
