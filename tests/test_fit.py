@@ -62,12 +62,14 @@ def test_mnist_sample_from_fastai_home(trainer, fixtures, isolated):
     assert config["schedule"] == "fit_one_cycle"
     assert config["data"]["n_train"] == 24 and config["data"]["n_valid"] == 8
     # fastai's learner from model.pkl and trainer's own loader (model.json + safetensors) give one answer
-    image = fixtures / "mnist_sample" / "valid" / "7" / "1_0.png"
-    prediction, index, probs = learn.predict(image)
-    [safe] = json.loads(trainer("predict", run_dir, image, "--json", "--top-k", "2").stdout)
-    assert safe["predictions"][0] == {"label": prediction, "probability": pytest.approx(float(probs[index]), abs=1e-4)}
-    assert {p["label"]: p["probability"] for p in safe["predictions"]} == pytest.approx(
-        {"3": float(probs[0]), "7": float(probs[1])}, abs=1e-4)
+    images = sorted((fixtures / "mnist_sample" / "valid").rglob("*.png"))
+    probs, _ = learn.get_preds(dl=learn.dls.test_dl(images))
+    safe = json.loads(trainer("predict", run_dir, *images, "--json", "--top-k", "2").stdout)
+    assert [Path(row["path"]).name for row in safe] == [image.name for image in images]
+    for row, p in zip(safe, probs.tolist()):
+        assert row["predictions"][0]["label"] == ("3" if p[0] > p[1] else "7")
+        assert {q["label"]: q["probability"] for q in row["predictions"]} == pytest.approx({"3": p[0], "7": p[1]},
+                                                                                         abs=1e-4)
     assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
 
 
