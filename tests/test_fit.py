@@ -47,8 +47,8 @@ def check_throughput(config, metrics, summary):
     partial one) over the seconds spent training, which are part of the epochs' own seconds."""
     bs = config["options"]["bs"]
     images = len(metrics) * (config["data"]["n_train"] // bs * bs)  # each row is one trained epoch
-    seconds = summary["train_seconds"]  # rounded to 0.01 s, the figure to 0.1 image/s
-    assert summary["train_images_per_second"] == pytest.approx(images / seconds, rel=0.006 / seconds, abs=0.1)
+    seconds = summary["train_seconds"]  # rounded to 0.01 s, and the figure to 0.1 image/s: the bounds allow both
+    assert images / (seconds + 0.005) - 0.05 <= summary["train_images_per_second"] <= images / (seconds - 0.005) + 0.05
     assert seconds <= sum(float(row["seconds"]) for row in metrics) + 0.01 * len(metrics)
 
 
