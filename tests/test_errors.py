@@ -336,7 +336,11 @@ def one_second(monkeypatch):
     import time
 
     real = time.strftime
-    monkeypatch.setattr(time, "strftime", lambda fmt, *t: STAMP if fmt == "%Y%m%d-%H%M%S" and not t else real(fmt, *t))
+
+    def strftime(fmt, *when):
+        return STAMP if fmt == "%Y%m%d-%H%M%S" and not when else real(fmt, *when)
+
+    monkeypatch.setattr(time, "strftime", strftime)
     return STAMP
 
 

@@ -144,9 +144,8 @@ def test_baseline_verdicts():
     for other in ({"epochs": 2}, {"pretrained": False}, {"arch": "resnet18"}):
         verdict = error.judge({**run, **other}, {"error_rate": 0.0})
         assert (verdict["status"], verdict["actual"]) == ("not comparable", 0.0), other
-    assert error.judge(run, {"accuracy": 0.99}) | {"source": None} == {
-        "metric": "error_rate", "expected": 0.02, "epochs": 1, "pretrained": True, "arch": "resnet34",
-        "source": None, "status": "not comparable", "actual": None}  # the run did not measure the metric
+    verdict = error.judge(run, {"accuracy": 0.99})  # the run did not measure the baseline's metric
+    assert (verdict["status"], verdict["actual"]) == ("not comparable", None)
 
 
 def chromium() -> str | None:
