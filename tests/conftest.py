@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import csv
 import os
+import queue
+import shutil
 import signal
+import subprocess
+import threading
 import zlib
 from pathlib import Path
 
@@ -130,6 +134,17 @@ def digits_run(tmp_path_factory, trainer):
     return run_dir_of(result), result
 
 
+@pytest.fixture
+def digits_run_copy(digits_run, tmp_path):
+    """The shared digits run copied into this test's folder (runs/digits/<id>, `latest` too), for tests that
+    write into a run (interpret, evaluate, report): the shared one stays as `trainer fit` left it, whatever
+    the order the tests run in."""
+    run_dir, result = digits_run
+    runs = tmp_path / "runs" / "digits"
+    shutil.copytree(run_dir.parent, runs, symlinks=True)
+    return runs / run_dir.name, result
+
+
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
@@ -197,3 +212,58 @@ def interrupted_fit(trainer, monkeypatch, args, signal_at: SignalAt, out: Path) 
     assert signal_at.sent and "interrupted" in result.stderr and "--resume" in result.stderr
     (run_dir,) = set(out.glob("*/*")) - before
     return run_dir
+
+
+class Process:
+    """A subprocess whose output is read line by line as it comes: a thread drains each pipe (a full pipe
+    would stall the process), so a test waits for a line the process prints, never for a length of time."""
+
+    def __init__(self, args: list, merge_stderr: bool = True, **kwargs):
+        self.popen = subprocess.Popen([str(a) for a in args], stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, text=True,
+                                      **kwargs)
+        self.lines: queue.Queue = queue.Queue()
+        self.output: list[str] = []  # stdout (with stderr when merged), as read so far
+        self.errors: list[str] = []  # stderr, when kept apart
+        self.drains = [threading.Thread(target=self._drain, args=(self.popen.stdout, self.output, self.lines),
+                                        daemon=True)]
+        if not merge_stderr:
+            self.drains.append(threading.Thread(target=self._drain, args=(self.popen.stderr, self.errors, None),
+                                                daemon=True))
+        for drain in self.drains:
+            drain.start()
+
+    @staticmethod
+    def _drain(pipe, kept: list, lines):
+        for line in pipe:
+            kept.append(line)
+            if lines is not None:
+                lines.put(line)
+        if lines is not None:
+            lines.put(None)  # the process closed its output: it ended
+
+    def wait_for(self, text: str, timeout: float = 300) -> str:
+        """The next output line containing `text`; fails if the process ends first (`timeout`, the longest
+        silence allowed between two lines, only bounds a hang)."""
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                raise AssertionError(f"{self.popen.args[:4]} ended before '{text}':\n{''.join(self.output)}"
+                                     f"{''.join(self.errors)}")
+            if text in line:
+                return line
+
+    def finish(self, timeout: float = 300) -> tuple[str, str]:
+        """Wait for the process to end; (its whole stdout, its whole stderr)."""
+        self.popen.wait(timeout)
+        for drain in self.drains:
+            drain.join(timeout)
+        return "".join(self.output), "".join(self.errors)
+
+    def stop(self):
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,9 +30,16 @@ def test_optimiser_weight_decay_and_dropout_reach_the_learner(trainer, fixtures)
     assert learn.opt_func is SGD and learn.wd == 0.05
     dropouts = [m.p for m in learn.model[-1].modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts == [0.1, 0.2]  # fastai halves ps for the head's first layer
-    # trainer's own loader rebuilds the same head (its layout depends on the dropout) from model.json
-    predictions = json.loads(trainer("predict", run_dir, fixtures / "mnist_sample" / "valid" / "7", "--json").stdout)
-    assert len(predictions) == 4 and all(p["predictions"][0]["label"] in ("3", "7") for p in predictions)
+    # trainer's own loader rebuilds the same head (its layout depends on the dropout) from model.json: it gives
+    # the probabilities of fastai's learner from model.pkl
+    images = sorted((fixtures / "mnist_sample" / "valid" / "7").iterdir())
+    predictions = json.loads(trainer("predict", run_dir, *images, "--json", "--top-k", "2").stdout)
+    assert [Path(p["path"]).name for p in predictions] == [image.name for image in images]
+    for image, predicted in zip(images, predictions):
+        label, _, probs = learn.predict(image)
+        assert predicted["predictions"][0]["label"] == label
+        assert {p["label"]: p["probability"] for p in predicted["predictions"]} == pytest.approx(
+            {"3": float(probs[0]), "7": float(probs[1])}, abs=1e-4)
 
 
 def test_defaults_resolve_to_fastais():
@@ -88,7 +96,8 @@ def test_early_stopping_keeps_the_best_epoch(trainer, isolated):
     run_dir = run_dir_of(result)
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert 2 <= len(rows) < 8 and {float(r["error_rate"]) for r in rows} == {0.5}
+    # patience 1: epoch 1 is the best, epoch 2 does not improve on it, and training stops there
+    assert len(rows) == 2 and {float(r["error_rate"]) for r in rows} == {0.5}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped_early"] is True and summary["best"]["epoch"] == 1 == summary["final_epoch"]
     from safetensors.torch import load_file
@@ -98,23 +107,41 @@ def test_early_stopping_keeps_the_best_epoch(trainer, isolated):
     assert all(torch.equal(exported[k], best[k].cpu()) for k in best)
 
 
-def test_evaluate_agrees_with_predictions(trainer, digits_run, tmp_path):
-    run_dir, _ = digits_run
-    data = json.loads((run_dir / "config.json").read_text())["data"]["path"]
-    test = tmp_path / "held_out" / "test"
-    for digit in ("1", "7", "8"):  # a test set with only some of the classes
-        shutil.copytree(f"{data}/training/{digit}", test / digit)
-    trainer("evaluate", run_dir, "--data", tmp_path / "held_out")
+def test_evaluate_agrees_with_the_validation_and_with_fastai(trainer, digits_run_copy, tmp_path):
+    """digits' testing/ folder is the run's validation set: images it never trained on, whose figures fit
+    recorded with the trained learner. evaluate (trainer's loader, from model.json) must find the same."""
+    run_dir, _ = digits_run_copy
+    data = Path(json.loads((run_dir / "config.json").read_text())["data"]["path"])
+    trainer("evaluate", run_dir, "--data", data / "testing")
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
-    predictions = json.loads(trainer("predict", run_dir, test, "--json").stdout)
-    correct = [p["predictions"][0]["label"] == p["path"].split("/")[-2] for p in predictions]
-    assert metrics["n"] == len(correct) == sum(1 for _ in test.rglob("*.png"))
-    assert metrics["accuracy"] == pytest.approx(sum(correct) / len(correct), abs=1e-6)
+    with open(run_dir / "metrics.csv", newline="") as f:
+        final = list(csv.DictReader(f))[-1]
+    assert metrics["n"] == 360
+    assert metrics["accuracy"] == pytest.approx(float(final["accuracy"]), abs=1e-6)
+    assert metrics["loss"] == pytest.approx(float(final["valid_loss"]), abs=1e-4)
+    with open(run_dir / "confusion_matrix.csv", newline="") as f:
+        validation = list(csv.reader(f))
     with open(run_dir / "test_confusion_matrix.csv", newline="") as f:
-        assert sum(int(v) for row in list(csv.reader(f))[1:] for v in row[1:]) == metrics["n"]
+        assert list(csv.reader(f)) == validation
     with Image.open(run_dir / "test_confusion_matrix.png") as image:
         image.load()
     assert "Test set" in (run_dir / "report.html").read_text()
+
+    # A test set with only some of the classes, against fastai's own learner from model.pkl
+    test = tmp_path / "held_out" / "test"
+    for digit in ("1", "7", "8"):
+        shutil.copytree(data / "testing" / digit, test / digit)
+    trainer("evaluate", run_dir, "--data", tmp_path / "held_out")
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    from fastai.learner import load_learner
+
+    learn = load_learner(run_dir / "model.pkl")
+    files = sorted(test.rglob("*.png"))
+    probs, targets, losses = learn.get_preds(dl=learn.dls.test_dl(files, with_labels=True), with_loss=True)
+    assert [learn.dls.vocab[t] for t in targets.unique()] == ["1", "7", "8"]
+    assert metrics["n"] == len(files)
+    assert metrics["accuracy"] == pytest.approx(float((probs.argmax(dim=1) == targets).float().mean()), abs=1e-6)
+    assert metrics["loss"] == pytest.approx(float(losses.mean()), abs=1e-4)
 
     (test / "banana").mkdir()
     shutil.copy(next((test / "1").iterdir()), test / "banana" / "x.png")

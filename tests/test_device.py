@@ -173,8 +173,12 @@ def test_resume_re_resolves_the_machine_options():
 
 def test_one_process_at_a_time_fetches_the_data(isolated, monkeypatch):
     """Two processes (here threads, each with its own lock handle) asking for data that is not there yet:
-    one downloads, the other waits and then finds it. Without the lock both enter the download at once
-    and the barrier inside the fake download lets both through."""
+    one downloads, the other waits and then finds it. The download goes on only once a second thread has
+    arrived, either in the download too (no lock: both download, and the test fails) or at the lock, found
+    taken: an event, not a length of time."""
+    import fcntl
+    import tempfile
+
     import fastai.data.external as external
 
     from trainer.data import locate
@@ -182,20 +186,30 @@ def test_one_process_at_a_time_fetches_the_data(isolated, monkeypatch):
     from conftest import class_folders
 
     monkeypatch.delenv("TRAINER_OFFLINE")
+    monkeypatch.setattr(tempfile, "tempdir", str(isolated))  # a lock folder of its own, out of other runs' way
     target = isolated / "fastai_home" / "data" / "mnist_sample"
-    both_inside = threading.Barrier(2)
-    calls = []
+    two_arrived = threading.Barrier(2)  # the timeouts below only bound a hang, and fail the test
+    calls, found_taken = [], threading.local()
+    real_flock = fcntl.flock
+
+    def flock(handle, operation):
+        if operation & fcntl.LOCK_EX:
+            try:
+                return real_flock(handle, operation | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not getattr(found_taken, "said", False):
+                    found_taken.said = True
+                    two_arrived.wait(timeout=120)
+        return real_flock(handle, operation)
 
     def fake_untar_data(url, *args, **kwargs):
         calls.append(url)
-        try:
-            both_inside.wait(timeout=3)  # passes at once only if a second download is running too
-        except threading.BrokenBarrierError:
-            pass
+        two_arrived.wait(timeout=120)
         class_folders(target / "train", ["3", "7"], 2)
         class_folders(target / "valid", ["3", "7"], 1)
         return target
 
+    monkeypatch.setattr(fcntl, "flock", flock)
     monkeypatch.setattr(external, "untar_data", fake_untar_data)
     found, errors = [], []
 

@@ -10,10 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
+from conftest import Process
 
 ACCURACY_FLOOR = 0.90  # the single-process learning test's threshold (test_fit.test_digits_learns)
 
@@ -48,51 +47,49 @@ def test_two_cpu_processes_train_digits(tmp_path):
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "model.pkl").is_file()
 
 
+def running(pattern: str) -> list[int]:
+    """Ids of the processes whose command line contains `pattern`."""
+    return [int(pid) for pid in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+
+
 def test_a_dead_worker_stops_the_job(tmp_path):
     """SIGKILL one worker mid-training: the launcher ends the others and exits 1 with one clear line."""
-    launcher = subprocess.Popen([sys.executable, "-m", "trainer", "fit", "digits", "--nproc", "2",
-                                 "--epochs", "20", "--out", tmp_path / "runs", "--device", "cpu"],
-                                cwd=tmp_path, env=trainer_env(tmp_path), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+    launcher = Process([sys.executable, "-m", "trainer", "fit", "digits", "--nproc", "2", "--epochs", "20",
+                        "--out", tmp_path / "runs", "--device", "cpu"],
+                       merge_stderr=False, cwd=tmp_path, env=trainer_env(tmp_path))
     try:
-        deadline = time.monotonic() + 300
-        workers = []
-        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("digits/2*/metrics.csv")):
-            time.sleep(0.5)  # wait until an epoch has been trained
-        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+        launcher.wait_for("epoch 1/20")  # rank 0 has trained an epoch: both workers are well into the job
+        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(launcher.popen.pid)], capture_output=True,
                                                        text=True).stdout.split()]
         assert len(workers) == 2, workers
         os.kill(max(workers), signal.SIGKILL)
-        _, stderr = launcher.communicate(timeout=120)
+        _, stderr = launcher.finish()
     finally:
-        launcher.kill()
-    assert launcher.returncode == 1
+        launcher.stop()
+    assert launcher.popen.returncode == 1
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: worker rank") and "every worker was ended" in last, stderr[-2000:]
-    deadline = time.monotonic() + 30  # the agent has ended them; give the kernel a moment to reap them
-    while subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True).stdout:
-        assert time.monotonic() < deadline, "a worker outlived the job"
-        time.sleep(0.5)
+    # torchrun's agent waits for each worker it ends before it returns: none is left once the launcher exits
+    assert running(str(tmp_path / "runs")) == [], "a worker outlived the job"
 
 
 def test_sigterm_stops_every_rank_and_resume_continues(tmp_path):
     env = trainer_env(tmp_path)
-    launcher = subprocess.Popen([sys.executable, "-m", "trainer", "fit", "digits", "--nproc", "2", "--bs", "32",
-                                 "--epochs", "4", "--out", tmp_path / "runs", "--device", "cpu"],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = Process([sys.executable, "-m", "trainer", "fit", "digits", "--nproc", "2", "--bs", "32",
+                        "--epochs", "4", "--out", tmp_path / "runs", "--device", "cpu"],
+                       merge_stderr=False, cwd=tmp_path, env=env)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("digits/2*/checkpoint.json")):
-            time.sleep(0.5)
-        launcher.send_signal(signal.SIGTERM)
-        _, stderr = launcher.communicate(timeout=120)
+        launcher.wait_for("epoch 1/4")  # rank 0 printed epoch 1, just before it saves its checkpoint
+        launcher.popen.send_signal(signal.SIGTERM)
+        stdout, stderr = launcher.finish()
     finally:
-        launcher.kill()
-    assert launcher.returncode == 143, stderr[-2000:]
+        launcher.stop()
+    assert launcher.popen.returncode == 143, stderr[-2000:]
     run_dir = next((tmp_path / "runs" / "digits").glob("2*"))
     assert f"trainer fit --resume {run_dir} --nproc 2" in stderr
     done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
-    assert 1 <= done < 4 and not (run_dir / "summary.json").exists()
+    reported = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert done >= 1 and len(reported) == done and not (run_dir / "summary.json").exists(), (done, reported)
 
     result = subprocess.run([sys.executable, "-m", "trainer", "fit", "--resume", run_dir, "--nproc", "2", "--quiet"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import no_runs_written
+from conftest import no_runs_written, run_dir_of
 
 
 def one_line_error(result) -> str:
@@ -186,18 +187,32 @@ def test_failed_weights_download_says_how_to_fix(trainer, fixtures, isolated, mo
 
 
 def test_failure_during_training_exits_1_and_keeps_the_traceback(trainer, fixtures, isolated, monkeypatch):
-    from fastai.learner import Learner
+    """A crash inside the training loop, once the run directory exists: exit 1, one line, the traceback kept in
+    error.log, and the run listed as failed. The crash is a real one from torch: from the first training batch
+    on, the model is handed images with 2 channels instead of 3, as a broken data pipeline would hand them
+    (added to every Learner through fastai's own default callbacks, so trainer's code is not touched)."""
+    from fastai.callback.core import Callback
+    from fastai.learner import defaults
 
-    def broken_fit(self, *args, **kwargs):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    class TwoChannelBatches(Callback):
+        def before_batch(self):
+            if self.training:
+                self.learn.xb = (self.xb[0][:, :2],)
 
-    monkeypatch.setattr(Learner, "fit", broken_fit)
+    monkeypatch.setattr(defaults, "callbacks", [*defaults.callbacks, TwoChannelBatches])
     result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--arch",
                      "resnet18", "--bs", "8", "--epochs", "1", expect=1)
     message = one_line_error(result)
-    assert "training failed: RuntimeError: CUDA error" in message and "error.log" in message
-    error_logs = list((isolated / "runs" / "mnist_sample").glob("2*/error.log"))  # not through latest/
-    assert len(error_logs) == 1 and "Traceback" in error_logs[0].read_text()
+    assert "training failed: RuntimeError: " in message and "to have 3 channels, but got 2" in message
+    (run_dir,) = (isolated / "runs" / "mnist_sample").glob("2*")  # not through latest/, which names trained runs
+    named = Path(message.rsplit("(traceback in ", 1)[1].removesuffix(")"))
+    assert named.resolve() == (run_dir / "error.log").resolve()
+    error_log = (run_dir / "error.log").read_text()
+    assert error_log.startswith("Traceback") and "to have 3 channels, but got 2" in error_log.splitlines()[-1]
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "model.safetensors").exists()
+    assert not (run_dir.parent / "latest").exists()
+    listed = json.loads(trainer("runs", "--json").stdout)
+    assert [(r["id"], r["state"]) for r in listed] == [(run_dir.name, "failed")]
 
 
 def copy_tree(source, target):
@@ -235,7 +250,7 @@ def test_unreadable_images_are_skipped_and_reported(trainer, fixtures, isolated)
     skipped = (run_dir / "skipped_images.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[1] for line in skipped) == ["notes.png", "truncated.png",
                                                                                    "zero_bytes.png"]
-    config = __import__("json").loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
     assert config["data"]["n_train"] == 24 + 4 and config["data"]["n_valid"] == 8 and config["data"]["n_skipped"] == 3
     from trainer.images import RGBImage
 
@@ -314,19 +329,53 @@ def test_pickle_only_or_corrupt_model_is_refused(trainer, fixtures, isolated):
     assert "model.safetensors" in message and "train again" in message
 
 
-def test_two_runs_started_together_get_distinct_directories(fixtures, isolated):
-    """Process boundary: two `trainer fit` at once with the same --out, in the same second."""
-    import os
+STAMP = "20260102-030405"
 
-    command = [sys.executable, "-m", "trainer", "fit", "mnist_sample", "--data", str(fixtures / "mnist_sample"),
-               "--no-pretrained", "--arch", "resnet18", "--bs", "8", "--epochs", "1", "--no-interpret", "--quiet",
-               "--out", str(isolated / "runs")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
-    results = [p.communicate() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
-    run_dirs = {out.strip().splitlines()[-1] for out, _ in results}
-    assert len(run_dirs) == 2
-    for run_dir in run_dirs:
-        assert (Path(run_dir) / "summary.json").is_file() and (Path(run_dir) / "model.pkl").is_file()
+
+@pytest.fixture
+def one_second(monkeypatch):
+    """The clock held on one second, for run ids: every run starts "in the same second"."""
+    import time
+
+    real = time.strftime
+
+    def strftime(fmt, *when):
+        return STAMP if fmt == "%Y%m%d-%H%M%S" and not when else real(fmt, *when)
+
+    monkeypatch.setattr(time, "strftime", strftime)
+    return STAMP
+
+
+def test_a_run_started_in_the_same_second_gets_the_next_id(trainer, fixtures, isolated, one_second):
+    """Run ids are start times to the second: a run that starts in the second of another one (whose directory,
+    just made, is still empty) gets `-2`; that run is left alone, and the listing and latest know the order."""
+    taken = isolated / "runs" / "mnist_sample" / one_second
+    taken.mkdir(parents=True)
+    run_dir = run_dir_of(trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--arch",
+                                 "resnet18", "--bs", "8", "--epochs", "1", "--no-interpret", "--quiet"))
+    assert run_dir.name == f"{one_second}-2" and (run_dir / "summary.json").is_file()
+    assert list(taken.iterdir()) == []
+    assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
+    listed = json.loads(trainer("runs", "--json").stdout)
+    assert [r["id"] for r in listed] == [f"{one_second}-2", one_second]  # newest first
+
+
+def test_run_ids_started_together_never_collide(isolated, one_second):
+    """Eight starts released at once by a barrier, all in one second: eight directories, none shared."""
+    import threading
+
+    from trainer.runs import new_run_dir
+
+    together, made = threading.Barrier(8), []
+
+    def start():
+        together.wait()
+        made.append(new_run_dir(isolated / "runs", "digits"))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(path.name for path in made) == sorted([one_second] + [f"{one_second}-{n}" for n in range(2, 9)])
+    assert all(path.is_dir() for path in made)

@@ -11,16 +11,14 @@ import concurrent.futures
 import copy
 import io
 import json
-import queue
 import shutil
 import socket
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Process
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -137,39 +135,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-class Process:
-    """A subprocess whose output is drained by a thread (a full pipe would stall it) and can be waited on."""
-
-    def __init__(self, args: list[str], **kwargs):
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-        self.lines: queue.Queue = queue.Queue()
-        self.output: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.popen.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)  # the process closed its output: it ended
-
-    def wait_for(self, text: str, timeout: float = 180) -> str:
-        """The first output line containing `text`; fails if the process ends first."""
-        while True:
-            line = self.lines.get(timeout=timeout)
-            if line is None:
-                raise AssertionError(f"{self.popen.args[:3]} ended before '{text}':\n{''.join(self.output)}")
-            if text in line:
-                return line
-
-    def stop(self):
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
 
 
 MAX_BYTES, MAX_PIXELS = 100_000, 1_000_000

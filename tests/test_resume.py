@@ -7,47 +7,38 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import run_dir_of
+from conftest import Process, run_dir_of
 
 
-def start_training(fixtures, out: Path, epochs: int = 12, extra=()):
-    command = [sys.executable, "-m", "trainer", "fit", "mnist_sample", "--data", str(fixtures / "mnist_sample"),
-               "--no-pretrained", "--arch", "resnet18", "--bs", "2", "--epochs", str(epochs), "--no-interpret",
-               "--out", str(out), *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_epochs(out: Path, epochs: int, proc, timeout: float = 900) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for state in out.glob("mnist_sample/2*/checkpoint.json"):
-            try:
-                if json.loads(state.read_text())["epochs_done"] >= epochs:
-                    return state.parent
-            except ValueError:
-                pass  # never half-written, but be tolerant
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError("training did not reach the epoch in time")
+def start_training(fixtures, out: Path, epochs: int = 12, extra=()) -> Process:
+    return Process([sys.executable, "-m", "trainer", "fit", "mnist_sample", "--data", fixtures / "mnist_sample",
+                    "--no-pretrained", "--arch", "resnet18", "--bs", "2", "--epochs", epochs, "--no-interpret",
+                    "--out", out, *extra], merge_stderr=False)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_after_a_checkpoint_and_resume_finishes(trainer, fixtures, isolated, signum, code):
     out = isolated / "runs"
     proc = start_training(fixtures, out)
-    run_dir = wait_for_epochs(out, 2, proc)
-    proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == code, stderr
+    try:
+        proc.wait_for("epoch 2/12")  # printed as epoch 2 ends, just before its checkpoint is saved
+        proc.popen.send_signal(signum)
+        stdout, stderr = proc.finish()
+    finally:
+        proc.stop()
+    assert proc.popen.returncode == code, stderr
+    (run_dir,) = out.glob("mnist_sample/2*")
     assert f"interrupted: stopped by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr
     assert f"trainer fit --resume {run_dir}" in stderr
     assert not (run_dir / "summary.json").exists() and (run_dir / "last.pth").is_file()
     done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
-    assert 2 <= done < 12
+    # Nothing lost: the epoch seen when the signal was sent, and every epoch reported after it, were saved.
+    # (How many more epochs ran before the signal landed depends on the machine's speed: not asserted.)
+    reported = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert done >= 2 and len(reported) == done, (done, reported)
 
     if signum == signal.SIGINT:
         return  # one resume is enough

@@ -173,8 +173,8 @@ def table_sections(run_dir: Path) -> list[str]:
         header, rows = rundir.read_metrics(run_dir)
     except (OSError, ValueError, IndexError):
         header, rows = [], []
-    if header:
-        parts.append("<h2>Metrics per epoch</h2>" + table(header, rows))
+    if header:  # the values as metrics.csv holds them, not rounded for display
+        parts.append("<h2>Metrics per epoch</h2>" + table(header, [[str(v) for v in row] for row in rows]))
     return parts
 
 
