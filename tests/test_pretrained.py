@@ -123,9 +123,6 @@ def trained_probabilities(run_dir: Path, items: list[Path]) -> dict:
     """path -> {class: probability} from the learner that was trained (model.pkl, its own pipeline)."""
     from fastai.learner import load_learner
 
-    from trainer.images import RGBImage
-
-    RGBImage.copies = {}  # the files themselves, not a training run's resized copies
     learn = load_learner(run_dir / "model.pkl")
     probs, _ = learn.get_preds(dl=learn.dls.test_dl(items, num_workers=0))
     return {str(p): dict(zip(map(str, learn.dls.vocab), row)) for p, row in zip(items, probs.tolist())}

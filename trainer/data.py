@@ -258,10 +258,9 @@ def write_digits(target: Path) -> Path:
 
 def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
     """The recipe's DataLoaders, leaving out the unreadable files in `skip`, reading every image as RGB."""
-    from trainer.images import RGBImage
-
-    RGBImage.copies = {}  # no presized copies unless cache.presize says so for this run
     import torch
+
+    from trainer.images import RGBImage
 
     from trainer.device import pin_memory
 

@@ -203,6 +203,24 @@ def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **ex
     }
 
 
+def forgets_presized_copies(command):
+    """A training command that leaves no presized copies behind in the process (images.RGBImage reads them
+    while the run lasts), whether it ends, fails or is interrupted."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from trainer.images import forget_presized_copies
+
+        try:
+            return command(*args, **kwargs)
+        finally:
+            forget_presized_copies()
+
+    return run
+
+
+@forgets_presized_copies
 def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=10.0, num_it=100):
     from trainer.cache import swapped_dls
     from trainer.lrfind import find_lr, write_lr_find
@@ -227,6 +245,7 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     return run_dir, result
 
 
+@forgets_presized_copies
 def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tuple[Path, dict]:
     if cfg.tensorboard:
         tensorboard_callback(None)  # a missing package is bad input: before anything is written
@@ -257,6 +276,7 @@ def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
     return None, None
 
 
+@forgets_presized_copies
 def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, **given) -> tuple[Path, dict]:
     """Continue an interrupted run from its last completed epoch, with the same options and schedule
     (`given`: device/precision, where and how to continue when not as the run asked; interpret, top_k,

@@ -48,6 +48,12 @@ class RGBImage(PILImage):
         return super().create(fn, **kwargs)
 
 
+def forget_presized_copies() -> None:
+    """Read every image from its own file again: a run that trained on presized copies (cache.presize)
+    leaves none behind for later readers in the same process (inference, another run, a notebook)."""
+    RGBImage.copies = {}
+
+
 def open_image(source: str | Path | bytes, max_pixels: int | None = None) -> Image.Image:
     """An image file (a path, or its bytes) decoded as 8-bit RGB: how every image trainer reads is opened.
     `max_pixels`: refuse (ValueError) an image larger than this before decoding its pixels."""

@@ -30,7 +30,6 @@ def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = Fal
     from trainer.images import RGBImage
     from trainer.recipes import get_recipe
 
-    RGBImage.copies = {}  # the files given, never a training run's presized copies
     tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
     everything = list(range(len(items)))
     block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
