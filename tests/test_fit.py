@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, run_dir_of
 from PIL import Image
 
@@ -92,7 +94,7 @@ def test_cifar10_official_and_random_split(trainer, fixtures):
     assert config["data"]["n_train"] + config["data"]["n_valid"] == 30 and config["data"]["n_valid"] == 7
 
 
-def test_pets_cat_or_dog(trainer, fixtures):
+def test_pets_cat_or_dog(trainer, fixtures, tmp_path):
     run_dir = run_dir_of(trainer("fit", "pets", "--data", fixtures / "oxford-iiit-pet", "--size", "32", *FAST))
     config, _, learn = check_run(run_dir, "pets", ["False", "True"])
     assert config["options"]["size"] == 32 and config["options"]["valid_pct"] == 0.2
@@ -102,6 +104,8 @@ def test_pets_cat_or_dog(trainer, fixtures):
     # The dataset's own file: after the fit, this process reads it, not the fit's presized copy of it.
     photo = images / "Bengal_1.jpg"
     label, index, probs = learn.predict(photo)
+    elsewhere = Path(shutil.copy(photo, tmp_path / "photo.jpg"))  # the same bytes, outside the dataset
+    assert torch.allclose(learn.predict(elsewhere)[2], probs, atol=1e-6)
     shown = {"True": "cat", "False": "dog"}[str(label)]
     [safe] = json.loads(trainer("predict", run_dir, photo, "--json").stdout)
     assert safe["predictions"][0]["label"] == shown
