@@ -157,9 +157,9 @@ def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
     """For recipes that resize full photos per item: shrink every image once to the resize target's
     short side, into <data root>/.resized/<key>/, and point RGBImage at the copies. Each epoch then
     decodes a 224-460 px image instead of a full photo; the crop and resize still happen per item."""
-    from trainer.images import RGBImage, image_files
+    from trainer.images import RGBImage, forget_presized_copies, image_files
 
-    RGBImage.copies = {}
+    forget_presized_copies()
     side = resize_target(recipe, cfg) if cfg.cache is not False else None
     if side is None:
         return None

@@ -370,6 +370,7 @@ def lr_find(
 ):
     """Find a learning rate: fastai's lr_find with the minimum, steep, valley and slide suggestions."""
     from trainer.config import FitConfig
+    from trainer.rundir import LR_FIND_PNG
 
     console = _console()
     try:
@@ -391,7 +392,7 @@ def lr_find(
         for name, value in result["suggestions"].items():
             table.add_row(name, f"{value:.2e}")
         console.print(table)
-        console.print(f"plot: {run_dir / 'lr_find.png'}; use one with `trainer fit {recipe} --lr VALUE`, "
+        console.print(f"plot: {run_dir / LR_FIND_PNG}; use one with `trainer fit {recipe} --lr VALUE`, "
                       f"or `--lr auto` for valley")
     print(run_dir)
 
@@ -526,10 +527,7 @@ def runs_show(
         _fail(e)
     row = describe_or_flag(run_dir)
     config, problem = rundir.read_json(run_dir / rundir.CONFIG)
-    try:
-        header, rows = rundir.read_metrics(run_dir)
-    except (OSError, ValueError, IndexError):
-        header, rows = [], []
+    header, rows = rundir.read_metrics_or_empty(run_dir)
     if as_json:
         print(json.dumps({**row, "config": config, "metrics": [dict(zip(header, r)) for r in rows]}, indent=2))
         return

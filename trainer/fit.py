@@ -297,14 +297,12 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, **gi
         raise no_checkpoint from None
     if not (run_dir / rundir.LAST).is_file():
         raise no_checkpoint
-    p = prepare(cfg, console, quiet)
     from trainer.checkpoint import load_last, read_state
-
+    from trainer.runs import remove_stale_temporaries
     from trainer.split import check_split
 
+    p = prepare(cfg, console, quiet)
     check_split(run_dir, config, p.data.dls, p.data.path)  # the same validation set, or a clear refusal
-    from trainer.runs import remove_stale_temporaries
-
     remove_stale_temporaries(run_dir)  # writes a kill cut short
     state = read_state(run_dir, p.data.dls.device)
     if state is None:

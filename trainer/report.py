@@ -169,10 +169,7 @@ def table_sections(run_dir: Path) -> list[str]:
     if test:
         parts.append(f"<h2>Test set</h2><p>{esc(test.get('data'))}: {test.get('n')} images</p>"
                      + table(["metric", "value"], [[k, test.get(k)] for k in ("accuracy", "error_rate", "loss")]))
-    try:
-        header, rows = rundir.read_metrics(run_dir)
-    except (OSError, ValueError, IndexError):
-        header, rows = [], []
+    header, rows = rundir.read_metrics_or_empty(run_dir)
     if header:  # the values as metrics.csv holds them, not rounded for display
         parts.append("<h2>Metrics per epoch</h2>" + table(header, [[str(v) for v in row] for row in rows]))
     return parts

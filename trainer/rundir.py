@@ -84,12 +84,17 @@ def read_metrics(run_dir: Path) -> tuple[list[str], list[list]]:
     return header, [[int(r[0]), r[1], *[float(v) for v in r[2:]]] for r in rows]
 
 
+def read_metrics_or_empty(run_dir: Path) -> tuple[list[str], list[list]]:
+    """read_metrics, or ([], []) when metrics.csv is unreadable or damaged: listings and reports never stop."""
+    try:
+        return read_metrics(run_dir)
+    except (OSError, ValueError, IndexError):
+        return [], []
+
+
 def last_metrics(run_dir: Path) -> dict:
     """The last epoch's values (for a run that stopped before summary.json); {} when there are none."""
-    try:
-        header, rows = read_metrics(run_dir)
-    except (OSError, ValueError, IndexError):
-        return {}
+    header, rows = read_metrics_or_empty(run_dir)
     return {k: v for k, v in zip(header, rows[-1]) if k not in ("epoch", "phase", "seconds")} if rows else {}
 
 
