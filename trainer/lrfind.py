@@ -108,6 +108,10 @@ def lr_find_figure(result: dict, title: str):
     for name, lr, loss in points:
         ax.plot([lr], [loss], MARKERS.get(name, "o"), markersize=MARKER_SIZE, alpha=0.8)
     ax.grid(alpha=0.3, which="both")
+    if not points:  # say so on the plot: an unmarked curve would look like a finder that forgot to mark it
+        ax.text(0.5, 0.95, f"no suggestion: the loss diverged after {len(losses)} points; pass --lr",
+                transform=ax.transAxes, ha="center", va="top", fontsize=10,
+                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.7"))
     fig.tight_layout()
     label_suggestions(ax, points)
     return fig
