@@ -91,7 +91,7 @@ class Suite:
     def data_of(self, recipe: str) -> tuple[str | None, Path]:
         """(--data value, the folder of labelled validation images) for a recipe."""
         if recipe == "digits":
-            from trainer.data import locate
+            from trainer.data.source import locate
             from trainer.recipes import get_recipe
 
             root = locate(get_recipe("digits"), None)
@@ -99,7 +99,7 @@ class Suite:
         archive = Path(self.args.shared_data) / f"{recipe}.tgz"
         if not archive.is_file():
             raise Skip(f"no {archive}")
-        from trainer.data import locate
+        from trainer.data.source import locate
         from trainer.recipes import get_recipe
 
         return str(archive), locate(get_recipe(recipe), str(archive)) / "valid"

@@ -53,7 +53,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from fastai.vision.learner import create_timm_model, create_vision_model
 
-    from trainer.arch import resolve_arch
+    from trainer.model.arch import resolve_arch
     from trainer.device import cpu_has_bf16, resolve_device, resolve_precision
 
     builder = resolve_arch(args.arch)

@@ -178,7 +178,7 @@ def lite0_weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """scikit-learn's digits in the `folder` recipe's layout: train/<digit>/*.png, valid/<digit>/*.png."""
-    from trainer.data import write_digits
+    from trainer.data.source import write_digits
 
     root = write_digits(tmp_path_factory.mktemp("digits_folder") / "digits")
     (root / "training").rename(root / "train")
@@ -202,7 +202,7 @@ class SignalAt(Callback):
 
 def interrupted_fit(trainer, monkeypatch, args, signal_at: SignalAt, out: Path) -> Path:
     """`trainer fit ARGS` stopped by `signal_at`; the new run directory under `out`."""
-    import trainer.fit as fit
+    import trainer.training.fit as fit
 
     before = set(out.glob("*/*"))
     plain = fit.early_stopping

@@ -12,9 +12,10 @@ import torch
 from conftest import draw, run_dir_of
 from PIL import Image
 
-from trainer.cache import cached_dls
+from trainer.data.cache import cached_dls
 from trainer.config import FitConfig
-from trainer.data import build_dls, locate
+from trainer.data.loaders import build_dls
+from trainer.data.source import locate
 from trainer.recipes import get_recipe
 
 

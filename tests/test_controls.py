@@ -60,7 +60,7 @@ def test_defaults_resolve_to_fastais():
 def test_init_sets_the_expected_scale(scheme):
     import torchvision
 
-    from trainer.learner import initialise
+    from trainer.model.learner import initialise
 
     model = torchvision.models.resnet18(num_classes=10)
     initialise(model, scheme)

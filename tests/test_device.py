@@ -126,8 +126,8 @@ def test_default_workers():
 def test_a_device_resident_cache_is_never_pinned(fixtures):
     """The decoded-image cache on a GPU feeds batches that are already there: its loaders must not pin them
     (torch's loader would raise on the first batch). A meta tensor stands in for the GPU-resident cache."""
-    from trainer.cache import cached_loader
-    from trainer.data import build_dls
+    from trainer.data.cache import cached_loader
+    from trainer.data.loaders import build_dls
     from trainer.recipes import get_recipe
 
     recipe = get_recipe("mnist_sample")
@@ -181,7 +181,7 @@ def test_one_process_at_a_time_fetches_the_data(isolated, monkeypatch):
 
     import fastai.data.external as external
 
-    from trainer.data import locate
+    from trainer.data.source import locate
     from trainer.recipes import get_recipe
     from conftest import class_folders
 

@@ -100,7 +100,7 @@ def test_sigterm_stops_every_rank_and_resume_continues(tmp_path):
 
 def test_world_is_what_the_launcher_said(monkeypatch):
     """torchrun's variables as fastai's DistributedDL reads them; no launcher: one process, no process group."""
-    from trainer.distributed import World, world_from_env
+    from trainer.training.distributed import World, world_from_env
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)

@@ -252,7 +252,7 @@ def test_unreadable_images_are_skipped_and_reported(trainer, fixtures, isolated)
                                                                                    "zero_bytes.png"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"]["n_train"] == 24 + 4 and config["data"]["n_valid"] == 8 and config["data"]["n_skipped"] == 3
-    from trainer.images import RGBImage
+    from trainer.data.images import RGBImage
 
     sixteen = RGBImage.create(data / "train" / "3" / "sixteen_bit.png")
     assert sixteen.mode == "RGB" and np.asarray(sixteen).max() == gray.max()  # scaled, not clipped
@@ -302,7 +302,7 @@ def test_two_processes_extracting_one_archive(fixtures, isolated):
     archive = isolated / "mnist_png.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(fixtures / "mnist_png", arcname="mnist_png")
-    code = ("import sys; from pathlib import Path; from trainer.data import extract_archive\n"
+    code = ("import sys; from pathlib import Path; from trainer.data.source import extract_archive\n"
             "print(extract_archive(Path(sys.argv[1])))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(archive)], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -364,7 +364,7 @@ def test_run_ids_started_together_never_collide(isolated, one_second):
     """Eight starts released at once by a barrier, all in one second: eight directories, none shared."""
     import threading
 
-    from trainer.runs import new_run_dir
+    from trainer.runs.store import new_run_dir
 
     together, made = threading.Barrier(8), []
 

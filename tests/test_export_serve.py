@@ -90,7 +90,7 @@ def test_export_onnx_and_torchscript_agree_with_predict(trainer, digits_run, tmp
 def test_export_refuses_a_model_that_does_not_match(trainer, digits_run, tmp_path, monkeypatch):
     import torch
 
-    from trainer import export
+    from trainer.serving import export
 
     real = export.WRITERS["torchscript"]
 

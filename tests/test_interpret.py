@@ -113,7 +113,7 @@ def test_fit_lr_auto_trains_with_valley(trainer, fixtures):
 
 
 def test_fit_lr_auto_refuses_when_lr_find_diverges_at_once(trainer, fixtures, isolated, monkeypatch):
-    from trainer import lrfind
+    from trainer.training import lrfind
 
     real = lrfind.find_lr  # a real lr_find, started where the loss explodes within a few steps
     monkeypatch.setattr(lrfind, "find_lr", lambda learn: real(learn, start_lr=1e3, end_lr=1e9))
@@ -142,7 +142,7 @@ def test_per_class_table_by_hand():
     """Precision, recall and F1 worked out by hand, with a class never predicted and one never present."""
     import torch
 
-    from trainer.interpret import Analysis
+    from trainer.inspection.interpret import Analysis
 
     actual, predicted = [0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 0]  # classes a, b, c, d: d never seen
     probs = torch.nn.functional.one_hot(torch.tensor(predicted), 4).float()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fastai.callback.schedule import minimum, slide, steep, valley
 
-from trainer.lrfind import tolerant
+from trainer.training.lrfind import tolerant
 
 
 def short_curve(points: int = 13):

@@ -9,9 +9,8 @@ from conftest import CIFAR_CLASSES
 from matplotlib.text import Text
 from PIL import Image
 
-from trainer.interpret_plots import (MAX_SIDE, cell_inches, confusion_figure, most_confused_figure,
-                                     plot_confusion, save, top_losses_figure)
-from trainer.lrfind import lr_find_figure
+from trainer.inspection.interpret_plots import (MAX_SIDE, cell_inches, confusion_figure, most_confused_figure, plot_confusion, save, top_losses_figure)
+from trainer.training.lrfind import lr_find_figure
 
 PET_BREEDS = [  # Oxford-IIIT Pet's 37, as pets_breeds labels them
     "Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau", "Maine_Coon", "Persian",
@@ -188,7 +187,7 @@ def test_interpretation_files(n, tmp_path):
     """write_interpretation on synthetic predictions: most_confused.png only where a matrix hides the errors."""
     import torch
 
-    from trainer.interpret import Analysis, write_interpretation
+    from trainer.inspection.interpret import Analysis, write_interpretation
 
     items = []
     for k in range(n):

@@ -19,7 +19,7 @@ def read_rows(path):
 
 
 def test_bf16_fit_exports_fp32_and_inference_agrees_with_the_learner(trainer, fixtures, isolated, monkeypatch):
-    from trainer import learner
+    from trainer.model import learner
 
     seen = {}
     apply_precision = learner.apply_precision

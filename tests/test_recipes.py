@@ -45,7 +45,7 @@ def test_training_uses_the_transforms_inference_rebuilds(name, tmp_path, monkeyp
     builds carry exactly those transforms (inference rebuilds them from the same declaration)."""
     import torch
 
-    from trainer.data import build_dls
+    from trainer.data.loaders import build_dls
 
     recipe: Recipe = RECIPES[name]
     root = tmp_path / "data"

@@ -11,7 +11,7 @@ from conftest import class_folders, run_dir_of
 def test_unreadable_files_are_found_however_the_root_is_named(isolated):
     """The scan is cached under the resolved root; a run given a relative --data and a resume or interpret
     given the absolute path (from config.json) must both get the bad file in their own path form."""
-    from trainer.images import image_files, scan
+    from trainer.data.images import image_files, scan
 
     root = Path("pics")
     class_folders(root / "cat", ["a"], 2)
@@ -48,7 +48,7 @@ def test_one_run_resolver(isolated):
     import pytest
 
     from trainer.errors import BadInput
-    from trainer.runs import resolve_run
+    from trainer.runs.store import resolve_run
 
     out = isolated / "runs"
     first = make_run(out, "digits", "20261101-000000")
@@ -125,11 +125,11 @@ def test_a_random_split_does_not_depend_on_the_order_files_are_listed_in(isolate
     """fastai lists files in os.walk order, which differs between copies of a dataset (another disk, another
     filesystem): listed in reverse, a --valid-pct split must still put the same files in the same split."""
     from trainer.config import FitConfig
-    from trainer.data import build_dls
+    from trainer.data.loaders import build_dls
     from trainer.recipes import get_recipe
     import torch
 
-    from trainer.split import split_rows
+    from trainer.runs.split import split_rows
 
     root = isolated / "pics"
     class_folders(root, ["cat", "dog"], 10, size=(16, 16))

@@ -18,7 +18,7 @@ from conftest import run_dir_of
 from PIL import Image
 
 from trainer.config import MACHINE_OPTIONS, FitConfig
-from trainer.report import reproduce_command
+from trainer.runs.report import reproduce_command
 
 
 def copy_run(source: Path, target: Path, files=("config.json", "summary.json", "metrics.csv")) -> Path:
@@ -230,8 +230,8 @@ def parsed(trainer, monkeypatch, command: str) -> FitConfig:
     it is handed to training: what the command would train with."""
     import shlex
 
-    import trainer.distributed as distributed
-    import trainer.fit as fit
+    import trainer.training.distributed as distributed
+    import trainer.training.fit as fit
 
     caught = []
     monkeypatch.setattr(fit, "fit", lambda cfg, *args, **kwargs: caught.append(cfg) or (None, None))

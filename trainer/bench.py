@@ -30,7 +30,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from trainer import rundir
+from trainer.runs import rundir
 
 def run_row(args: list[str]) -> tuple[dict, float, float]:
     """Run one row in its own process; its JSON result, wall s, peak RSS MB."""
@@ -52,8 +52,8 @@ def reference(recipe: str, data: str, epochs: int, device: str, arch: str = "res
     one finds it in the torch hub cache, where fastai's own pretrained path looks."""
     from fastai.vision.all import ImageDataLoaders, Resize, error_rate, get_image_files, vision_learner
 
-    from trainer.arch import resolve_arch
-    from trainer.data import locate  # only to find/extract the data the same way
+    from trainer.model.arch import resolve_arch
+    from trainer.data.source import locate# only to find/extract the data the same way
     from trainer.recipes import get_recipe, is_cat
 
     r = get_recipe(recipe)
@@ -124,7 +124,7 @@ def floor(recipe: str, data: str, bs: int, device: str, arch: str = "resnet34", 
 
 def input_shape(recipe: str, data: str, size: int | None) -> tuple[int, int]:
     """(image side, class count) of a recipe's inputs: its resize size, or the side of one of its images."""
-    from trainer.data import locate
+    from trainer.data.source import locate
     from trainer.recipes import get_recipe
 
     r = get_recipe(recipe)
@@ -143,7 +143,7 @@ def training_step(arch: str, classes: int, bs: int, side: int, device: str, prec
     import torch
     from fastai.vision.all import Adam, create_timm_model, create_vision_model
 
-    from trainer.arch import resolve_arch
+    from trainer.model.arch import resolve_arch
 
     builder = resolve_arch(arch)
     model = (create_timm_model(builder, classes, pretrained=False)[0] if isinstance(builder, str)
@@ -170,9 +170,10 @@ def loader(recipe: str, data: str, bs: int, device: str, size: int | None = None
     """Images/s of the training DataLoader alone: fastai's PIL path, then the decoded-image cache."""
     import torch
 
-    from trainer.cache import cacheable, cached_dls, presize
+    from trainer.data.cache import cacheable, cached_dls, presize
     from trainer.config import FitConfig
-    from trainer.data import build_dls, locate
+    from trainer.data.loaders import build_dls
+    from trainer.data.source import locate
     from trainer.device import default_workers
     from trainer.recipes import get_recipe
 
@@ -236,7 +237,7 @@ def run_bench(recipe: str, data: str, epochs: int = 1, device: str = "cpu", bs: 
               "weights": str(weights) if weights else None, "size": size,
               "date": time.strftime("%Y-%m-%d"), "rows": table, "ratios": ratios}
     if json_path:
-        from trainer.runs import write_json
+        from trainer.files import write_json
 
         write_json(Path(json_path), result)
     return result

@@ -150,7 +150,7 @@ def default_wd(opt: str) -> float:
     """fastai's own default weight decay for an optimiser (Adam's 0.01, SGD's 0, ...)."""
     import inspect
 
-    from trainer.learner import optimizer  # imports fastai: only reached when training
+    from trainer.model.learner import optimizer# imports fastai: only reached when training
 
     return inspect.signature(optimizer(opt)).parameters["wd"].default
 

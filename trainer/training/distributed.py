@@ -109,7 +109,7 @@ def signal_sync(checkpoints=None):
     import torch.distributed as dist
     from fastai.callback.core import Callback
 
-    from trainer.checkpoint import Checkpoints, Interrupted
+    from trainer.training.checkpoint import Checkpoints, Interrupted
 
     # not accelerate's set_trigger/check_trigger: its 0/1 flag loses which signal came (exit 130 or 143); no faster
     class SignalSync(Callback):

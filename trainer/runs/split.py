@@ -14,13 +14,13 @@ from pathlib import Path
 
 from trainer.errors import BadInput
 
-from trainer.rundir import SPLIT as SPLIT_FILE
+from trainer.runs.rundir import SPLIT as SPLIT_FILE
 HEADER = ["split", "path", "label"]
 
 
 def split_rows(dls, root: Path) -> list[tuple[str, str, str]]:
     """(split, path under the dataset root, label) for every item of `dls`, sorted."""
-    from trainer.data import labels_of
+    from trainer.data.loaders import labels_of
 
     rows = []
     for split, ds in (("train", dls.train_ds), ("valid", dls.valid_ds)):
@@ -40,7 +40,7 @@ def split_sha256(rows: list[tuple[str, str, str]]) -> str:
 
 
 def write_split(run_dir: Path, rows: list[tuple[str, str, str]]) -> None:
-    from trainer.runs import write_csv
+    from trainer.files import write_csv
 
     write_csv(run_dir / SPLIT_FILE, HEADER, rows)
 

@@ -10,7 +10,6 @@ Lookup order, first hit wins, so a folder that is already there never needs the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -19,8 +18,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from filelock import FileLock
+
 from trainer.errors import BadInput
-from trainer.locations import IMAGE_EXTENSIONS, data_root, fastai_data_dir, offline
+from trainer.data.locations import IMAGE_EXTENSIONS, data_root, fastai_data_dir, offline
 from trainer.recipes import Recipe
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
@@ -49,20 +50,19 @@ def locate(recipe: Recipe, data: str | None) -> Path:
 
 @contextlib.contextmanager
 def exclusive(name: str):
-    """An advisory lock (flock) shared by every process of this user on this machine."""
-    folder = Path(tempfile.gettempdir()) / f"trainer-locks-{os.getuid()}"
+    """A lock shared by every process on this machine (filelock: flock on POSIX, msvcrt on Windows)."""
+    folder = Path(tempfile.gettempdir()) / "trainer-locks"
     try:
         folder.mkdir(exist_ok=True)
-        handle = open(folder / f"{name}.lock", "a")
-    except OSError:  # no usable temporary folder: go on unlocked, as before
+        lock = FileLock(folder / f"{name}.lock")
+        lock.acquire()
+    except OSError:  # no usable temporary folder (or another user's lock file): go on unlocked, as before
         yield
         return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _locate(recipe: Recipe, data: str | None) -> Path:
@@ -256,33 +256,3 @@ def write_digits(target: Path) -> Path:
     return target
 
 
-def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
-    """The recipe's DataLoaders, leaving out the unreadable files in `skip`, reading every image as RGB."""
-    import torch
-
-    from trainer.images import RGBImage
-
-    from trainer.device import pin_memory
-
-    loader = dict(bs=cfg.bs, num_workers=cfg.workers, device=device, img_cls=RGBImage,
-                  pin_memory=pin_memory(torch.device("cpu"), device),  # PIL decodes each batch in host memory
-                  **recipe.transforms(cfg))  # the one declaration inference rebuilds too (inputs.py)
-    return recipe.build(path, cfg, loader, frozenset(skip))
-
-
-def input_side(recipe: Recipe, cfg, dls) -> int:
-    """The side of the images the model sees: the recipe's resize size, or the images' own (MNIST's 28)."""
-    if recipe.size:
-        return cfg.size
-    from PIL import Image
-
-    with Image.open(dls.train_ds.items[0]) as image:
-        return max(image.size)
-
-
-def labels_of(ds) -> list[int]:
-    """The class index of every item of a fastai Datasets, without decoding an image. Kept on the
-    Datasets: the split file and the decoded cache both need them (2 s each on MNIST)."""
-    if getattr(ds, "_class_indices", None) is None:
-        ds._class_indices = [int(y) for y in ds.tls[1]]
-    return ds._class_indices

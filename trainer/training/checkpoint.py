@@ -25,9 +25,11 @@ from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.learner import save_model
 from fastai.torch_core import L, get_model
 
-from trainer import rundir, runs
+from trainer.runs import rundir
+from trainer import files
+from trainer.runs import store
 from trainer.recipes import improves
-from trainer.progress import ConsoleProgress, RunLog
+from trainer.training.progress import ConsoleProgress, RunLog
 
 
 class Interrupted(BaseException):
@@ -78,9 +80,9 @@ def save_state(run_dir: Path, learn, progress: dict, run_log: RunLog) -> None:
              "scaler": scaler.state_dict() if scaler is not None else None,
              "rng": rng_state(learn.dls.train), "run_log": plain(run_log.state()),
              "metrics": plain({"header": run_log.header, "rows": run_log.rows})}
-    with runs.atomic_path(run_dir / rundir.LAST) as tmp:
+    with files.atomic_path(run_dir / rundir.LAST) as tmp:
         torch.save(state, tmp)
-    runs.write_json(run_dir / rundir.CHECKPOINT, {**progress, "run_log": state["run_log"]})  # a mirror, for people
+    files.write_json(run_dir / rundir.CHECKPOINT, {**progress, "run_log": state["run_log"]})  # a mirror, for people
 
 
 def plain(value):
@@ -96,7 +98,7 @@ def plain(value):
 
 
 def save_best(run_dir: Path, learn) -> None:
-    with runs.atomic_path(run_dir / rundir.BEST) as tmp:
+    with files.atomic_path(run_dir / rundir.BEST) as tmp:
         save_model(tmp, learn.model, None, with_opt=False)
 
 
@@ -204,7 +206,7 @@ def restore_files(run_dir: Path, learn, state: dict) -> None:
     """metrics.csv and best.pth as the checkpoint says: a kill after writing an epoch's metrics row or before
     writing its best.pth leaves them one epoch apart from last.pth."""
     metrics = state["metrics"]
-    runs.write_csv(run_dir / rundir.METRICS, metrics["header"], metrics["rows"])
+    files.write_csv(run_dir / rundir.METRICS, metrics["header"], metrics["rows"])
     best = state.get("best")
     if best and best["epoch"] == state["epochs_done"]:  # the best epoch is the last one: its weights are loaded
         save_best(run_dir, learn)

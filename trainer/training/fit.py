@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from trainer import rundir
+from trainer.runs import rundir
 from trainer.config import FitConfig
 from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted
 from trainer.recipes import Recipe, get_recipe
@@ -52,15 +52,15 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     os.environ.setdefault("MPLBACKEND", "Agg")
     recipe = get_recipe(cfg.recipe)
     asked, cfg = cfg, cfg.resolve(recipe)
-    from trainer.data import locate
-    from trainer.runs import check_writable
+    from trainer.data.source import locate
+    from trainer.runs.store import check_writable
 
     check_writable(Path(cfg.out))
     data_path = locate(recipe, cfg.data)
     cfg, device, world = resolve_machine(cfg)
     say = (lambda *_: None) if quiet or not world.main else (lambda msg: console.print(msg, highlight=False))
     say(f"recipe {recipe.name}: data {data_path}, device {device}")
-    from trainer.distributed import join
+    from trainer.training.distributed import join
 
     world = join(world, device)
     if world.launched:
@@ -69,7 +69,7 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
     skipped = skip_unreadable(data_path, console)
     dls = load_data(recipe, cfg, data_path, device, skipped)
     learn, precision = build_learner(recipe, cfg, dls, device, say)
-    from trainer.cache import cacheable, cached_dls, presize
+    from trainer.data.cache import cacheable, cached_dls, presize
 
     fast_dls = cached_dls(dls, say) if cacheable(recipe, cfg) else None
     presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, say)
@@ -83,7 +83,7 @@ def prepare(cfg: FitConfig, console, quiet: bool = False) -> Prepared:
 def resolve_machine(cfg: FitConfig):
     """(cfg with device and workers resolved, torch device, distributed world) for this process."""
     from trainer.device import default_workers, resolve_device, resolve_precision
-    from trainer.distributed import world_from_env
+    from trainer.training.distributed import world_from_env
 
     world = world_from_env()
     if world.size > 1 and cfg.lr == "auto":
@@ -98,7 +98,7 @@ def load_data(recipe: Recipe, cfg: FitConfig, data_path: Path, device, skipped: 
     """The recipe's DataLoaders without the unreadable files, refused when they cannot train a classifier."""
     from fastai.torch_core import set_seed
 
-    from trainer.data import build_dls
+    from trainer.data.loaders import build_dls
 
     set_seed(cfg.seed)
     dls = build_dls(recipe, data_path, cfg, device, skip={path for path, _ in skipped})
@@ -118,9 +118,9 @@ def build_learner(recipe: Recipe, cfg: FitConfig, dls, device, say):
     """(fastai Learner, device.Precision): the model, computing in the precision this device and size call for."""
     from fastai.callback.progress import ProgressCallback
 
-    from trainer.data import input_side
+    from trainer.data.loaders import input_side
     from trainer.device import resolve_precision
-    from trainer.learner import apply_precision, create_learner
+    from trainer.model.learner import apply_precision, create_learner
 
     precision = resolve_precision(cfg.precision, device, input_side(recipe, cfg, dls))
     say(f"precision {precision.name}{' + channels_last' if precision.channels_last else ''}: {precision.reason}")
@@ -133,8 +133,8 @@ def build_learner(recipe: Recipe, cfg: FitConfig, dls, device, say):
 def auto_lr(learn, fast_dls, recipe: Recipe, say) -> dict:
     """--lr auto: lr_find, whose valley suggestion becomes the learning rate (before any run directory exists,
     so config.json is written once, with the rate used)."""
-    from trainer.cache import swapped_dls
-    from trainer.lrfind import find_lr
+    from trainer.data.cache import swapped_dls
+    from trainer.training.lrfind import find_lr
 
     say("--lr auto: running lr_find first")
     with swapped_dls(learn, fast_dls):
@@ -150,7 +150,7 @@ def auto_lr(learn, fast_dls, recipe: Recipe, say) -> dict:
 
 def skip_unreadable(data_path: Path, console) -> list:
     """Find the images that cannot be decoded; say so on stderr (even with --quiet); fail if none is left."""
-    from trainer.images import readable_or_refuse, scan
+    from trainer.data.images import readable_or_refuse, scan
 
     total, bad = scan(data_path)
     readable_or_refuse(total, bad, str(data_path), "check the files or point --data at the right folder",
@@ -160,27 +160,29 @@ def skip_unreadable(data_path: Path, console) -> list:
 
 def start_run(p: Prepared, command: str, **extra) -> Path:
     """Create the run directory: config.json (every resolved option), split.csv, what lr_find found."""
-    from trainer import runs
-    from trainer.split import split_rows, split_sha256, write_split
+    from trainer import files
+    from trainer.runs import store
+    from trainer.runs.split import split_rows, split_sha256, write_split
 
-    run_dir = runs.new_run_dir(Path(p.cfg.out), p.recipe.name)
+    run_dir = store.new_run_dir(Path(p.cfg.out), p.recipe.name)
     p.learn.path = run_dir
     if p.data.skipped:
-        runs.write_text(run_dir / rundir.SKIPPED, "".join(f"{path}\t{why}\n" for path, why in p.data.skipped))
+        files.write_text(run_dir / rundir.SKIPPED, "".join(f"{path}\t{why}\n" for path, why in p.data.skipped))
     rows = split_rows(p.data.dls, p.data.path)
     write_split(run_dir, rows)
     if p.lr_found:
-        from trainer.lrfind import write_lr_find
+        from trainer.training.lrfind import write_lr_find
 
         write_lr_find(p.lr_found, run_dir, f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch} · lr_find")
         extra["lr_find"] = {"suggestions": p.lr_found["suggestions"], "chosen": "valley"}
     p.config = run_config(p, run_dir, command, split_sha256(rows), **extra)
-    runs.write_json(run_dir / rundir.CONFIG, p.config)
+    files.write_json(run_dir / rundir.CONFIG, p.config)
     return run_dir
 
 
 def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **extra) -> dict:
-    from trainer import runs
+    from trainer import files
+    from trainer.runs import store
 
     device = p.data.dls.device
     return {
@@ -198,7 +200,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **ex
         "device": {"name": str(device), "precision": p.cfg.precision, "channels_last": p.precision.channels_last,
                    "precision_reason": p.precision.reason, **device_info(device)},
         "distributed": p.world.to_dict(),
-        "environment": runs.environment(),
+        "environment": store.environment(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -210,7 +212,7 @@ def forgets_presized_copies(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        from trainer.images import forget_presized_copies
+        from trainer.data.images import forget_presized_copies
 
         try:
             return command(*args, **kwargs)
@@ -222,14 +224,14 @@ def forgets_presized_copies(command):
 
 @forgets_presized_copies
 def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=10.0, num_it=100):
-    from trainer.cache import swapped_dls
-    from trainer.lrfind import find_lr, write_lr_find
+    from trainer.data.cache import swapped_dls
+    from trainer.training.lrfind import find_lr, write_lr_find
 
     if not 0 < start_lr < end_lr:
         raise BadInput(f"--start-lr ({start_lr:g}) must be positive and below --end-lr ({end_lr:g})")
     if num_it < 10:
         raise BadInput(f"--num-it must be at least 10 (fastai drops the first and last points), got {num_it}")
-    from trainer.distributed import world_from_env
+    from trainer.training.distributed import world_from_env
 
     if world_from_env().size > 1:
         raise BadInput("lr-find runs in one process: start it without torchrun or --nproc")
@@ -239,7 +241,7 @@ def lr_find(cfg: FitConfig, console, quiet: bool = False, start_lr=1e-7, end_lr=
     with failures_logged(run_dir), swapped_dls(p.learn, p.data.fast_dls):
         result = find_lr(p.learn, start_lr, end_lr, num_it)
         write_lr_find(result, run_dir, f"{p.recipe.name} · lr_find · run {run_dir.name} · {p.cfg.arch}")
-        from trainer.report import write_report
+        from trainer.runs.report import write_report
 
         write_report(run_dir)
     return run_dir, result
@@ -259,9 +261,9 @@ def fit(cfg: FitConfig, console, quiet: bool = False, live: bool = False) -> tup
 
 def follow(p: Prepared, resumed: dict | None = None) -> tuple[None, None]:
     """Ranks 1..N-1: the same schedule as rank 0, in lockstep, writing nothing."""
-    from trainer.cache import swapped_dls
-    from trainer.checkpoint import Interrupted, restore_rng, stop_on_signals
-    from trainer.distributed import distributed, signal_sync
+    from trainer.data.cache import swapped_dls
+    from trainer.training.checkpoint import Interrupted, restore_rng, stop_on_signals
+    from trainer.training.distributed import distributed, signal_sync
 
     flag = signal_sync()
     history = (resumed["metrics"]["header"], resumed["metrics"]["rows"]) if resumed else ([], [])
@@ -282,7 +284,7 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, **gi
     (`given`: device/precision, where and how to continue when not as the run asked; interpret, top_k,
     tensorboard, checked against the run's own)."""
     from trainer.config import resume_config
-    from trainer.rundir import read_config
+    from trainer.runs.rundir import read_config
 
     config = read_config(run_dir)
     recipe = config.get("recipe", {}).get("name", "RECIPE")
@@ -297,9 +299,9 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, **gi
         raise no_checkpoint from None
     if not (run_dir / rundir.LAST).is_file():
         raise no_checkpoint
-    from trainer.checkpoint import load_last, read_state
-    from trainer.runs import remove_stale_temporaries
-    from trainer.split import check_split
+    from trainer.training.checkpoint import load_last, read_state
+    from trainer.files import remove_stale_temporaries
+    from trainer.runs.split import check_split
 
     p = prepare(cfg, console, quiet)
     check_split(run_dir, config, p.data.dls, p.data.path)  # the same validation set, or a clear refusal
@@ -319,7 +321,7 @@ def resume(run_dir: Path, console, quiet: bool = False, live: bool = False, **gi
 def train(p: Prepared, run_dir: Path, console, quiet: bool, live: bool, resumed: dict | None = None) -> dict:
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary.
     Read top to bottom: each step is one function below."""
-    from trainer.plots import save_batch
+    from trainer.inspection.plots import save_batch
 
     title = f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch}"
     if resumed:
@@ -356,18 +358,19 @@ def display_names(p: Prepared) -> dict:
 
 def record_resume(p: Prepared, run_dir: Path, resumed: dict) -> None:
     """config.json gains a line for each resume: when, after which epoch, where and how it went on."""
-    from trainer import runs
+    from trainer import files
+    from trainer.runs import store
 
     p.config.setdefault("resumed", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                "after_epoch": resumed["epochs_done"], "device": p.cfg.device,
                                                "precision": p.cfg.precision, "world_size": p.world.size})
-    runs.write_json(run_dir / rundir.CONFIG, p.config)
+    files.write_json(run_dir / rundir.CONFIG, p.config)
 
 
 def training_log(run_dir: Path, learn, resumed: dict | None):
     """The run log (metrics.csv): empty, or, for --resume, the files and the log as the checkpoint has them."""
-    from trainer.checkpoint import restore_files
-    from trainer.progress import RunLog
+    from trainer.training.checkpoint import restore_files
+    from trainer.training.progress import RunLog
 
     run_log = RunLog(run_dir / rundir.METRICS)
     if resumed:
@@ -379,10 +382,10 @@ def training_log(run_dir: Path, learn, resumed: dict | None):
 def run_training(p: Prepared, run_dir: Path, console, run_log, live: bool, quiet: bool,
                  resumed: dict | None) -> Trained:
     """The schedule, with the run's callbacks (progress, checkpoints, early stopping, signals)."""
-    from trainer.cache import swapped_dls
-    from trainer.checkpoint import Checkpoints, Interrupted, restore_rng, stop_on_signals
-    from trainer.distributed import distributed
-    from trainer.progress import ConsoleProgress
+    from trainer.data.cache import swapped_dls
+    from trainer.training.checkpoint import Checkpoints, Interrupted, restore_rng, stop_on_signals
+    from trainer.training.distributed import distributed
+    from trainer.training.progress import ConsoleProgress
 
     total_epochs = p.cfg.epochs + (1 if schedule_of(p.cfg) == "fine_tune" else 0)
     display = ConsoleProgress(console, total_epochs, run_log, live=live, quiet=quiet)
@@ -417,7 +420,7 @@ def signal_target(p: Prepared, checkpoints) -> tuple[object, list]:
     that adds."""
     if not p.world.launched:
         return checkpoints, []
-    from trainer.distributed import signal_sync
+    from trainer.training.distributed import signal_sync
 
     flag = signal_sync(checkpoints)
     return flag, [flag]
@@ -426,28 +429,29 @@ def signal_target(p: Prepared, checkpoints) -> tuple[object, list]:
 def activation_stats(p: Prepared):
     if not p.cfg.activation_stats:
         return None
-    from trainer.activations import activation_callback
+    from trainer.training.activations import activation_callback
 
     return activation_callback(p.learn.model)
 
 
 def export_model(p: Prepared, run_dir: Path) -> None:
     """model.safetensors + model.json (what trainer loads), model.pkl (for fastai users); `latest` moves."""
-    from trainer import runs
-    from trainer.learner import export_weights
+    from trainer import files
+    from trainer.runs import store
+    from trainer.model.learner import export_weights
 
     p.learn.to_contiguous(to_fp32=True)  # the exported model is fp32 in the default memory format: it runs anywhere
-    with runs.atomic_path(run_dir / rundir.MODEL_PICKLE) as tmp:
+    with files.atomic_path(run_dir / rundir.MODEL_PICKLE) as tmp:
         p.learn.export(tmp)
     export_weights(p.learn, run_dir, p.cfg, p.recipe)
-    runs.point_latest(run_dir.parent, run_dir)  # `latest` names the newest run with a model
+    store.point_latest(run_dir.parent, run_dir)  # `latest` names the newest run with a model
 
 
 def write_plots(p: Prepared, run_dir: Path, run_log, trained: Trained, title: str) -> None:
-    from trainer.plots import plot_history, save_results
+    from trainer.inspection.plots import plot_history, save_results
 
     if trained.activation_stats is not None:
-        from trainer.activations import write_activations
+        from trainer.training.activations import write_activations
 
         write_activations(trained.activation_stats, run_dir, f"{title} · activations")
     plot_history(run_log, title, run_dir / rundir.HISTORY, best=trained.best)
@@ -480,7 +484,7 @@ def summarise(p: Prepared, run_dir: Path, run_log, trained: Trained, final_row: 
 
 def interpret_validation(p: Prepared, run_dir: Path, title: str, top_k: int) -> dict:
     """The confusion matrix, top losses and per-class report, from the learner that was just trained."""
-    from trainer.interpret import analyse, write_interpretation
+    from trainer.inspection.interpret import analyse, write_interpretation
 
     analysis = analyse(p.learn, (p.data.fast_dls or p.data.dls).valid, p.data.dls.valid_ds.items, list(display_names(p).values()))
     return write_interpretation(analysis, run_dir, title, top_k)
@@ -488,10 +492,11 @@ def interpret_validation(p: Prepared, run_dir: Path, title: str, top_k: int) -> 
 
 def finish(run_dir: Path, summary: dict) -> None:
     """summary.json marks the run done; the report shows it; the checkpoint is no longer needed."""
-    from trainer import runs
-    from trainer.report import write_report
+    from trainer import files
+    from trainer.runs import store
+    from trainer.runs.report import write_report
 
-    runs.write_json(run_dir / rundir.SUMMARY, summary)
+    files.write_json(run_dir / rundir.SUMMARY, summary)
     write_report(run_dir)
     (run_dir / rundir.LAST).unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
 
@@ -512,7 +517,7 @@ def early_stopping(cfg: FitConfig, recipe: Recipe, header: list[str] = (), rows:
     replays the epochs done (`header`, `rows` of metrics.csv) so it stops where the uninterrupted run would."""
     if not cfg.early_stop:
         return []
-    from trainer.checkpoint import ResumableEarlyStopping
+    from trainer.training.checkpoint import ResumableEarlyStopping
 
     history = []
     if rows:  # the epochs of the fit being continued (fine_tune's unfrozen fit does not see the frozen epoch)
@@ -560,14 +565,15 @@ def run_schedule(learn, cfg: FitConfig, done: int) -> None:
 @contextmanager
 def failures_logged(run_dir: Path):
     """Once a run directory exists, a crash becomes exit 1 with its traceback kept in error.log."""
-    from trainer import runs
+    from trainer import files
+    from trainer.runs import store
 
     try:
         yield
     except (KeyboardInterrupt, BadInput, TrainingInterrupted):
         raise
     except Exception as e:
-        runs.write_text(run_dir / rundir.ERROR_LOG, traceback.format_exc())
+        files.write_text(run_dir / rundir.ERROR_LOG, traceback.format_exc())
         raise TrainingFailed(f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / rundir.ERROR_LOG})") from e
 
 

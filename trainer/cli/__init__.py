@@ -26,7 +26,7 @@ def _choices(name: str, values) -> type[Enum]:
 Precision = _choices("Precision", PRECISIONS)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 Init = _choices("Init", INITS)
-ExportFormat = _choices("ExportFormat", ("onnx", "torchscript"))  # trainer.export.FORMATS, which imports torch
+ExportFormat = _choices("ExportFormat", ("onnx", "torchscript"))  # trainer.serving.export.FORMATS, which imports torch
 
 
 def _value(choice: Enum | None) -> str | None:
@@ -187,7 +187,7 @@ def datasets():
     """List the recipes, their defaults and where their data is found locally."""
     from rich.table import Table
 
-    from trainer.data import find_local
+    from trainer.data.source import find_local
     from trainer.recipes import RECIPES
 
     table = Table("recipe", "what", "data", "epochs", "lr", "metrics", "local copy")
@@ -311,16 +311,16 @@ def _fit_or_resume(recipe, options: dict, outputs: dict, machine: dict, resume: 
         cfg = FitConfig(recipe=recipe, **{**options, "lr": _parse_lr(options["lr"])}, **outputs,
                         device=machine["device"] or "auto", precision=machine["precision"] or "auto", out=str(out))
     if nproc is not None:
-        from trainer.distributed import launch
+        from trainer.training.distributed import launch
 
         raise typer.Exit(launch(nproc, sys.argv[1:], cfg))
     if resume:
-        from trainer.fit import resume as run_resume
-        from trainer.runs import resolve_run
+        from trainer.training.fit import resume as run_resume
+        from trainer.runs.store import resolve_run
 
         run_dir = resolve_run(str(resume), out, need_model=False)
         return run_resume(run_dir, console, quiet=quiet, live=console.is_terminal, **machine, **outputs)
-    from trainer.fit import fit as run_fit
+    from trainer.training.fit import fit as run_fit
 
     return run_fit(cfg, console, quiet=quiet, live=console.is_terminal)
 
@@ -370,7 +370,7 @@ def lr_find(
 ):
     """Find a learning rate: fastai's lr_find with the minimum, steep, valley and slide suggestions."""
     from trainer.config import FitConfig
-    from trainer.rundir import LR_FIND_PNG
+    from trainer.runs.rundir import LR_FIND_PNG
 
     console = _console()
     try:
@@ -378,7 +378,7 @@ def lr_find(
                         weights=str(weights) if weights else None, data=data, size=size, valid_pct=valid_pct,
                         device=device, precision=precision.value, workers=workers, cache=cache, seed=seed,
                         out=str(out))
-        from trainer.fit import lr_find as run_lr_find
+        from trainer.training.fit import lr_find as run_lr_find
 
         run_dir, result = run_lr_find(cfg, console, quiet=quiet, start_lr=start_lr, end_lr=end_lr, num_it=num_it)
     except (BadInput, TrainingFailed) as e:
@@ -408,8 +408,8 @@ def interpret(
     """Where the model fails: confusion matrices, top losses, most confused pairs, per-class report."""
     console = _console()
     try:
-        from trainer.interpret import interpret_run
-        from trainer.runs import resolve_run
+        from trainer.inspection.interpret import interpret_run
+        from trainer.runs.store import resolve_run
 
         run_dir = resolve_run(target, out)
         report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle)
@@ -436,8 +436,8 @@ def evaluate(
     """A trained run's metrics on a separate labelled test set: test_metrics.json and its confusion matrix."""
     console = _console()
     try:
-        from trainer.evaluate import evaluate_run
-        from trainer.runs import resolve_run
+        from trainer.inspection.evaluate import evaluate_run
+        from trainer.runs.store import resolve_run
 
         run_dir = resolve_run(target, out)
         result = evaluate_run(run_dir, data, bs=bs, device=device)
@@ -472,7 +472,7 @@ def runs_list(
     out: RunsRoot = RUNS, as_json: AsJson = False,
 ):
     """Past runs, newest first, with their final metrics (also `trainer runs [RECIPE]`)."""
-    from trainer.listing import list_runs
+    from trainer.runs.listing import list_runs
     from trainer.recipes import RECIPES, get_recipe
 
     try:
@@ -517,9 +517,9 @@ def runs_show(
     """One run: its state, config.json and metrics.csv."""
     import json
 
-    from trainer import rundir
-    from trainer.listing import describe_or_flag
-    from trainer.runs import resolve_run
+    from trainer.runs import rundir
+    from trainer.runs.listing import describe_or_flag
+    from trainer.runs.store import resolve_run
 
     try:
         run_dir = resolve_run(run, out, need_model=False)
@@ -553,11 +553,11 @@ def report(
 ):
     """Rebuild a run's report.html (one self-contained page: config, metrics, plots, interpretation)."""
     try:
-        from trainer.report import write_report
-        from trainer.runs import resolve_run
+        from trainer.runs.report import write_report
+        from trainer.runs.store import resolve_run
 
         run_dir = resolve_run(target, out, need_model=False)
-        from trainer.rundir import CONFIG
+        from trainer.runs.rundir import CONFIG
 
         if not (run_dir / CONFIG).is_file():
             raise BadInput(f"{run_dir} is not a run directory (no {CONFIG}); see `trainer runs`")
@@ -579,8 +579,8 @@ def predict(
 ):
     """Predict the class of images with a trained run's model."""
     try:
-        from trainer.interpret import predict_images
-        from trainer.runs import resolve_run
+        from trainer.serving.inference import predict_images
+        from trainer.runs.store import resolve_run
 
         results = predict_images(resolve_run(target, out), images, top_k=top_k, bs=bs, device=device,
                                  trust_pickle=trust_pickle)
@@ -627,8 +627,8 @@ def export(
 ):
     """The run's model as ONNX or TorchScript (fp32, any batch size), checked against PyTorch before writing."""
     try:
-        from trainer.export import export_run
-        from trainer.runs import resolve_run
+        from trainer.serving.export import export_run
+        from trainer.runs.store import resolve_run
 
         path, description = export_run(resolve_run(target, RUNS), format.value, out, data)
     except BadInput as e:
@@ -658,8 +658,8 @@ def serve(
 ):
     """An HTTP prediction service: POST /predict (images), GET /health, and a page at / to drop images on."""
     try:
-        from trainer.runs import resolve_run
-        from trainer.serve import serve as run_server
+        from trainer.runs.store import resolve_run
+        from trainer.serving.server import serve as run_server
 
         run_server(resolve_run(target, out), host, port, workers, device, max_bytes, max_pixels)
     except BadInput as e:
@@ -677,7 +677,7 @@ def download(
     """Fetch a recipe's data and pretrained weights ahead of time, for a machine that will be offline."""
     console = _console()
     try:
-        from trainer.data import locate
+        from trainer.data.source import locate
         from trainer.recipes import get_recipe
 
         r = get_recipe(recipe)
@@ -731,7 +731,7 @@ def bench(
 
 def _check_bench(recipe: str, rows: str, arch: str, weights: Path | None) -> None:
     """Every bad input in one line now, not a failed row minutes later."""
-    from trainer.arch import read_state_dict, resolve_arch
+    from trainer.model.arch import read_state_dict, resolve_arch
     from trainer.bench import ROWS
     from trainer.recipes import get_recipe
 
@@ -748,7 +748,7 @@ def _cache_weights(arch: str) -> str:
     import torch
     import torchvision.models as tvm
 
-    from trainer.learner import resolve_arch
+    from trainer.model.learner import resolve_arch
 
     if isinstance(resolve_arch(arch), str):
         raise BadInput(f"'{arch}' is a timm model: timm caches its own weights on first use")

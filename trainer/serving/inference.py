@@ -27,7 +27,7 @@ def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = Fal
 
     from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
 
-    from trainer.images import RGBImage
+    from trainer.data.images import RGBImage
     from trainer.recipes import get_recipe
 
     tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
@@ -104,3 +104,31 @@ def image_items(paths: list[Path]) -> list[Path]:
         else:
             raise BadInput(f"{path}: no such image or folder")
     return items
+
+
+def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto",
+                   trust_pickle: bool = False) -> list[dict]:
+    """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
+    from trainer.device import resolve_device
+    from trainer.serving.inference import image_items, predict_probabilities, top_predictions
+    from trainer.model.learner import class_names, load_pickled, load_weights
+
+    from trainer.data.images import readable_or_refuse, unreadable
+
+    given = image_items(paths)
+    bad = {path: why for path in given if (why := unreadable(path))}
+    readable_or_refuse(len(given), list(bad.items()), "the input", "give image files that open (.jpg, .png, ...)")
+    items = [path for path in given if path not in bad]
+    torch_device = resolve_device(device)
+    if trust_pickle:
+        learn = load_pickled(run_dir, torch_device)
+        classes = [str(c) for c in learn.dls.vocab]
+        probs, _ = learn.get_preds(dl=learn.dls.test_dl(items, bs=bs, num_workers=0))
+    else:
+        model, meta = load_weights(run_dir, torch_device)
+        classes = meta["classes"]
+        probs = predict_probabilities(model, meta, items, bs, torch_device)
+    classes = class_names(run_dir, classes)
+    predicted = dict(zip(items, top_predictions(classes, probs, top_k)))
+    return [{"path": str(path), "predictions": predicted[path]} if path in predicted else
+            {"path": str(path), "predictions": [], "unreadable": bad[path]} for path in given]

@@ -15,10 +15,10 @@ import shlex
 from pathlib import Path
 
 from trainer.config import MACHINE_OPTIONS, TOP_K, as_flag
-from trainer import rundir
-from trainer.rundir import read_json
+from trainer.runs import rundir
+from trainer.runs.rundir import read_json
 from trainer.recipes import lower_is_better
-from trainer.runs import write_text
+from trainer.files import write_text
 
 IMAGES = [  # (file, caption), in reading order; the ones a run has are shown
     (rundir.HISTORY, "Loss and metrics per epoch"),

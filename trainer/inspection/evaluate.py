@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer import rundir
-from trainer.inputs import inference_dls
-from trainer.interpret import analyse, write_confusion
-from trainer.runs import write_json
+from trainer.runs import rundir
+from trainer.serving.inference import inference_dls
+from trainer.inspection.interpret import analyse, write_confusion
+from trainer.files import write_json
 
 
 def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -> dict:
@@ -20,9 +20,9 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
     from fastai.data.transforms import get_image_files
 
     from trainer.errors import BadInput
-    from trainer.images import readable_or_refuse, scan
+    from trainer.data.images import readable_or_refuse, scan
     from trainer.device import resolve_device
-    from trainer.learner import class_names, inference_learner, load_weights
+    from trainer.model.learner import class_names, inference_learner, load_weights
 
     root = Path(data)
     if not root.is_dir():
@@ -51,7 +51,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
               "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class(),
               "most_confused": analysis.most_confused()[:10]}
     write_json(run_dir / rundir.TEST_METRICS, result)
-    from trainer.report import write_report
+    from trainer.runs.report import write_report
 
     write_report(run_dir)
     return result
@@ -60,8 +60,8 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
 def refuse_training_images(run_dir: Path, test: Path, items: list[Path]) -> None:
     """A test set that holds images the run trained on would flatter it: refuse it (split.csv says which)."""
     from trainer.errors import BadInput
-    from trainer.rundir import read_config
-    from trainer.split import training_images
+    from trainer.runs.rundir import read_config
+    from trainer.runs.split import training_images
 
     data = read_config(run_dir).get("data", {})
     trained = training_images(run_dir, Path(data["path"])) if "path" in data else set()

@@ -34,10 +34,10 @@ def require_export_extra() -> None:
 def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> tuple[Path, dict]:
     """Write the run's model as `fmt` to `out` (default RUN_DIR/model.onnx or model.torchscript) with its
     description in OUT.json; (path, description). Nothing is written when the check fails."""
-    from trainer.inputs import input_batches, probabilities
-    from trainer.interpret import run_data
-    from trainer.learner import load_weights
-    from trainer.runs import atomic_path, write_json
+    from trainer.serving.inference import input_batches, probabilities
+    from trainer.inspection.interpret import run_data
+    from trainer.model.learner import load_weights
+    from trainer.files import atomic_path, write_json
 
     if fmt not in FORMATS:
         raise BadInput(f"unknown --format '{fmt}'; choose onnx or torchscript")
@@ -91,7 +91,7 @@ def sidecar(path: Path) -> Path:
 
 def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tensor) -> dict:
     """What a program outside trainer needs to use the file: classes and how to make the input."""
-    from trainer.learner import class_names
+    from trainer.model.learner import class_names
     from trainer.recipes import get_recipe
 
     recipe = get_recipe(meta["recipe"])

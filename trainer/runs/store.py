@@ -1,16 +1,13 @@
-"""Run directories (runs/<recipe>/<id>/), atomic writes and run metadata."""
+"""The store of run directories, runs/<recipe>/<id>/: creating one, finding the one a user means, `latest`,
+and the environment a run records."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,82 +70,6 @@ def run_order(run_id: str) -> tuple[str, int]:
     return run_id[:15], int(run_id[16:]) if run_id[16:].isdigit() else 1
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()  # mkstemp makes 0600 files; artifacts get the usual permissions
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; on success it is renamed over `path`, else removed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, FILE_MODE)
-        kill_point(path, "written")
-        os.replace(tmp, path)
-        kill_point(path, "renamed")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-KILL_AT = "TRAINER_TEST_KILL_AT"  # a test hook: "<file name>:<written|renamed>:<n>"
-_kill_counts: dict[str, int] = {}
-
-
-def kill_point(path: Path, stage: str) -> None:
-    """SIGKILL this process at the n-th time `path`'s temporary copy is written or renamed over it, when the
-    test hook asks for it: a kill at an exact point of the save path, not at a moment chosen by a timer."""
-    wanted = os.environ.get(KILL_AT)
-    if not wanted:
-        return
-    point = f"{path.name}:{stage}"
-    _kill_counts[point] = _kill_counts.get(point, 0) + 1
-    if wanted == f"{point}:{_kill_counts[point]}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """The temporary files of writes a kill cut short (atomic_path's .<name>.*.tmp); never the real files."""
-    stale = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
-    for p in stale:
-        with contextlib.suppress(OSError):
-            p.unlink()
-    return stale
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
-def save_figure(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:], dpi=100, bbox_inches="tight")
-
-
 def environment() -> dict:
     """Versions and code revision, so a run can be reproduced a month later."""
     import fastai
@@ -171,7 +92,7 @@ def environment() -> dict:
 
 def git_commit() -> str | None:
     """The trainer checkout's commit (with '-dirty' for local changes), if it is a git checkout."""
-    source = Path(__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]  # the checkout: trainer/runs/store.py
     try:
         head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=5)
@@ -190,8 +111,8 @@ def resolve_run(target: str, out: Path, need_model: bool = True) -> Path:
     newest run with a model). `need_model=False` (runs show, report) accepts runs without one."""
     from trainer.errors import did_you_mean
     from trainer.recipes import RECIPES
-    from trainer import rundir
-    from trainer.rundir import has_model, read_config
+    from trainer.runs import rundir
+    from trainer.runs.rundir import has_model, read_config
 
     path = Path(target)
     if path.is_dir():

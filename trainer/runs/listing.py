@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer import rundir
-from trainer.rundir import last_metrics, read_json
-from trainer.runs import run_dirs, run_order
+from trainer.runs import rundir
+from trainer.runs.rundir import last_metrics, read_json
+from trainer.runs.store import run_dirs, run_order
 
 
 def run_state(run_dir: Path, config_problem: str | None, summary: dict | None, summary_problem: str | None) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import rundir
-from trainer.runs import save_figure, write_json
+from trainer.runs import rundir
+from trainer.files import save_figure, write_json
 
 SUGGESTIONS = ("minimum", "steep", "valley", "slide")
 

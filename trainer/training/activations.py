@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer import rundir
+from trainer.runs import rundir
 
 MAX_LAYERS = 6
 
@@ -49,7 +49,7 @@ def write_activations(stats, run_dir: Path, title: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainer.runs import save_figure, write_json
+    from trainer.files import save_figure, write_json
 
     names = stats.layer_names
     n = len(names)

@@ -16,7 +16,7 @@ import numpy as np
 from fastai.vision.core import PILImage
 from PIL import Image
 
-from trainer.locations import IMAGE_EXTENSIONS, data_root
+from trainer.data.locations import IMAGE_EXTENSIONS, data_root
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -104,7 +104,7 @@ def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
         pass
     bad = [(f, why) for f in files if (why := unreadable(f))]
     try:
-        from trainer.runs import write_json
+        from trainer.files import write_json
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache, {"root": str(root.resolve()), "signature": signature, "bad": [[p.relative_to(root).as_posix(), w] for p, w in bad]})

@@ -13,7 +13,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Recorder
 from fastai.torch_core import find_bs
 
-from trainer.runs import write_csv
+from trainer.files import write_csv
 
 
 class RunLog(Callback):

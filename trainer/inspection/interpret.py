@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from trainer import rundir
-from trainer.runs import write_csv, write_json
+from trainer.runs import rundir
+from trainer.files import write_csv, write_json
 
 
 @dataclass
@@ -73,7 +73,7 @@ def analyse(learn, dl, items, names: list[str]) -> Analysis:
 
 def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: int = 9) -> dict:
     """Every table and plot, into the run directory; returns what it printed about."""
-    from trainer.interpret_plots import MOST_CONFUSED_FROM, plot_confusion, plot_most_confused, plot_top_losses
+    from trainer.inspection.interpret_plots import (MOST_CONFUSED_FROM, plot_confusion, plot_most_confused, plot_top_losses)
 
     classes = analysis.classes
     cm = analysis.confusion()
@@ -99,7 +99,7 @@ def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: i
 
 def write_confusion(cm: torch.Tensor, classes: list[str], title: str, run_dir: Path, name: str) -> None:
     """<name>.csv (actual rows by predicted columns) and <name>.png (counts)."""
-    from trainer.interpret_plots import plot_confusion
+    from trainer.inspection.interpret_plots import plot_confusion
 
     write_csv(run_dir / f"{name}.csv", ["actual \\ predicted", *classes],
               [[label, *map(int, row)] for label, row in zip(classes, cm)])
@@ -111,8 +111,8 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     """Rebuild a run's validation set from its config.json and write the interpretation into the run."""
     from trainer.errors import BadInput
     from trainer.device import resolve_device
-    from trainer.inputs import add_normalize
-    from trainer.learner import class_names, inference_learner, load_pickled, load_weights
+    from trainer.serving.inference import add_normalize
+    from trainer.model.learner import class_names, inference_learner, load_pickled, load_weights
 
     recipe, cfg, data_path, build_split = run_data(run_dir, data)
     torch_device = resolve_device(device)
@@ -134,7 +134,7 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     analysis = analyse(learn, dl, items, class_names(run_dir, classes))
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
     written = write_interpretation(analysis, run_dir, title, top_k)
-    from trainer.report import write_report
+    from trainer.runs.report import write_report
 
     write_report(run_dir)  # the page shows the new interpretation
     return written
@@ -147,12 +147,13 @@ def run_data(run_dir: Path, data: str | None):
     from dataclasses import replace
 
     from trainer.config import FitConfig
-    from trainer.data import build_dls, locate
+    from trainer.data.loaders import build_dls
+    from trainer.data.source import locate
     from trainer.errors import BadInput
-    from trainer.images import readable_or_refuse, scan
+    from trainer.data.images import readable_or_refuse, scan
     from trainer.recipes import get_recipe
-    from trainer.rundir import read_config
-    from trainer.split import check_split
+    from trainer.runs.rundir import read_config
+    from trainer.runs.split import check_split
 
     config = read_config(run_dir)
     try:
@@ -175,29 +176,3 @@ def run_data(run_dir: Path, data: str | None):
     return recipe, cfg, data_path, split
 
 
-def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto",
-                   trust_pickle: bool = False) -> list[dict]:
-    """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
-    from trainer.device import resolve_device
-    from trainer.inputs import image_items, predict_probabilities, top_predictions
-    from trainer.learner import class_names, load_pickled, load_weights
-
-    from trainer.images import readable_or_refuse, unreadable
-
-    given = image_items(paths)
-    bad = {path: why for path in given if (why := unreadable(path))}
-    readable_or_refuse(len(given), list(bad.items()), "the input", "give image files that open (.jpg, .png, ...)")
-    items = [path for path in given if path not in bad]
-    torch_device = resolve_device(device)
-    if trust_pickle:
-        learn = load_pickled(run_dir, torch_device)
-        classes = [str(c) for c in learn.dls.vocab]
-        probs, _ = learn.get_preds(dl=learn.dls.test_dl(items, bs=bs, num_workers=0))
-    else:
-        model, meta = load_weights(run_dir, torch_device)
-        classes = meta["classes"]
-        probs = predict_probabilities(model, meta, items, bs, torch_device)
-    classes = class_names(run_dir, classes)
-    predicted = dict(zip(items, top_predictions(classes, probs, top_k)))
-    return [{"path": str(path), "predictions": predicted[path]} if path in predicted else
-            {"path": str(path), "predictions": [], "unreadable": bad[path]} for path in given]

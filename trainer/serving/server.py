@@ -3,7 +3,7 @@
 POST /predict takes images (multipart, field `files`), GET /health describes the model, GET / is
 a page to drop images on. The model is loaded once per worker from model.safetensors (never a
 pickle); requests share it under a lock, so concurrent requests are served one batch at a time.
-Every image goes through trainer.inputs, the path `trainer predict` takes, so the numbers match.
+Every image goes through trainer.serving.inference, the path `trainer predict` takes, so the numbers match.
 Bad input is answered with a 4xx and {"error": "<one line>"}; the server itself never fails on it.
 """
 
@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from trainer import rundir
+from trainer.runs import rundir
 from trainer.errors import BadInput
 
 MAX_FILES = 64  # images in one request
@@ -45,7 +45,7 @@ class Predictor:
 
     def __init__(self, run_dir: Path, device: str):
         from trainer.device import resolve_device
-        from trainer.learner import class_names, load_weights
+        from trainer.model.learner import class_names, load_weights
 
         self.device = resolve_device(device)
         self.model, self.meta = load_weights(run_dir, self.device)
@@ -53,7 +53,7 @@ class Predictor:
         self.lock = threading.Lock()  # one forward pass at a time: fastai's pipeline and the model are shared
 
     def predict(self, images: list, top_k: int) -> list[list[dict]]:
-        from trainer.inputs import predict_probabilities, top_predictions
+        from trainer.serving.inference import predict_probabilities, top_predictions
 
         with self.lock:
             probs = predict_probabilities(self.model, self.meta, images, len(images), self.device)
@@ -64,7 +64,7 @@ def decode(name: str, data: bytes, max_bytes: int, max_pixels: int):
     """An upload as an RGB image, or Rejected naming the file and what is wrong with it."""
     from PIL import Image, UnidentifiedImageError
 
-    from trainer.images import open_image
+    from trainer.data.images import open_image
 
     if not data:
         raise Rejected(400, f"'{name}' is empty (0 bytes)")
@@ -195,7 +195,7 @@ def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_by
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config("trainer.serve:app_from_settings", factory=True, host=host, port=port, workers=workers,
+    config = uvicorn.Config("trainer.serving.server:app_from_settings", factory=True, host=host, port=port, workers=workers,
                             log_level="info", timeout_graceful_shutdown=5)
     # As uvicorn.run does it, except that the socket listens before any worker loads the model, so each
     # worker's "ready" line (after its model loaded) means requests are taken from then on.

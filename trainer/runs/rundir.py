@@ -2,7 +2,7 @@
 
 Every module names a run's files through the constants below, and reads the shared ones through the
 readers here, so a file is renamed or reshaped in one place. No torch or fastai here (listing stays
-instant). Written atomically by trainer.runs (temporary file, then rename).
+instant). Written atomically by trainer.runs.store (temporary file, then rename).
 
   file                          written by                      holds
   config.json                   fit / lr-find, at the start     every option asked and resolved, data, device

@@ -28,9 +28,9 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.torch_core import TensorCategory, TensorImage
 
-from trainer.data import labels_of
-from trainer.locations import data_root
-from trainer.runs import atomic_path
+from trainer.data.loaders import labels_of
+from trainer.data.locations import data_root
+from trainer.files import atomic_path
 
 
 def cacheable(recipe, cfg) -> bool:
@@ -41,7 +41,7 @@ def cacheable(recipe, cfg) -> bool:
 
 
 def decode(path) -> np.ndarray:
-    from trainer.images import RGBImage
+    from trainer.data.images import RGBImage
 
     return np.asarray(RGBImage.create(path))
 
@@ -135,7 +135,7 @@ def shrink(source: Path, target: Path, side: int) -> bool:
     it is already that small (the original is read as it is)."""
     from PIL import Image
 
-    from trainer.images import to_rgb
+    from trainer.data.images import to_rgb
 
     with Image.open(source) as image:
         if min(image.size) <= side:
@@ -157,7 +157,7 @@ def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
     """For recipes that resize full photos per item: shrink every image once to the resize target's
     short side, into <data root>/.resized/<key>/, and point RGBImage at the copies. Each epoch then
     decodes a 224-460 px image instead of a full photo; the crop and resize still happen per item."""
-    from trainer.images import RGBImage, forget_presized_copies, image_files
+    from trainer.data.images import RGBImage, forget_presized_copies, image_files
 
     forget_presized_copies()
     side = resize_target(recipe, cfg) if cfg.cache is not False else None

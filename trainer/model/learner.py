@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from trainer import rundir
-from trainer.arch import resolve_arch
+from trainer.runs import rundir
+from trainer.model.arch import resolve_arch
 from trainer.errors import BadInput
 
 
@@ -53,14 +53,14 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     arch = resolve_arch(cfg.arch)
     timm_args = {}  # for timm.create_model, through vision_learner
     if cfg.weights:
-        from trainer.arch import local_weights_arch, timm_weights_kwargs
+        from trainer.model.arch import local_weights_arch, timm_weights_kwargs
 
         if isinstance(arch, str):
             timm_args = timm_weights_kwargs(arch, cfg.weights)
         else:
             arch = local_weights_arch(arch, cfg.weights)
     elif cfg.pretrained and not isinstance(arch, str) and not weights_cached(cfg.arch):
-        from trainer.locations import offline
+        from trainer.data.locations import offline
 
         if offline():
             raise BadInput(no_weights_message(cfg, "TRAINER_OFFLINE is set"))
@@ -73,7 +73,7 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     except (RuntimeError, KeyError, ValueError) as e:
         if not timm_args:
             raise
-        from trainer.arch import weights_mismatch
+        from trainer.model.arch import weights_mismatch
 
         raise weights_mismatch(cfg.weights, cfg.arch, e) from None  # timm's strict load refused the file
     # --init: the head always starts fresh; the body too when it has no pretrained weights
@@ -84,7 +84,7 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
 def apply_precision(learn, precision) -> None:
     """Train in `precision` (a device.Precision): autocast on the learner's device, and channels_last
     model and batches where it was chosen. `learn.to_contiguous(to_fp32=True)` undoes both."""
-    from trainer.precision import ChannelsLastBatches, DeviceMixedPrecision
+    from trainer.model.precision import ChannelsLastBatches, DeviceMixedPrecision
 
     if precision.channels_last:
         learn.add_cb(ChannelsLastBatches())
@@ -103,7 +103,7 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
     from fastai.vision.all import Normalize
     from safetensors.torch import save_file
 
-    from trainer.runs import atomic_path, write_json
+    from trainer.files import atomic_path, write_json
 
     state = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
     with atomic_path(run_dir / rundir.WEIGHTS) as tmp:

@@ -1,0 +1,1 @@
+"""The model: architectures and weights files (arch), the fastai learner (learner), precision callbacks."""
