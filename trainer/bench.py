@@ -53,7 +53,7 @@ def reference(recipe: str, data: str, epochs: int, device: str, arch: str = "res
     from fastai.vision.all import ImageDataLoaders, Resize, error_rate, get_image_files, vision_learner
 
     from trainer.model.arch import resolve_arch
-    from trainer.data.source import locate# only to find/extract the data the same way
+    from trainer.data.source import locate  # only to find/extract the data the same way
     from trainer.recipes import get_recipe, is_cat
 
     r = get_recipe(recipe)
@@ -313,3 +313,18 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def check_bench(recipe: str, rows: str, arch: str, weights) -> None:
+    """Every bad input in one line now, not a failed row minutes later."""
+    from trainer.errors import BadInput
+    from trainer.model.arch import read_state_dict, resolve_arch
+    from trainer.recipes import get_recipe
+
+    get_recipe(recipe)
+    unknown = [row for row in rows.split(",") if row not in ROWS]
+    if unknown:
+        raise BadInput(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    resolve_arch(arch)
+    if weights:
+        read_state_dict(str(weights), arch)

@@ -1,22 +1,27 @@
-"""One resolved configuration, from the command line to fastai and into config.json.
+"""One resolved configuration, from the command line (or the Python API) to fastai and into config.json.
 
-Options the user did not set stay None until `resolve`, so the recipe's defaults win;
-config.json records the resolved values. A FitConfig is frozen: a changed value is a new one (`replace`).
+Options the user did not set stay None until `resolve`, so the recipe's defaults win; then the machine's
+choices (device, workers, precision, caches) and, with --lr auto, the rate lr_find found. A FitConfig is
+frozen; config.json records the resolved values. Each value is checked against its definition (options.py).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 
-from trainer.errors import BadInput, did_you_mean
+from trainer.errors import BadInput
+from trainer.options import OPTIONS, TOP_K, as_flag, check_device
 from trainer.recipes import Recipe
 
-DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "lamb", "ranger")
-INITS = ("default", "kaiming", "xavier")
-TOP_K = 9  # highest-loss validation images the interpretation shows
+
+@dataclass(frozen=True)
+class Machine:
+    """What this machine makes of the options that depend on it."""
+
+    device: str  # the torch device, e.g. "cpu", "cuda:0"
+    workers: int
+    precision: str  # fp32, fp16 or bf16
+    cache: bool  # the decoded-image or presized-photo cache applies and was not turned off
 
 
 @dataclass(frozen=True)
@@ -50,17 +55,20 @@ class FitConfig:
     top_k: int | None = None  # highest-loss images in top_losses.png/.csv; None: TOP_K
     tensorboard: bool | None = None  # fastai's TensorBoardCallback into <run>/tensorboard/
 
-    def resolve(self, recipe: Recipe) -> "FitConfig":
-        """Validate what the user set and fill the rest from the recipe's defaults."""
+    def resolve(self, recipe: Recipe, machine: Machine | None = None, lr: float | None = None) -> "FitConfig":
+        """Validate what was asked and fill the rest: the recipe's defaults, then `machine` (once it is known),
+        then the learning rate lr_find found for --lr auto. The one place a FitConfig's values are decided."""
         self.check()
         if recipe.check == "folder" and not self.data:
             raise BadInput(f"recipe '{recipe.name}' trains on your own images: pass --data PATH "
                            f"(layout: {recipe.layout})")
         pretrained = recipe.pretrained if self.pretrained is None else self.pretrained
+        machine_values = {} if machine is None else dict(device=machine.device, workers=machine.workers,
+                                                         precision=machine.precision, cache=machine.cache)
         return replace(
             self,
             epochs=self.epochs or recipe.epochs,
-            lr=self.lr or recipe.lr,
+            lr=lr if lr is not None else self.lr or recipe.lr,
             bs=self.bs or recipe.bs,
             arch=self.arch or "resnet34",
             pretrained=True if self.weights else pretrained,
@@ -76,36 +84,17 @@ class FitConfig:
             interpret=self.interpret is not False,
             top_k=self.top_k or TOP_K,
             tensorboard=bool(self.tensorboard),
+            **machine_values,
         )
 
     def check(self) -> None:
-        """The values the user set, each on its own (the command line checks most of them already)."""
-        check_positive("--epochs", self.epochs, integer=True)
-        if self.lr != "auto":
-            check_positive("--lr", self.lr)
-        check_positive("--bs", self.bs, integer=True)
-        check_positive("--size", self.size, integer=True)
-        if self.workers is not None and self.workers < 0:
-            raise BadInput(f"--workers must be 0 or more, got {self.workers}")
-        if self.valid_pct is not None and not 0 < self.valid_pct < 1:
-            raise BadInput(f"--valid-pct must be between 0 and 1 (e.g. 0.2), got {self.valid_pct}")
-        if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
-            raise BadInput(f"unknown --device '{self.device}'{did_you_mean(self.device, DEVICES)}; "
-                           f"use one of auto, cpu, cuda, cuda:N, mps")
-        if self.precision not in PRECISIONS:
-            raise BadInput(f"unknown --precision '{self.precision}'{did_you_mean(self.precision, PRECISIONS)}; "
-                           f"use one of {', '.join(PRECISIONS)}")
-        if self.opt is not None and self.opt not in OPTIMIZERS:
-            raise BadInput(f"unknown --opt '{self.opt}'{did_you_mean(self.opt, OPTIMIZERS)}; "
-                           f"use one of {', '.join(OPTIMIZERS)}")
-        if self.init is not None and self.init not in INITS:
-            raise BadInput(f"unknown --init '{self.init}'{did_you_mean(self.init, INITS)}; use one of {', '.join(INITS)}")
-        if self.wd is not None and not (math.isfinite(self.wd) and self.wd >= 0):
-            raise BadInput(f"--wd must be 0 or a positive number (e.g. 0.01), got {self.wd}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise BadInput(f"--dropout must be at least 0 and below 1 (e.g. 0.5), got {self.dropout}")
-        check_positive("--early-stop", self.early_stop, integer=True)
-        check_positive("--top-k", self.top_k, integer=True)
+        """Each value set against its definition (options.py): the CLI, the API and the service refuse alike."""
+        for name, option in OPTIONS.items():
+            value = getattr(self, name)
+            if name == "lr" and value == "auto" or name == "device":
+                continue
+            option.check(value)
+        check_device(self.device)
         if self.weights and self.pretrained is False:
             raise BadInput("--weights and --no-pretrained contradict each other: drop one of them")
 
@@ -138,27 +127,10 @@ def resume_config(config: dict, **given) -> FitConfig:
     return FitConfig(**{**options, "data": config["data"]["path"]})
 
 
-def as_flag(name: str, value) -> str:
-    """An option as the command line writes it: `--top-k 5`, `--no-interpret`, `--tensorboard`."""
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool):
-        return flag if value else "--no-" + flag[2:]
-    return f"{flag} {value}"
-
-
 def default_wd(opt: str) -> float:
     """fastai's own default weight decay for an optimiser (Adam's 0.01, SGD's 0, ...)."""
     import inspect
 
-    from trainer.model.learner import optimizer# imports fastai: only reached when training
+    from trainer.model.learner import optimizer  # imports fastai: only reached when training
 
     return inspect.signature(optimizer(opt)).parameters["wd"].default
-
-
-def check_positive(flag: str, value, integer: bool = False) -> None:
-    if value is None:
-        return
-    if isinstance(value, float) and not math.isfinite(value) or value <= 0:
-        kind = "a whole number of at least 1" if integer else "a positive number"
-        raise BadInput(f"{flag} must be {kind}, got {value}")
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,10 +114,11 @@ def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
     return len(files), bad
 
 
-def readable_or_refuse(total: int, bad: list[tuple[Path, str]], where: str, fix: str, listed: str = "") -> None:
+def readable_or_refuse(total: int, bad: list[tuple[Path, str]], where: str, fix: str, listed: str = "",
+                       warn=None) -> None:
     """The one report of unreadable images, for every command that reads a set of them: fail (BadInput) when
-    none of the `total` can be read, else one warning line on stderr (even with --quiet) naming the first few;
-    `listed` says where the full list goes."""
+    none of the `total` can be read, else one warning line naming the first few (`warn`: training's events;
+    by default stderr, even with --quiet); `listed` says where the full list goes."""
     if not bad:
         return
     from trainer.errors import BadInput
@@ -124,8 +126,9 @@ def readable_or_refuse(total: int, bad: list[tuple[Path, str]], where: str, fix:
     first = "; ".join(f"{path} ({why})" for path, why in bad[:3])
     if len(bad) == total:
         raise BadInput(f"none of the {total} images in {where} can be read (e.g. {first}); {fix}")
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"warning: skipping {len(bad)} unreadable of {total} images: {first}{' ...' if len(bad) > 3 else ''}"
-        f"{f' ({listed})' if listed else ''}")
+    text = (f"skipping {len(bad)} unreadable of {total} images: {first}{' ...' if len(bad) > 3 else ''}"
+            f"{f' ({listed})' if listed else ''}")
+    if warn is not None:
+        warn(text)
+    else:
+        print(f"warning: {text}", file=sys.stderr, flush=True)

@@ -256,3 +256,13 @@ def write_digits(target: Path) -> Path:
     return target
 
 
+
+
+def download_recipe(name: str) -> Path:
+    """`trainer download`: the recipe's data, found locally or fetched."""
+    from trainer.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    if recipe.check == "folder":
+        raise BadInput("recipe 'folder' uses your own images (--data): there is nothing to download")
+    return locate(recipe, None)

@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from trainer.inspection.plots import fit_to_content, text_size, wrap_parts# noqa: E402
-from trainer.files import save_figure# noqa: E402
+from trainer.inspection.plots import fit_to_content, text_size, wrap_parts  # noqa: E402
+from trainer.files import save_figure  # noqa: E402
 
 MOST_CONFUSED_FROM = 11  # classes: from here on, most_confused.png shows the errors the matrix hides
 TITLE_SIZE = 11

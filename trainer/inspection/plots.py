@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
-from trainer.files import save_figure# noqa: E402
+from trainer.files import save_figure  # noqa: E402
 
 
 def plot_history(run_log, title: str, path: Path, best: dict | None = None) -> None:

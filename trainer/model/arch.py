@@ -168,3 +168,18 @@ def timm_weights_kwargs(name: str, weights_path: str) -> dict:
     read_state_dict(weights_path, name)  # a missing or unreadable file: one clear line before timm sees it
     # source "" : the file wins even for models whose weights otherwise live on the Hugging Face hub
     return {"pretrained_cfg_overlay": {"file": str(Path(weights_path).expanduser().resolve()), "source": ""}}
+
+
+def cache_weights(arch: str) -> str:
+    """`trainer download`: torchvision's pretrained weights for `arch` into torch's hub cache; the folder."""
+    import torch
+    import torchvision.models as tvm
+
+    if isinstance(resolve_arch(arch), str):
+        raise BadInput(f"'{arch}' is a timm model: timm caches its own weights on first use")
+    try:
+        tvm.get_model_weights(arch).DEFAULT.get_state_dict(progress=True)
+    except OSError as e:
+        raise BadInput(f"could not download weights for {arch} ({type(e).__name__}: {e}); "
+                       f"copy a torchvision state dict here and pass it with --weights") from None
+    return str(Path(torch.hub.get_dir()) / "checkpoints")

@@ -14,7 +14,8 @@ import json
 import shlex
 from pathlib import Path
 
-from trainer.config import MACHINE_OPTIONS, TOP_K, as_flag
+from trainer.config import MACHINE_OPTIONS
+from trainer.options import TOP_K, as_flag
 from trainer.runs import rundir
 from trainer.runs.rundir import read_json
 from trainer.recipes import lower_is_better
@@ -191,3 +192,12 @@ def write_report(run_dir: Path) -> Path:
     path = run_dir / rundir.REPORT
     write_text(path, build_report(run_dir))
     return path
+
+
+def rebuild_report(run_dir: Path) -> Path:
+    """`trainer report`: the page again, for a run directory (one with a config.json)."""
+    from trainer.errors import BadInput
+
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise BadInput(f"{run_dir} is not a run directory (no {rundir.CONFIG}); see `trainer runs`")
+    return write_report(run_dir)

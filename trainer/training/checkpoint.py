@@ -1,4 +1,5 @@
-"""Nothing lost: a checkpoint after every epoch, a clean stop on SIGINT/SIGTERM, and --resume.
+"""Nothing lost: a checkpoint after every epoch, a clean stop on SIGINT/SIGTERM, and --resume: saving and
+restoring a run's state side by side, in this one module.
 
 After each epoch, one file is written atomically (temp file, rename): last.pth, the whole state
 of the run, in one torch.save, as nanoGPT keeps it: model, optimizer, grad scaler, every random
@@ -13,6 +14,7 @@ sets a flag; training stops at the next batch boundary, never inside a write.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import signal
 import threading
@@ -28,8 +30,11 @@ from fastai.torch_core import L, get_model
 from trainer.runs import rundir
 from trainer import files
 from trainer.runs import store
+from trainer.config import FitConfig, resume_config
+from trainer.errors import BadInput
 from trainer.recipes import improves
-from trainer.training.progress import ConsoleProgress, RunLog
+from trainer.runs.rundir import read_config
+from trainer.training.progress import RunLog
 
 
 class Interrupted(BaseException):
@@ -45,10 +50,10 @@ class Checkpoints(Callback):
     SaveModelCallback, whose learn.save writes in place (not atomic) and saves neither the random streams
     nor the run log that an exact --resume needs."""
 
-    order = ConsoleProgress.order + 1  # after RunLog wrote the epoch's row
+    order = RunLog.order + 1  # after RunLog completed the epoch's row
 
-    def __init__(self, run_dir: Path, run_log: RunLog, main_metric: str, best: dict | None = None):
-        self.run_dir, self.run_log, self.main_metric = run_dir, run_log, main_metric
+    def __init__(self, run_dir: Path, run_log: RunLog, main_metric: str, events, best: dict | None = None):
+        self.run_dir, self.run_log, self.main_metric, self.events = run_dir, run_log, main_metric, events
         self.best = best  # {"epoch": n, "metric": main_metric, "value": its value}
         self.signum = None
 
@@ -68,6 +73,7 @@ class Checkpoints(Callback):
                    self.run_log)
         if improved:  # after last.pth: a kill in between is repaired on resume (restore_best)
             save_best(self.run_dir, self.learn)
+        self.events.publish("checkpoint", epoch=row["epoch"], path=str(self.run_dir / rundir.LAST), best=self.best)
         if self.signum is not None:  # arrived during validation: stop now that the epoch is saved
             raise Interrupted(self.signum)
 
@@ -175,11 +181,41 @@ def stop_on_signals(target):
             signal.signal(s, handler)
 
 
+def resumable(run_dir: Path, given: dict) -> tuple[dict, FitConfig]:
+    """(config.json, the options to continue with) of a run that --resume can continue, or one line saying
+    why it cannot."""
+    config = read_config(run_dir)
+    recipe = config.get("recipe", {}).get("name", "RECIPE")
+    if (run_dir / rundir.SUMMARY).is_file():
+        raise BadInput(f"{run_dir} already finished; start a new run with `trainer fit {recipe}`")
+    try:
+        cfg = resume_config(config, **given)  # the data where the run found it: no lookup or download again
+    except (ValueError, KeyError, TypeError):
+        raise no_checkpoint(run_dir, recipe) from None
+    if not (run_dir / rundir.LAST).is_file():
+        raise no_checkpoint(run_dir, recipe)
+    return config, cfg
+
+
+def no_checkpoint(run_dir: Path, recipe: str) -> BadInput:
+    return BadInput(f"{run_dir} has no checkpoint (a whole last.pth): it stopped before its first epoch ended; "
+                    f"start again with `trainer fit {recipe}`")
+
+
+def restore(run_dir: Path, learn, device) -> dict:
+    """Load the last completed epoch's state into `learn` (model, optimizer, grad scaler) and return it; the
+    temporary files of writes a kill cut short are removed first."""
+    files.remove_stale_temporaries(run_dir)
+    state = read_state(run_dir, device)
+    if state is None:
+        raise no_checkpoint(run_dir, read_config(run_dir).get("recipe", {}).get("name", "RECIPE"))
+    load_last(learn, state)
+    return state
+
+
 def read_state(run_dir: Path, device=None) -> dict | None:
     """The run's last.pth (None when there is none, or it is not whole), with what checkpoint.json adds for
     checkpoints from before last.pth held everything (model and optimizer only)."""
-    import json
-
     try:
         state = torch.load(run_dir / rundir.LAST, map_location=device or "cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError):

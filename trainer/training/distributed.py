@@ -160,21 +160,9 @@ def distributed(learn, world: World, device):
         os.environ["WORLD_SIZE"] = "1"
 
 
-def without_nproc(argv: list[str]) -> list[str]:
-    args, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            args.append(arg)
-    return args
-
-
-def launch(nproc: int, argv: list[str], cfg=None) -> int:
-    """`trainer fit ... --nproc N`: the same command in N processes under torchrun's elastic agent,
-    which stops every worker when one fails. Returns the exit code for the user."""
+def launch(nproc: int, args: list[str], cfg=None) -> int:
+    """`trainer fit ... --nproc N`: `trainer ARGS` (built from the resolved options) in N processes under
+    torchrun's elastic agent, which stops every worker when one fails. Returns the exit code for the user."""
     check_launch(nproc, cfg)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -188,7 +176,7 @@ def launch(nproc: int, argv: list[str], cfg=None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     quiet_agent_logs()
     try:
-        elastic_launch(config, sys.executable)("-m", "trainer", *without_nproc(argv))
+        elastic_launch(config, sys.executable)("-m", "trainer", *args)
     except SignalException as e:  # Ctrl-C or SIGTERM: torchrun passed it on; rank 0 saved and said how to resume
         import signal
 
@@ -213,7 +201,8 @@ def check_launch(nproc: int, cfg) -> None:
         cfg.resolve(get_recipe(cfg.recipe))
     import torch
 
-    if cfg is not None and cfg.device.startswith("cuda") or cfg is None and torch.cuda.is_available():
+    device = cfg.device if cfg is not None else "auto"
+    if device.startswith("cuda") or device == "auto" and torch.cuda.is_available():
         if nproc > torch.cuda.device_count():
             raise BadInput(f"--nproc {nproc}: only {torch.cuda.device_count()} GPU(s) here; one process per GPU")
 

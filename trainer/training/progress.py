@@ -1,23 +1,19 @@
-"""Training callbacks: the per-epoch log (metrics.csv, throughput) and what the user sees.
-
-Rich progress bars on a terminal, one plain line per epoch otherwise, nothing with --quiet.
-"""
+"""The training callback that records the run (epoch rows, per-batch losses and learning rates, throughput)
+and publishes it as events: a batch event after every batch, an epoch event when a row is complete."""
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
+import torch
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
 from fastai.torch_core import find_bs
 
-from trainer.files import write_csv
-
 
 class RunLog(Callback):
-    """Rows of metrics.csv, rewritten after every epoch so a crash keeps what was done.
+    """Rows of metrics.csv (written by events.MetricsFile, a subscriber), and what --resume restores.
 
     Spans both fits of fine_tune (frozen, then unfrozen), unlike fastai's Recorder. Kept instead of fastai's
     CSVLogger, which appends to the file in place (a kill can leave half a row), starts a new header per
@@ -26,8 +22,8 @@ class RunLog(Callback):
 
     order = Recorder.order + 1  # Recorder has the epoch's values by then
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, events, epochs_total: int):
+        self.events, self.epochs_total = events, epochs_total
         self.rows: list[list] = []
         self.header: list[str] = []
         self.batch_losses: list[float] = []
@@ -54,14 +50,13 @@ class RunLog(Callback):
         self.resumed_smooth_loss = state.get("smooth_loss")
 
     def before_fit(self):
+        self.learn.logger = lambda *_: None  # Recorder would print its own table: the events say it
         # fine_tune's first fit trains the head alone, on a frozen body
         self.phase = "frozen" if getattr(self.opt, "frozen_idx", 0) > 0 else "train"
         self.names = list(self.recorder.metric_names[1:-1])  # drop 'epoch' and 'time'
         self.header = ["epoch", "phase", *self.names, "seconds"]
         resumed, self.resumed_smooth_loss = self.resumed_smooth_loss, None
         if resumed and self.rows and self.rows[-1][1] == self.phase:  # the same fit goes on (Recorder reset it)
-            import torch
-
             self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = torch.tensor(resumed[0]), resumed[1]
 
     def before_epoch(self):
@@ -72,10 +67,15 @@ class RunLog(Callback):
         self.trained = True
 
     def after_batch(self):
+        loss = None
         if self.training:
+            loss = float(self.smooth_loss)
             self.train_images += find_bs(self.yb)
-            self.batch_losses.append(float(self.smooth_loss))
+            self.batch_losses.append(loss)
             self.batch_lrs.append([float(h["lr"]) for h in self.opt.hypers])
+        self.events.publish("batch", epoch=len(self.rows) + 1, phase="train" if self.training else "valid",
+                            batch=self.iter + 1, batches=len(self.dl), loss=loss,
+                            seconds=round(time.perf_counter() - self.epoch_start, 3))
 
     def after_train(self):
         self.train_seconds += time.perf_counter() - self.train_start
@@ -88,7 +88,7 @@ class RunLog(Callback):
         seconds = round(time.perf_counter() - self.epoch_start, 2)
         self.rows.append([len(self.rows) + 1, self.phase, *[round(v, 6) for v in values], seconds])
         self.epoch_ends.append(len(self.batch_losses))
-        write_csv(self.path, self.header, self.rows)
+        self.events.publish("epoch", row=self.last, header=self.header, epochs_total=self.epochs_total)
 
     @property
     def last(self) -> dict:
@@ -97,68 +97,3 @@ class RunLog(Callback):
     @property
     def images_per_second(self) -> float:
         return self.train_images / self.train_seconds if self.train_seconds else math.nan
-
-
-class ConsoleProgress(Callback):
-    """Epoch and batch bars (rich) on a terminal; a plain line per epoch elsewhere."""
-
-    order = RunLog.order + 1
-
-    def __init__(self, console, total_epochs: int, run_log: RunLog, live: bool, quiet: bool):
-        self.console, self.total_epochs, self.run_log = console, total_epochs, run_log
-        self.live, self.quiet = live and not quiet, quiet
-        self.bars = None
-
-    def before_fit(self):
-        self.learn.logger = lambda *_: None  # Recorder would print its own table
-        if self.live and self.bars is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bars = Progress(TextColumn("{task.description:>6}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
-                                 console=self.console, transient=True)
-            self.epoch_bar = self.bars.add_task("epoch", total=self.total_epochs, loss="")
-            self.batch_bar = self.bars.add_task("train", total=1, loss="")
-            self.bars.start()
-
-    def before_train(self):
-        self._reset("train")
-
-    def before_validate(self):
-        self._reset("valid")
-
-    def _reset(self, description):
-        if self.bars:
-            self.bars.reset(self.batch_bar, total=len(self.dl), description=description, loss="")
-
-    def before_epoch(self):
-        self.epoch_start = time.perf_counter()
-
-    def after_batch(self):
-        if self.bars:
-            loss = f"loss {float(self.smooth_loss):.4f}" if self.training else ""
-            self.bars.update(self.batch_bar, advance=1, loss=loss)
-        elif self.training and not self.quiet:
-            # No bars in a log file: a line at each quarter of a long epoch shows it is alive.
-            done, total = self.iter + 1, len(self.dl)
-            if total >= 40 and done % (total // 4) == 0 and done < total:
-                self.console.print(f"  {round(100 * done / total)}% of the epoch ({done}/{total} batches), "
-                                   f"loss {float(self.smooth_loss):.4f}, {time.perf_counter() - self.epoch_start:.0f}s",
-                                   highlight=False)
-
-    def after_epoch(self):
-        if not self.run_log.appended:
-            return
-        if self.bars:
-            self.bars.advance(self.epoch_bar)
-        if not self.quiet:
-            row = self.run_log.last
-            values = "  ".join(f"{k} {row[k]:.4f}" for k in self.run_log.names)
-            phase = " (frozen body)" if row["phase"] == "frozen" else ""
-            self.console.print(f"epoch {row['epoch']}/{self.total_epochs}{phase}  {values}  "
-                               f"{row['seconds']:.1f}s", highlight=False)
-
-    def close(self):
-        if self.bars:
-            self.bars.stop()
-            self.bars = None

@@ -1,0 +1,90 @@
+"""typer options from trainer.options' definitions: one definition of each option, read by `trainer fit`,
+`trainer lr-find` and `trainer submit` alike (name, type, range, help panel, default as --help shows it)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from trainer.options import OPTIONS, Option
+
+
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of fixed choices, from the package's own list: typer shows them in --help and refuses others."""
+    return Enum(name, [(value, value) for value in values], type=str)
+
+
+_ENUMS = {name: choices(name.title().replace("_", ""), o.choices) for name, o in OPTIONS.items() if o.choices}
+
+
+def help_text(option: Option, default: str | None = None) -> str:
+    shown = option.default if default is None else default
+    return f"{option.help}." + (f" \\[default: {shown}]." if shown else "")  # \\[: rich markup would eat [...]
+
+
+def annotation(option: Option, default: str | None = None, panel: str | None = None):
+    """`Annotated[Optional[T], typer.Option(...)]` for one option; unset (None) means the recipe's default."""
+    kind = _ENUMS.get(option.name, option.kind)
+    decls = [option.flag] if option.switch else [f"{option.flag}/--no-{option.flag[2:]}"] if kind is bool else []
+    info = typer.Option(*decls, help=help_text(option, default), rich_help_panel=panel or option.panel,
+                        show_default=False, **option.typer_range())
+    if option.name == "lr":  # a number or 'auto': checked by options.parse_lr and FitConfig
+        kind = str
+    return Annotated[Optional[kind], info]
+
+
+def with_options(names, defaults: dict | None = None, panel: str | None = None):
+    """Add the named options to a command's signature (after its own parameters); the command receives them
+    in `options`, a dict of plain values (None where not given)."""
+    defaults = defaults or {}
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)  # real annotations: typer reads them
+        own = [p for name, p in signature.parameters.items() if name != "options"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation=annotation(OPTIONS[name], defaults.get(name), panel))
+                 for name in names]
+
+        @functools.wraps(command)
+        def run(**given):
+            options = {name: plain(given.pop(name)) for name in names}
+            return command(**given, options=options)
+
+        arguments = [p for p in own if isinstance(p.annotation.__metadata__[0], typer.models.ArgumentInfo)]
+        keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in arguments]
+        params = arguments + added + keyword  # the definitions' panels first (Data, Model, ...), then the command's
+        run.__signature__ = signature.replace(parameters=params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate
+
+
+def plain(value):
+    """An Enum choice as its string, a Path as a string: what FitConfig and config.json hold."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+RUNS = Path("runs")
+
+# Parameters shared by several commands (not training options: those come from trainer.options)
+RecipeName = Annotated[str, typer.Argument(help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets).",
+                                           show_default=False)]
+OutDir = Annotated[Path, typer.Option(help="Where run directories go: OUT/<recipe>/<id>/.", rich_help_panel="Outputs")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run directory.", rich_help_panel="Outputs")]
+RunsRoot = Annotated[Path, typer.Option("--out", help="Where run directories are: OUT/<recipe>/<id>/.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
+InferenceBs = Annotated[int, typer.Option(min=1, help="Batch size for inference.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Load fastai's model.pkl instead of model.safetensors. Unpickling runs code: only for runs "
+                           "you trust.")]

@@ -1,0 +1,190 @@
+"""One definition of every training option: name, type, range, default and help.
+
+The CLI builds `trainer fit`/`trainer lr-find` from these (typer options, --help panels and ranges),
+FitConfig checks values with them (so the Python API and the CLI refuse a value with the same line),
+the listing and the report write flags with `as_flag`, and docs/cli.md's table is checked against them.
+No heavy imports: `trainer --help` reads this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from trainer.errors import BadInput, did_you_mean
+
+DATA, MODEL, TRAINING, HARDWARE, OUTPUTS = "Data", "Model", "Training", "Hardware", "Outputs"  # --help panels
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "lamb", "ranger")
+INITS = ("default", "kaiming", "xavier")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
+TOP_K = 9  # highest-loss validation images the interpretation shows
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the FitConfig field; the flag is --name-with-dashes
+    kind: type  # int, float, str or bool
+    help: str
+    panel: str
+    default: str = ""  # what --help shows when it is not set ("the recipe's", "64")
+    low: float | None = None  # range, inclusive unless low_open/high_open
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    switch: bool = False  # a bool with only the --name form (no --no-name)
+    example: str = ""  # a valid value, for the error message's "e.g."
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value) -> None:
+        """Refuse a value outside the definition, in one line naming the flag, what it must be and what was given."""
+        if value is None:
+            return
+        if self.choices:
+            if value not in self.choices:
+                raise BadInput(f"unknown {self.flag} '{value}'{did_you_mean(str(value), self.choices)}; "
+                               f"use one of {', '.join(self.choices)}")
+            return
+        if self.kind in (int, float) and (self.low is not None or self.high is not None):
+            self.check_number(value)
+
+    def check_number(self, value) -> None:
+        number = "a whole number" if self.kind is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or self.kind is int and not isinstance(value, int):
+            raise BadInput(f"{self.flag} must be {number}, got '{value}'")
+        if not math.isfinite(value) or self.out_of_range(value):
+            raise BadInput(f"{self.flag} must be {self.range_text()}{self.example_text()}, got {value}")
+
+    def out_of_range(self, value) -> bool:
+        low, high = self.low, self.high
+        return (low is not None and (value <= low if self.low_open else value < low)) or \
+               (high is not None and (value >= high if self.high_open else value > high))
+
+    def range_text(self) -> str:
+        number = "a whole number" if self.kind is int else "a number"
+        if self.low == 0 and self.low_open and self.high is None:
+            return "a positive number"
+        if self.low is not None and self.high is not None:
+            if self.low_open and self.high_open:
+                return f"between {_number(self.low)} and {_number(self.high)}"
+            if not self.low_open and self.high_open:
+                return f"at least {_number(self.low)} and below {_number(self.high)}"
+            return f"{number} from {_number(self.low)} to {_number(self.high)}"
+        if self.low is not None:
+            return "0 or a positive number" if self.kind is float and self.low == 0 else f"{number} of at least {_number(self.low)}"
+        return f"{number} of at most {_number(self.high)}"
+
+    def example_text(self) -> str:
+        return f" (e.g. {self.example})" if self.example else ""
+
+    def typer_range(self) -> dict:
+        """min/max for typer (closed bounds only: open ones are checked by `check`)."""
+        bounds = {}
+        if self.kind is int and self.low is not None and not self.low_open:
+            bounds["min"] = int(self.low)
+        if self.kind is int and self.high is not None and not self.high_open:
+            bounds["max"] = int(self.high)
+        return bounds
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _options(*options: Option) -> dict[str, Option]:
+    return {o.name: o for o in options}
+
+
+OPTIONS = _options(
+    # Data
+    Option("data", str, "Dataset folder or .tgz/.tar/.zip archive", DATA,
+           "data root, then FASTAI_HOME, then download"),
+    Option("size", int, "Image size for recipes that resize (pets, pets_breeds, folder)", DATA, "224", low=1),
+    Option("valid_pct", float, "Random validation fraction instead of the folders' split (cifar10, folder)", DATA,
+           low=0, high=1, low_open=True, high_open=True, example="0.2"),
+    Option("cache", bool, "Decode small images (mnist, cifar10, digits) once into a tensor cache; shrink photos "
+                          "(pets, folder) once to the resize size", DATA, "on"),
+    # Model
+    Option("arch", str, "Architecture: resnet34 (default); torchvision's resnet, resnext, wide_resnet, densenet, "
+                        "vgg*_bn, squeezenet, alexnet, efficientnet, mobilenet_v2/v3, convnext, regnet; or a timm "
+                        "model name, exactly (timm installed)", MODEL),
+    Option("pretrained", bool, "Start from ImageNet weights", MODEL, "yes, except digits"),
+    Option("weights", str, "Pretrained weights from a file, no download: a state dict (.pth or .safetensors) saved "
+                           "from --arch (torchvision or timm)", MODEL),
+    Option("dropout", float, "Dropout probability of the head's last layer", MODEL, "0.5", low=0, high=1,
+           high_open=True, example="0.5"),
+    Option("init", str, "Initialise the layers trained from scratch: default (torchvision's), kaiming (He) or "
+                        "xavier (Glorot)", MODEL, "default", choices=INITS),
+    # Training
+    Option("epochs", int, "Epochs to train", TRAINING, "the recipe's", low=1),
+    Option("lr", float, "Base learning rate, or 'auto' (lr_find's valley)", TRAINING, "the recipe's", low=0,
+           low_open=True),
+    Option("bs", int, "Batch size", TRAINING, "64", low=1),
+    Option("opt", str, "Optimiser, fastai's (momentum follows the one-cycle schedule where it applies)", TRAINING,
+           "adam", choices=OPTIMIZERS),
+    Option("wd", float, "Weight decay", TRAINING, "the optimiser's fastai default, 0.01 for adam and ranger, 0 for "
+                                                  "sgd, rmsprop, lamb", low=0, example="0.01"),
+    Option("early_stop", int, "Stop when the recipe's main metric has not improved for this many epochs; keeps the "
+                              "best epoch's weights", TRAINING, low=1),
+    Option("save_best", bool, "Export the best epoch's weights (by the main metric) instead of the last epoch's",
+           TRAINING, switch=True),
+    Option("seed", int, "Random seed for the split, initial weights and shuffling", TRAINING, "42", low=0,
+           high=SEED_MAX),
+    # Hardware
+    Option("device", str, "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", HARDWARE, "auto"),
+    Option("precision", str, "auto: mixed on CUDA, fp32 on CPU", HARDWARE, "auto", choices=PRECISIONS),
+    Option("workers", int, "DataLoader worker processes", HARDWARE, "0 on CPU, up to 8 on GPU", low=0),
+    # Outputs
+    Option("interpret", bool, "Write the confusion matrix and top-loss plots at the end", OUTPUTS, "interpret"),
+    Option("top_k", int, "How many of the highest-loss validation images to show", OUTPUTS, str(TOP_K), low=1),
+    Option("tensorboard", bool, "Log losses, metrics and learning rate per step to RUN_DIR/tensorboard/ (needs the "
+                                "tensorboard package)", OUTPUTS, "no"),
+    Option("activation_stats", bool, "Record per-layer activation statistics: activations.png/.json", OUTPUTS,
+           switch=True),
+)
+
+# What lr-find takes of them (the data and model options; not the schedule or outputs)
+LR_FIND_OPTIONS = ("data", "size", "valid_pct", "cache", "arch", "pretrained", "weights", "bs", "seed", "device",
+                   "precision", "workers")
+
+
+def check_device(spec: str) -> None:
+    """A device name every command understands: auto, cpu, cuda, cuda:N, mps."""
+    if not isinstance(spec, str) or spec not in DEVICES and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise BadInput(f"unknown --device '{spec}'{did_you_mean(str(spec), DEVICES)}; "
+                       f"use one of auto, cpu, cuda, cuda:N, mps")
+
+
+def parse_lr(lr):
+    """--lr as given: a number, or 'auto'."""
+    if lr is None or lr == "auto" or isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        return lr
+    try:
+        return float(lr)
+    except (TypeError, ValueError):
+        raise BadInput(f"--lr must be a number (e.g. 1e-3) or 'auto', got '{lr}'") from None
+
+
+def as_flag(name: str, value) -> str:
+    """An option as the command line writes it: `--top-k 5`, `--no-interpret`, `--tensorboard`."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {value}"
+
+
+def as_args(options: dict) -> list[str]:
+    """The command-line words for the options set (None: not set), in the definitions' order."""
+    words = []
+    for name, option in OPTIONS.items():
+        value = options.get(name)
+        if value is None or option.switch and value is False:
+            continue
+        words.extend(as_flag(name, value).split(" ", 1))
+    return words

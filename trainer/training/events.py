@@ -1,0 +1,100 @@
+"""What training tells whoever listens: one small vocabulary of events, published to any number of subscribers.
+
+A subscriber is any callable taking an Event: the terminal display (training.console), the run log
+(MetricsFile, metrics.csv), a test's recorder, the service's event store. Training functions take an
+`Events` and never a console: they publish, subscribers decide what to show or keep.
+
+  kind          when                                         data
+  run_started   the run directory exists (or resume began)   run_dir, recipe, command, epochs_total, resumed_after
+  note          a line for people (data, device, caches)     text, level ("info" or "warning")
+  batch         after each training or validation batch      epoch, phase ("train"/"valid"), batch, batches,
+                                                             loss (training), seconds (since the epoch began)
+  epoch         an epoch's metrics row is complete           row ({epoch, phase, metrics..., seconds}), header,
+                                                             epochs_total
+  checkpoint    last.pth holds that epoch                    epoch, path, best
+  lr_find       lr_find's curve is read                      suggestions, points
+  finished      summary.json is written: the run is done     run_dir, summary
+  failed        training raised; error.log has the traceback run_dir, error
+  interrupted   a signal stopped the run                     run_dir, message, signum
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+KINDS = ("run_started", "note", "batch", "epoch", "checkpoint", "lr_find", "finished", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    data: dict
+    at: float = field(default_factory=time.time)  # seconds since the epoch, when it was published
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "at": self.at, **self.data}
+
+
+Subscriber = Callable[[Event], None]
+
+
+class Events:
+    """The publisher: every event goes to each subscriber in the order they subscribed. `muted` (a distributed
+    rank other than 0) publishes nothing: rank 0 speaks for the job."""
+
+    def __init__(self, *subscribers: Subscriber):
+        self.subscribers: list[Subscriber] = list(subscribers)
+        self.muted = False
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber in self.subscribers:
+            self.subscribers.remove(subscriber)
+
+    def publish(self, kind: str, **data) -> None:
+        assert kind in KINDS, kind
+        if self.muted:
+            return
+        event = Event(kind, data)
+        for subscriber in list(self.subscribers):
+            subscriber(event)
+
+    def note(self, text: str) -> None:
+        self.publish("note", text=text, level="info")
+
+    def warn(self, text: str) -> None:
+        self.publish("note", text=text, level="warning")
+
+
+class Recorder:
+    """A subscriber that keeps every event (tests, the Python API's Run.events)."""
+
+    def __init__(self):
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+
+class MetricsFile:
+    """The run log as a subscriber: metrics.csv rewritten atomically after every epoch row, so a crash keeps
+    what was done (not fastai's CSVLogger, which appends in place: a kill can leave half a row)."""
+
+    def __init__(self, path: Path, rows: list[list] = ()):
+        self.path, self.rows = path, list(rows)  # a resumed run starts from the checkpoint's rows
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "epoch":
+            from trainer.files import write_csv
+
+            header = event.data["header"]
+            self.rows.append([event.data["row"][name] for name in header])
+            write_csv(self.path, header, self.rows)
