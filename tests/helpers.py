@@ -6,6 +6,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastai.callback.core import Callback
 from PIL import Image
 from typer.testing import CliRunner
 
+import trainer
 from trainer.cli import app
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -59,6 +61,13 @@ def run_dir_of(result) -> Path:
 
 def no_runs_written(root: Path) -> bool:
     return not (root / "runs").exists()
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """`python -c CODE` in a fresh interpreter that imports this same trainer."""
+    path = [str(Path(trainer.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 
 def one_line_error(result) -> str:

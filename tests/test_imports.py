@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 import trainer
 
 HEAVY = ("torch", "fastai", "torchvision", "matplotlib")
-LIGHT = ["trainer", "trainer.cli", "trainer.config", "trainer.recipes", "trainer.errors", "trainer.files",
-         "trainer.runs", "trainer.runs.rundir", "trainer.runs.store", "trainer.runs.listing", "trainer.runs.split",
-         "trainer.runs.report", "trainer.data", "trainer.data.locations", "trainer.data.source"]
+LIGHT = ["trainer", "trainer.cli", "trainer.config", "trainer.recipes", "trainer.errors", "trainer.extras",
+         "trainer.files", "trainer.runs", "trainer.runs.rundir", "trainer.runs.store", "trainer.runs.listing",
+         "trainer.runs.split", "trainer.runs.report", "trainer.data", "trainer.data.locations", "trainer.data.source"]
 PACKAGE = Path(trainer.__file__).parent
-
-
-def run_python(code: str) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter that imports this same trainer."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 
 def python(code: str) -> str:
