@@ -183,7 +183,7 @@ def test_one_process_at_a_time_fetches_the_data(isolated, monkeypatch):
 
     from trainer.data.source import locate
     from trainer.recipes import get_recipe
-    from conftest import class_folders
+    from helpers import class_folders
 
     monkeypatch.delenv("TRAINER_OFFLINE")
     monkeypatch.setattr(tempfile, "tempdir", str(isolated))  # a lock folder of its own, out of other runs' way

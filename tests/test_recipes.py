@@ -49,7 +49,7 @@ def test_training_uses_the_transforms_inference_rebuilds(name, tmp_path, monkeyp
 
     recipe: Recipe = RECIPES[name]
     root = tmp_path / "data"
-    from conftest import draw
+    from helpers import draw
 
     if recipe.check == "pets":
         for i, breed in enumerate(["Abyssinian", "Bengal", "beagle", "pug"]):

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from trainer.errors import BadInput, did_you_mean
+from trainer.extras import has
 
 # torchvision families fastai's model_meta lacks: (name pattern, cut, split)
 _FEATURES_FAMILIES = (r"efficientnet_(b\d|v2_[sml])", r"mobilenet_v3_(small|large)", r"convnext_\w+")
@@ -96,10 +97,11 @@ def resolve_arch(name: str):
 
 
 def _timm():
-    try:
-        import timm
-    except ImportError:
+    """The timm module, or None when the timm extra is not installed."""
+    if not has("timm"):
         return None
+    import timm
+
     return timm
 
 

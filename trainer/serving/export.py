@@ -15,20 +15,11 @@ from pathlib import Path
 import torch
 
 from trainer.errors import BadInput
+from trainer.extras import require
 
 MAX_DIFFERENCE = 1e-4  # largest probability difference between the exported and the PyTorch model
 CHECK_IMAGES = 32  # validation images the check runs (the first ones of the run's own validation set)
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}
-
-
-def require_export_extra() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise BadInput(f"--format onnx needs the export extra ({e.name} is missing): "
-                       f"pip install 'trainer[export]'") from None
 
 
 def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> tuple[Path, dict]:
@@ -42,7 +33,7 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> t
     if fmt not in FORMATS:
         raise BadInput(f"unknown --format '{fmt}'; choose onnx or torchscript")
     if fmt == "onnx":
-        require_export_extra()
+        require("export", "--format onnx")
     path = target_path(run_dir, fmt, out)
     _, _, _, build_split = run_data(run_dir, data)
     cpu = torch.device("cpu")

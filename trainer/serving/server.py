@@ -17,19 +17,10 @@ from pathlib import Path
 
 from trainer.runs import rundir
 from trainer.errors import BadInput
+from trainer.extras import require
 
 MAX_FILES = 64  # images in one request
 SETTINGS_VARIABLE = "TRAINER_SERVE_SETTINGS"  # how `trainer serve` hands its settings to uvicorn's workers
-
-
-def require_serve_extra() -> None:
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401  (FastAPI's form parser)
-        import uvicorn  # noqa: F401
-    except ImportError as e:
-        raise BadInput(f"trainer serve needs the serve extra ({e.name} is missing or too old): "
-                       f"pip install 'trainer[serve]'") from None
 
 
 class Rejected(Exception):
@@ -175,7 +166,7 @@ def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_by
     """Check what can be checked here (one clear line, exit 2), then hand over to uvicorn."""
     import socket
 
-    require_serve_extra()
+    require("serve", "trainer serve")
     for name, value in (("--workers", workers), ("--max-bytes", max_bytes), ("--max-pixels", max_pixels)):
         if value < 1:
             raise BadInput(f"{name} must be at least 1, got {value}")

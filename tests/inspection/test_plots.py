@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CIFAR_CLASSES
+from helpers import CIFAR_CLASSES
 from matplotlib.text import Text
 from PIL import Image
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from conftest import draw, run_dir_of
+from helpers import draw, run_dir_of
 from PIL import Image
 
 from trainer.data.cache import cached_dls

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Process
+from helpers import Process
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")

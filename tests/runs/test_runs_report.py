@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_dir_of
+from helpers import run_dir_of
 from PIL import Image
 
 from trainer.config import MACHINE_OPTIONS, FitConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import class_folders, run_dir_of
+from helpers import class_folders, run_dir_of
 
 
 def test_unreadable_files_are_found_however_the_root_is_named(isolated):
@@ -87,7 +87,7 @@ def test_unreadable_images_after_the_fit(trainer, isolated):
     for split, n in (("train", 6), ("valid", 3)):
         for k, name in enumerate(["cat", "dog"]):
             for i in range(n):
-                from conftest import draw
+                from helpers import draw
 
                 draw(pics / split / name / f"{i}.jpg", k, 2, size=(32, 32), mode="RGB", seed=10 * k + i)
     bad_dir = pics / "valid" / "dog"
@@ -156,7 +156,7 @@ def test_the_split_file_is_checked_by_resume_interpret_export_and_evaluate(train
     import json
     import shutil
 
-    from conftest import SignalAt, interrupted_fit
+    from helpers import SignalAt, interrupted_fit
 
     data = isolated / "mnist_sample"
     shutil.copytree(fixtures / "mnist_sample", data)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_dir_of
+from helpers import run_dir_of
 
 
 def read_rows(path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, run_dir_of
+from helpers import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, run_dir_of
 from PIL import Image
 
 FAST = ["--no-pretrained", "--epochs", "1", "--bs", "8", "--arch", "resnet18"]

@@ -8,14 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import no_runs_written, run_dir_of
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
+from helpers import no_runs_written, one_line_error, run_dir_of
 
 
 def test_unknown_recipe_lists_recipes(trainer, isolated):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Process, run_dir_of
+from helpers import Process, run_dir_of
 
 
 def start_training(fixtures, out: Path, epochs: int = 12, extra=()) -> Process:

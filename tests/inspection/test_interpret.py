@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from conftest import no_runs_written, run_dir_of
+from helpers import no_runs_written, run_dir_of
 from PIL import Image
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Process
+from helpers import Process
 
 ACCURACY_FLOOR = 0.90  # the single-process learning test's threshold (test_fit.test_digits_learns)
 

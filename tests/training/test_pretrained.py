@@ -16,7 +16,7 @@ import numpy
 import pytest
 import torch
 
-from conftest import SignalAt, interrupted_fit, run_dir_of
+from helpers import SignalAt, interrupted_fit, run_dir_of
 
 LITE0 = ["--arch", "tf_efficientnet_lite0"]
 

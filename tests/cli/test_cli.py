@@ -8,7 +8,7 @@ import re
 from importlib.metadata import version
 
 import pytest
-from test_errors import one_line_error
+from helpers import one_line_error
 
 from trainer.config import FitConfig
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_dir_of
+from helpers import run_dir_of
 from PIL import Image
 
 FAST = ["--no-pretrained", "--bs", "8", "--arch", "resnet18", "--no-interpret"]
