@@ -93,12 +93,12 @@ class SignalAt(Callback):
 
 def interrupted_fit(trainer, monkeypatch, args, signal_at: SignalAt, out: Path) -> Path:
     """`trainer fit ARGS` stopped by `signal_at`; the new run directory under `out`."""
-    import trainer.training.fit as fit
+    import trainer.training.loop as loop
 
     before = set(out.glob("*/*"))
-    plain = fit.early_stopping
+    plain = loop.early_stopping
     with monkeypatch.context() as m:  # the training callbacks come from here: add the Ctrl-C to them
-        m.setattr(fit, "early_stopping", lambda cfg, recipe, *done: [*plain(cfg, recipe, *done), signal_at])
+        m.setattr(loop, "early_stopping", lambda cfg, recipe, *done: [*plain(cfg, recipe, *done), signal_at])
         result = trainer(*args, expect=130)
     assert signal_at.sent and "interrupted" in result.stderr and "--resume" in result.stderr
     (run_dir,) = set(out.glob("*/*")) - before
