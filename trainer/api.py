@@ -11,6 +11,7 @@ TrainingFailed or TrainingInterrupted. Nothing heavy is imported until a functio
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,6 +20,9 @@ from trainer.config import FitConfig, resume_config
 from trainer.errors import BadInput
 from trainer.options import LR_FIND_OPTIONS, OPTIONS, parse_lr
 from trainer.runs import rundir
+
+# fastai's layers still use torch.jit.script, which recent torch deprecates: not the caller's concern
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
 
 
 @dataclass(frozen=True)

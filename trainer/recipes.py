@@ -35,6 +35,7 @@ class Recipe:
     valid_pct: float | None = None  # random split instead of the folders' split
     transforms: Callable = None  # cfg -> dict(item_tfms=..., batch_tfms=...): also rebuilds inference without pickle
     baselines: tuple = ()  # Baseline per (epochs, pretrained) setting: what such a run is expected to reach
+    made_from: str | None = None  # a recipe whose data is written here, from this package, when none is found
     labels: dict | None = field(default=None, hash=False)  # vocab -> the name people read (pets: "True" -> "cat"); the vocab stays
 
     @property
@@ -234,7 +235,7 @@ def pets_breeds(path, cfg, loader, skip):
 
 @register(folder="digits", check="splits", splits=("training", "testing"),
           layout="training/{0..9}/*.png, testing/{0..9}/*.png (written from scikit-learn's digits)",
-          epochs=3, lr=1e-2, metrics=("error_rate", "accuracy"), pretrained=False,
+          epochs=3, lr=1e-2, metrics=("error_rate", "accuracy"), pretrained=False, made_from="scikit-learn",
           baselines=(Baseline("accuracy", 0.9, 3, False, "the test suite's learning threshold; 96-97% measured (2026-11)"),))
 def digits(path, cfg, loader, skip):
     """scikit-learn's 1,797 handwritten digits as 28x28 PNGs: works with no network at all."""

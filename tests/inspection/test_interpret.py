@@ -113,10 +113,10 @@ def test_fit_lr_auto_trains_with_valley(trainer, fixtures):
 
 
 def test_fit_lr_auto_refuses_when_lr_find_diverges_at_once(trainer, fixtures, isolated, monkeypatch):
-    from trainer.training import lrfind
+    from trainer.training import lrfind, prepare
 
     real = lrfind.find_lr  # a real lr_find, started where the loss explodes within a few steps
-    monkeypatch.setattr(lrfind, "find_lr", lambda learn: real(learn, start_lr=1e3, end_lr=1e9))
+    monkeypatch.setattr(prepare, "find_lr", lambda learn: real(learn, start_lr=1e3, end_lr=1e9))
     result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--arch",
                      "resnet18", "--bs", "8", "--epochs", "1", "--lr", "auto", "--no-interpret", expect=2)
     assert "too early for a valley" in result.stderr and "pass --lr" in result.stderr

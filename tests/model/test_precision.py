@@ -20,6 +20,7 @@ def read_rows(path):
 
 def test_bf16_fit_exports_fp32_and_inference_agrees_with_the_learner(trainer, fixtures, isolated, monkeypatch):
     from trainer.model import learner
+    from trainer.training import prepare
 
     seen = {}
     apply_precision = learner.apply_precision
@@ -33,7 +34,7 @@ def test_bf16_fit_exports_fp32_and_inference_agrees_with_the_learner(trainer, fi
 
         learn.model[0][0].register_forward_hook(hook)
 
-    monkeypatch.setattr(learner, "apply_precision", apply_and_watch)
+    monkeypatch.setattr(prepare, "apply_precision", apply_and_watch)  # where training calls it
     result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", "--no-pretrained", "--arch",
                      "resnet18", "--bs", "4", "--epochs", "2", "--precision", "bf16", "--save-best",
                      "--early-stop", "2", "--activation-stats", "--tensorboard")

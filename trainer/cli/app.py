@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted, did_you_mean
+from trainer.options import OPTIONS
 
 # fastai's layers still use torch.jit.script, which recent torch deprecates: not the user's concern
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
@@ -86,6 +87,12 @@ def usage_line(error) -> str:
         return f"unknown {flag} '{given}'{did_you_mean(str(given), choices)}; use one of {', '.join(choices)}"
     number = "a whole number" if annotation is int else "a number"
     bounds = problem.get("ctx") or {}
+    option = OPTIONS.get(param.name)
+    if option is not None and bounds:  # a training option: the words of its definition, as the API says them
+        try:
+            option.check(option.kind(given))
+        except (BadInput, ValueError) as refused:
+            return str(refused)
     if "ge" in bounds:
         return f"{flag} must be {number} of at least {bounds['ge']}, got {given}"
     if "le" in bounds:

@@ -20,10 +20,10 @@ def datasets():
     table = Table("recipe", "what", "data", "epochs", "lr", "metrics", "local copy")
     table.columns[0].no_wrap = True
     for r in RECIPES.values():
-        source = f"URLs.{r.url}" if r.url else ("scikit-learn" if r.name == "digits" else "--data")
+        source = f"URLs.{r.url}" if r.url else (r.made_from or "--data")
         local = find_local(r)
         table.add_row(r.name, r.summary, source, str(r.epochs), f"{r.lr:g}", ", ".join(r.metrics),
-                      str(local) if local else ("made on first use" if r.name == "digits" else "-"))
+                      str(local) if local else ("made on first use" if r.made_from else "-"))
     screen = console()
     if not screen.is_terminal:  # piped or logged: do not squeeze the table into 80 columns
         screen.width = 160

@@ -73,14 +73,14 @@ def _locate(recipe: Recipe, data: str | None) -> Path:
                            f"or a .tgz/.tar/.zip archive (layout: {recipe.layout})")
         if given.is_file():
             given = extract_archive(given)
-        if recipe.name == "digits" and not any(given.iterdir()):
-            return write_digits(given)
+        if recipe.made_from and not any(given.iterdir()):  # an empty folder: write the data there
+            return make(recipe, given)
         return dataset_root(recipe, given)
     local = find_local(recipe)
     if local is not None:
         return dataset_root(recipe, local)
-    if recipe.name == "digits":
-        return write_digits(data_root() / recipe.folder)
+    if recipe.made_from:
+        return make(recipe, data_root() / recipe.folder)
     return dataset_root(recipe, download(recipe))
 
 
@@ -227,6 +227,12 @@ def refuse_outside_members(archive: Path, names: list[str]) -> None:
 def outside_member(archive: Path, detail: str) -> BadInput:
     return BadInput(f"--data {archive}: refusing an archive member that points outside the archive ({detail}); "
                     f"extract it yourself if you trust it")
+
+
+def make(recipe: Recipe, target: Path) -> Path:
+    """The data of a recipe that this package writes itself (`made_from`), at `target`."""
+    writers = {"scikit-learn": write_digits}
+    return writers[recipe.made_from](target)
 
 
 def write_digits(target: Path) -> Path:

@@ -81,7 +81,12 @@ def describe_or_flag(run_dir: Path) -> dict:
 
 
 def list_runs(out: Path, recipe: str | None = None) -> list[dict]:
-    """Every run under `out` (or one recipe's), newest first."""
+    """Every run under `out` (or one recipe's), newest first. A recipe name that is neither a recipe nor a folder
+    under `out` is refused, with a suggestion (a typo would otherwise list nothing)."""
+    from trainer.recipes import RECIPES, get_recipe
+
+    if recipe and recipe not in RECIPES and not (out / recipe).is_dir():
+        get_recipe(recipe)  # the unknown-recipe error, with its suggestion
     if not out.is_dir():
         return []
     recipes = [recipe] if recipe else sorted(d.name for d in out.iterdir() if d.is_dir() and not d.is_symlink())

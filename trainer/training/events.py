@@ -49,8 +49,9 @@ class Events:
         self.subscribers: list[Subscriber] = list(subscribers)
         self.muted = False
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        self.subscribers.append(subscriber)
+    def subscribe(self, subscriber: Subscriber, first: bool = False) -> None:
+        """`first`: before the others (the run log, so every other subscriber finds metrics.csv up to date)."""
+        self.subscribers.insert(0 if first else len(self.subscribers), subscriber)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         if subscriber in self.subscribers:

@@ -134,7 +134,7 @@ def training_log(run_dir: Path, learn, events: Events, total: int, resumed: dict
         checkpoint.restore_files(run_dir, learn, resumed)
         rows = resumed["metrics"]["rows"]
         run_log.restore(resumed["metrics"]["header"], rows, resumed["run_log"])
-    events.subscribe(MetricsFile(run_dir / rundir.METRICS, rows))
+    events.subscribe(MetricsFile(run_dir / rundir.METRICS, rows), first=True)
     return run_log
 
 

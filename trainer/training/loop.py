@@ -9,7 +9,8 @@ from pathlib import Path
 
 from trainer.config import FitConfig
 from trainer.data.cache import swapped_dls
-from trainer.errors import BadInput, TrainingInterrupted
+from trainer.errors import TrainingInterrupted
+from trainer.extras import require
 from trainer.recipes import Recipe
 from trainer.runs import rundir
 from trainer.training.checkpoint import Checkpoints, Interrupted, ResumableEarlyStopping, restore_rng, stop_on_signals
@@ -132,10 +133,8 @@ def activation_stats(p):
 
 def tensorboard_callback(log_dir: Path | None):
     """fastai's TensorBoardCallback: losses, metrics and every optimiser hyper-parameter (lr, mom) per step."""
-    try:
-        from fastai.callback.tensorboard import TensorBoardCallback
-    except ImportError:
-        raise BadInput("--tensorboard needs the tensorboard package: pip install tensorboard "
-                       "(or pip install 'trainer[tensorboard]')") from None
+    require("tensorboard", "--tensorboard")
+    from fastai.callback.tensorboard import TensorBoardCallback
+
     # No graph tracing (fails under mixed precision) and no prediction images: scalars only.
     return log_dir and TensorBoardCallback(log_dir=str(log_dir), trace_model=False, log_preds=False)

@@ -1,0 +1,54 @@
+"""One definition of each option: the CLI, the API, --nproc's relaunch and the docs read the same table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from trainer.config import FitConfig
+from trainer.options import OPTIONS, as_args
+
+# A value for every option, none of them a default, so a dropped or misspelt flag shows
+EVERY = dict(data="somewhere", size=96, valid_pct=0.25, cache=False, arch="resnet18", pretrained=True,
+             weights="w.pth", dropout=0.3, init="kaiming", epochs=3, lr=0.002, bs=16, opt="sgd", wd=0.001,
+             early_stop=2, save_best=True, seed=7, device="cpu", precision="fp32", workers=1, interpret=False,
+             top_k=4, tensorboard=True, activation_stats=True)
+
+
+def test_every_option_is_in_the_table_above():
+    assert set(EVERY) == set(OPTIONS)
+
+
+def test_the_relaunch_command_parses_back_to_the_same_options(trainer, monkeypatch):
+    """`--nproc` starts each worker with `trainer fit RECIPE` + as_args(options): each option survives."""
+    import trainer.training.fit as fit
+
+    caught = []
+    monkeypatch.setattr(fit, "fit", lambda cfg, events: caught.append(cfg) or (None, None))
+    trainer("fit", "folder", *as_args(EVERY), "--out", "elsewhere")
+    (cfg,) = caught
+    assert cfg == FitConfig(recipe="folder", out="elsewhere", **EVERY)
+
+
+def test_the_docs_list_every_option():
+    table = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    documented = set(re.findall(r"^\| `(--[a-z-]+)", table, re.M))
+    missing = {o.flag for o in OPTIONS.values()} - documented
+    assert not missing, f"docs/cli.md's options table lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", [n for n, o in OPTIONS.items() if o.low is not None or o.high is not None])
+def test_a_value_out_of_range_is_refused_alike_by_cli_and_api(name, trainer):
+    """The CLI's line for an out-of-range value is FitConfig's, for each ranged option."""
+    from trainer.errors import BadInput
+
+    option = OPTIONS[name]
+    bad = (option.high + 1) if option.high is not None and not option.high_open else \
+        option.high if option.high is not None else (option.low - 1 if not option.low_open else option.low)
+    bad = int(bad) if option.kind is int else float(bad)
+    with pytest.raises(BadInput) as refused:
+        FitConfig(recipe="digits", **{name: bad}).check()
+    result = trainer("fit", "digits", option.flag, str(bad), expect=2)
+    assert result.stderr.strip() == f"error: {refused.value}"
