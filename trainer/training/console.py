@@ -23,6 +23,7 @@ class ConsoleDisplay:
         self.console.print(text, highlight=False, markup=False)
 
     def on_note(self, text: str, level: str) -> None:
+        self.close()  # training prints no notes: one after its batches (an early stop) means it is over
         if level == "warning":
             self.errors.print(f"warning: {text}", highlight=False, markup=False)
         elif not self.quiet:
@@ -56,6 +57,8 @@ class ConsoleDisplay:
     def on_epoch(self, row: dict, epochs_total: int, **_) -> None:
         if self.bars:
             self.bars.advance(self.epoch_bar)
+            if row["epoch"] >= epochs_total:  # the last epoch: export and plots follow, with no bar to show
+                self.close()
         if not self.quiet:
             values = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "phase", "seconds"))
             phase = " (frozen body)" if row["phase"] == "frozen" else ""
