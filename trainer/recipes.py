@@ -147,9 +147,9 @@ PETS_BREED_PATTERN = r"^(.+)_\d+\.jpg$"
 
 def from_folder(path: Path, skip, train="train", valid="valid", valid_pct=None, seed=None,
                 item_tfms=None, batch_tfms=None, img_cls=None, **loader):
-    """fastai's ImageDataLoaders.from_folder (the same DataBlock), with its files listed in sorted order and
-    without the unreadable files in `skip`. fastai lists files in os.walk order, which changes when a
-    dataset is copied or moved; sorted, a random split (--valid-pct) is the same on every copy."""
+    """fastai's ImageDataLoaders.from_folder (the same DataBlock), with its files listed by readable_images
+    (sorted, so a random split is the same on every copy; the scan's listing) without the unreadable
+    files in `skip`."""
     from fastai.vision.all import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, ImageDataLoaders,
                                    PILImage, RandomSplitter, parent_label)
 
@@ -162,11 +162,13 @@ def from_folder(path: Path, skip, train="train", valid="valid", valid_pct=None, 
 
 
 def readable_images(path, folders=None, skip=frozenset()):
-    """fastai's get_image_files, sorted (the same order on every copy of the data), without the unreadable
-    files in `skip`."""
-    from fastai.vision.all import get_image_files
+    """The images listing.list_images finds (the scan's own list: links followed once, sorted, no FIFOs or
+    dangling links), as fastai's L, without the unreadable files in `skip`."""
+    from fastcore.foundation import L
 
-    return get_image_files(path, folders=folders).filter(lambda f: f not in skip).sorted()
+    from trainer.data.listing import list_images
+
+    return L(f for f in list_images(Path(path), folders=folders).files if f not in skip)
 
 
 def _folder_split(path: Path, cfg, loader: dict, skip, train: str, valid: str):

@@ -17,7 +17,9 @@ import numpy as np
 from fastai.vision.core import PILImage
 from PIL import Image
 
-from trainer.data.locations import IMAGE_EXTENSIONS, data_root
+from trainer.data.listing import list_images
+from trainer.data.locations import data_root
+from trainer.errors import BadInput
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -81,26 +83,32 @@ def unreadable(path: Path) -> str | None:
 
 
 def image_files(root: Path) -> list[Path]:
-    return sorted(Path(folder) / name for folder, _, names in os.walk(root)
-                  for name in names if Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+    """The images under `root` as listing.list_images lists them (and as every recipe's builder trains on)."""
+    return list_images(root).files
 
 
-def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
+def scan(root: Path, warn=None) -> tuple[int, list[tuple[Path, str]]]:
     """How many images `root` holds, and the unreadable ones as (path, reason).
 
-    The result is cached in <data root>/.scans/, keyed by the files' count, sizes and times,
-    so later runs on unchanged data only list the folder. The cache holds paths relative to the
-    root: the unreadable files come back in the form `root` is given (relative or absolute), the
-    form the DataLoaders' items take, so they are skipped however the data was named.
+    The files are listing.list_images's (the recipes' builders use the same listing); entries that are not
+    regular files are unreadable without being opened. Decoding results are cached in <data root>/.scans/,
+    keyed by the files' count, sizes and times, so later runs on unchanged data only list the folder. The
+    cache holds paths relative to the root: the unreadable files come back in the form `root` is given
+    (relative or absolute), the form the DataLoaders' items take. `warn`: where the links not followed are
+    said (default stderr).
     """
-    files = image_files(root)
+    listing = list_images(root)
+    if listing.warning():
+        (warn or (lambda text: print(f"warning: {text}", file=sys.stderr, flush=True)))(listing.warning())
+    files = listing.files
     stats = [f.stat() for f in files]
     signature = [len(files), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
-    cache = data_root() / ".scans" / (hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16] + "-2.json")  # 2: relative paths
+    cache = data_root() / ".scans" / (hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16] + "-3.json")  # 3: listing
+    total = len(files) + len(listing.unreadable)
     try:
         cached = json.loads(cache.read_text())
         if cached["signature"] == signature:
-            return len(files), [(root / p, why) for p, why in cached["bad"]]
+            return total, listing.unreadable + [(root / p, why) for p, why in cached["bad"]]
     except (OSError, ValueError, KeyError):
         pass
     bad = [(f, why) for f in files if (why := unreadable(f))]
@@ -109,9 +117,9 @@ def scan(root: Path) -> tuple[int, list[tuple[Path, str]]]:
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache, {"root": str(root.resolve()), "signature": signature, "bad": [[p.relative_to(root).as_posix(), w] for p, w in bad]})
-    except OSError:
-        pass  # a read-only data root only costs the next run a rescan
-    return len(files), bad
+    except (OSError, BadInput):
+        pass  # a read-only or full data root only costs the next run a rescan
+    return total, listing.unreadable + bad
 
 
 def readable_or_refuse(total: int, bad: list[tuple[Path, str]], where: str, fix: str, listed: str = "",
@@ -121,8 +129,6 @@ def readable_or_refuse(total: int, bad: list[tuple[Path, str]], where: str, fix:
     by default stderr, even with --quiet); `listed` says where the full list goes."""
     if not bad:
         return
-    from trainer.errors import BadInput
-
     first = "; ".join(f"{path} ({why})" for path, why in bad[:3])
     if len(bad) == total:
         raise BadInput(f"none of the {total} images in {where} can be read (e.g. {first}); {fix}")

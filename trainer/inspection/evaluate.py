@@ -17,10 +17,8 @@ from trainer.files import write_json
 def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -> dict:
     """Metrics of a trained run on a separate labelled test set (class folders, or a test/ subfolder of
     them), written into the run as test_metrics.json and test_confusion_matrix.png/.csv."""
-    from fastai.data.transforms import get_image_files
-
     from trainer.errors import BadInput
-    from trainer.data.images import readable_or_refuse, scan
+    from trainer.data.images import image_files, readable_or_refuse, scan
     from trainer.device import resolve_device
     from trainer.model.learner import class_names, inference_learner, load_weights
 
@@ -33,7 +31,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
         raise BadInput(f"{test} holds no images; give a folder of <class>/ subfolders of images")
     readable_or_refuse(total, bad, str(test), "give a folder of <class>/ subfolders of images that open")
     skip = {path for path, _ in bad}
-    items = [f for f in sorted(get_image_files(test)) if f not in skip]
+    items = [f for f in image_files(test) if f not in skip]
     refuse_training_images(run_dir, test, items)
     torch_device = resolve_device(device)
     model, meta = load_weights(run_dir, torch_device)

@@ -145,7 +145,7 @@ def auto_lr(learn, fast_dls, recipe: Recipe, events: Events) -> dict:
 
 def skip_unreadable(data_path: Path, events: Events) -> list:
     """Find the images that cannot be decoded; warn (even with --quiet); fail if none is left."""
-    total, bad = scan(data_path)
+    total, bad = scan(data_path, warn=events.warn)
     readable_or_refuse(total, bad, str(data_path), "check the files or point --data at the right folder",
                        "the full list goes to the run's skipped_images.txt", warn=events.warn)
     return bad
