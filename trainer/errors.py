@@ -7,6 +7,16 @@ class BadInput(Exception):
     exit_code = 2
 
 
+class CannotWrite(BadInput):
+    """A file could not be written: a full disk, a read-only filesystem, no permission, a name too long (exit 2,
+    as other bad input: the user frees space or chooses another folder). A subclass so that training can add
+    which checkpoint is intact, and the optional caches can go on without saving."""
+
+    def __init__(self, message: str, path, errno: int | None):
+        super().__init__(message)
+        self.path, self.errno = path, errno
+
+
 class TrainingFailed(Exception):
     """Something broke while training (exit 1); the traceback is kept in the run directory."""
 

@@ -1,15 +1,20 @@
 """Atomic writes: a temporary file beside the target, renamed over it, so a reader (or a kill) never sees
-half a file. Every artifact trainer writes goes through here."""
+half a file. Every artifact trainer writes goes through here, so here a failed write (a full disk, a read-only
+filesystem, no permission, a name too long) becomes one line naming the file (errors.CannotWrite), and the
+target keeps its previous, whole content."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from trainer.errors import CannotWrite
 
 
 def _file_mode() -> int:
@@ -23,9 +28,13 @@ FILE_MODE = _file_mode()  # mkstemp makes 0600 files; artifacts get the usual pe
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; on success it is renamed over `path`, else removed."""
+    """Yield a temporary path beside `path`; on success it is renamed over `path`, else removed. A write that
+    fails for want of space, permission or a shorter name raises CannotWrite; `path` is left as it was."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # the name cut short: a target near the 255-byte limit still gets a temporary beside it
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise (write_failure(path, e) or e) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -33,10 +42,52 @@ def atomic_path(path: Path):
         kill_point(path, "written")
         os.replace(tmp, path)
         kill_point(path, "renamed")
-    except BaseException:
+    except BaseException as e:
+        failure = write_failure(path, e)  # before the temporary is removed: the disk is still as full
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        if failure is None:
+            raise
+        raise failure from None
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+
+
+def free_bytes(folder: Path) -> int | None:
+    """The bytes this process may still write where `folder` is (root may use the reserved blocks)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return None
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    return (st.f_bfree if root else st.f_bavail) * st.f_frsize
+
+
+def cannot_write(path: Path, code: int) -> CannotWrite:
+    """'cannot write PATH: no space left on device (3 MB free)', and the like for each errno."""
+    what = os.strerror(code)
+    what = what[0].lower() + what[1:]
+    if code in (errno.ENOSPC, errno.EDQUOT) and (free := free_bytes(Path(path).parent)) is not None:
+        what += f" ({free / 2**20:.0f} MB free)"
+    return CannotWrite(f"cannot write {path}: {what}", path, code)
+
+
+def write_failure(path: Path, error: BaseException) -> CannotWrite | None:
+    """The CannotWrite that an error raised while writing `path` stands for, or None (a bug, Ctrl-C): an OSError
+    of WRITE_ERRORS, or a library's own error on a full disk (torch.save's "unexpected pos", safetensors' "os
+    error 28"), recognised by its text or by less than 1 MiB left where it wrote."""
+    if isinstance(error, CannotWrite) or not isinstance(error, Exception):
+        return error if isinstance(error, CannotWrite) else None
+    if isinstance(error, OSError):
+        return cannot_write(path, error.errno) if error.errno in WRITE_ERRORS else None
+    free = free_bytes(Path(path).parent)
+    if "No space left" in str(error) or "os error 28" in str(error) or (free is not None and free < 2**20):
+        return cannot_write(path, errno.ENOSPC)
+    return None
 
 
 KILL_AT = "TRAINER_TEST_KILL_AT"  # a test hook: "<file name>:<written|renamed>:<n>"

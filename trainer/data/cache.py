@@ -14,6 +14,7 @@ the device. The recipe's ordinary DataLoaders stay what is exported and used for
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ from fastai.torch_core import TensorCategory, TensorImage
 
 from trainer.data.loaders import labels_of
 from trainer.data.locations import data_root
-from trainer.files import atomic_path
+from trainer.errors import CannotWrite
+from trainer.files import atomic_path, write_failure
 
 
 def cacheable(recipe, cfg) -> bool:
@@ -80,7 +82,8 @@ def load_or_decode(files: list, say) -> tuple[torch.Tensor | None, dict]:
         with atomic_path(path) as tmp:
             torch.save(images, tmp)
         say(f"decoded-image cache: {len(files)} images decoded once, saved to {path}")
-    except OSError:
+    except (OSError, CannotWrite) as e:
+        unsaved(path, e)
         say(f"decoded-image cache: {len(files)} images decoded once (data root not writable: not saved)")
         info["path"] = None
     return images, {**info, "seconds": round(time.perf_counter() - start, 2)}
@@ -170,10 +173,13 @@ def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
     reused = (folder / "done.json").is_file()
     if not reused:
         tmp = folder.with_name(f".{folder.name}-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-            shrunk = list(pool.map(lambda i: shrink(files[i], tmp / names[i].name, side), range(len(files))))
-        (tmp / "done.json").write_text(json.dumps({"side": side, "copies": [n.name for n, s in zip(names, shrunk) if s]}))
+        try:
+            write_copies(files, names, tmp, side)
+        except (OSError, CannotWrite) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            unsaved(folder, e)
+            say(f"resized-image cache: not written ({write_failure(folder, e) or e}): reading the full photos")
+            return None
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: use its copy
@@ -185,6 +191,24 @@ def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
     say(f"resized-image cache: {info['copies']} of {len(files)} images at short side {side} "
         f"{'from' if reused else 'written to'} {folder}")
     return info
+
+
+def write_copies(files: list, names: list, tmp: Path, side: int) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        shrunk = list(pool.map(lambda i: shrink(files[i], tmp / names[i].name, side), range(len(files))))
+    (tmp / "done.json").write_text(json.dumps({"side": side, "copies": [n.name for n, s in zip(names, shrunk) if s]}))
+
+
+def unsaved(path: Path, error: Exception) -> None:
+    """A cache that cannot be written is only slower (a read-only data root, a name too long), except on a full
+    disk: that is said in one line (CannotWrite), before the run directory exists, as the run would fail too."""
+    failure = write_failure(path, error)
+    if failure is None:
+        raise error
+    if failure.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise CannotWrite(f"{failure}; free space under the data root ({data_root()}) or train without the "
+                          f"caches: --no-cache", failure.path, failure.errno) from None
 
 
 @contextmanager

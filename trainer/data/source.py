@@ -21,6 +21,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from trainer.errors import BadInput
+from trainer.data.archives import extract_tar, extract_zip
+from trainer.files import write_failure
 from trainer.data.locations import IMAGE_EXTENSIONS, data_root, fastai_data_dir, offline
 from trainer.recipes import Recipe
 
@@ -187,25 +189,28 @@ def extract_archive(archive: Path) -> Path:
     stat = archive.stat()
     key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
     stem = next(archive.name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s))
-    target = data_root() / ".extracted" / f"{stem}-{key}"
+    target = data_root() / ".extracted" / f"{stem[:100]}-{key}"  # cut short: a long name still fits
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=target.parent))
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stem[:100]}-", dir=target.parent))
+    except OSError as e:
+        raise BadInput(f"--data {archive}: cannot extract into {target.parent} ({e.strerror}); set TRAINER_DATA to "
+                       f"a writable folder, or extract the archive yourself and pass the folder") from None
+    try:  # within limits (archives.py): a bomb is refused before anything is kept
         if name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                refuse_outside_members(archive, zf.namelist())
-                zf.extractall(tmp)
+            extract_zip(archive, tmp, refuse_outside_members)
         else:
-            with tarfile.open(archive) as tf:
-                refuse_outside_members(archive, tf.getnames())
-                tf.extractall(tmp, filter="data")  # PEP 706 also stops links and devices that point outside
+            extract_tar(archive, tmp, refuse_outside_members)
     except tarfile.FilterError as e:  # links or devices pointing outside, which names alone do not show
         shutil.rmtree(tmp, ignore_errors=True)
         raise outside_member(archive, str(e)) from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and (failure := write_failure(Path(e.filename or tmp), e)):
+            raise BadInput(f"--data {archive}: {failure}; nothing was kept: free space, or set TRAINER_DATA "
+                           f"elsewhere") from None
         raise BadInput(f"--data {archive} could not be extracted ({e}); check the file or extract it yourself") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -245,8 +250,12 @@ def write_digits(target: Path) -> Path:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
+    except OSError as e:
+        raise BadInput(f"cannot write the digits data into {target.parent} ({e.strerror}); set TRAINER_DATA to a "
+                       f"writable folder, or pass --data PATH") from None
     for i, (pixels, label) in enumerate(zip(bunch.images, bunch.target)):
         split = "testing" if i % 5 == 0 else "training"
         folder = tmp / split / str(label)

@@ -17,7 +17,7 @@ from trainer import files
 from trainer.config import FitConfig
 from trainer.data.cache import swapped_dls
 from trainer.data.images import forget_presized_copies
-from trainer.errors import BadInput, TrainingFailed, TrainingInterrupted
+from trainer.errors import BadInput, CannotWrite, TrainingFailed, TrainingInterrupted
 from trainer.inspection.plots import save_batch
 from trainer.runs import rundir, store
 from trainer.runs.report import write_report
@@ -185,13 +185,31 @@ def record_resume(p: Prepared, run_dir: Path, config: dict, resumed: dict) -> No
 
 @contextmanager
 def failures_logged(run_dir: Path, events: Events):
-    """Once a run directory exists, a crash becomes exit 1 with its traceback kept in error.log."""
+    """Once a run directory exists, a crash becomes exit 1 with its traceback kept in error.log; a file that could
+    not be written (a full disk) is one line saying which checkpoint is intact."""
     try:
         yield
+    except CannotWrite as e:
+        error = f"{e}; {checkpoint_note(run_dir)}"
+        events.publish("failed", run_dir=str(run_dir), error=error)
+        raise CannotWrite(error, e.path, e.errno) from None
     except (KeyboardInterrupt, BadInput, TrainingInterrupted):
         raise
     except Exception as e:
-        files.write_text(run_dir / rundir.ERROR_LOG, traceback.format_exc())
-        error = f"training failed: {type(e).__name__}: {e} (traceback in {run_dir / rundir.ERROR_LOG})"
+        try:
+            files.write_text(run_dir / rundir.ERROR_LOG, traceback.format_exc())
+            kept = f"traceback in {run_dir / rundir.ERROR_LOG}"
+        except (OSError, BadInput) as unwritten:  # error.log itself on a full disk
+            kept = f"no traceback kept: {unwritten}"
+        error = f"training failed: {type(e).__name__}: {e} ({kept})"
         events.publish("failed", run_dir=str(run_dir), error=error)
         raise TrainingFailed(error) from e
+
+
+def checkpoint_note(run_dir: Path) -> str:
+    """What a failed write left to go on from: the last checkpoint's epoch and the --resume command, or none."""
+    state = checkpoint.read_state(run_dir)
+    if state is None or "epochs_done" not in state:
+        return "no checkpoint was written: free space (or choose another --out) and start the run again"
+    return (f"the last checkpoint (epoch {state['epochs_done']}) is intact: free space and "
+            f"`trainer fit --resume {run_dir}`")
