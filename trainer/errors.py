@@ -14,7 +14,7 @@ class CannotWrite(BadInput):
 
     def __init__(self, message: str, path, errno: int | None):
         super().__init__(message)
-        self.path, self.errno = path, errno
+        self.path, self.errno, self.line = path, errno, message  # line: fastai rewrites a callback's error's args
 
 
 class TrainingFailed(Exception):

@@ -21,11 +21,20 @@ def check_writable(out: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         why = f"{existing} is a file"
+    elif read_only(existing):
+        why = f"{existing} is on a read-only filesystem"
     elif not os.access(existing, os.W_OK | os.X_OK):
         why = f"no write permission on {existing}"
     else:
         return
     raise BadInput(f"--out {out} cannot be written ({why}); choose a writable folder with --out")
+
+
+def read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on Windows: os.access decides
+        return False
 
 
 def new_run_dir(out: Path, recipe: str) -> Path:

@@ -141,7 +141,8 @@ def export_torchscript(model, images: torch.Tensor, path: Path, description: dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; it still loads anywhere
         traced = torch.jit.trace(model, images, check_trace=False)  # the check below compares probabilities
-        torch.jit.save(traced, str(path), _extra_files={"trainer.json": json.dumps(description)})
+        with open(path, "wb") as f:  # a file, not a name: on a full disk torch's own writer aborts the process
+            torch.jit.save(traced, f, _extra_files={"trainer.json": json.dumps(description)})
 
 
 def onnx_runner(path: Path):

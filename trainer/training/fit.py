@@ -190,7 +190,7 @@ def failures_logged(run_dir: Path, events: Events):
     try:
         yield
     except CannotWrite as e:
-        error = f"{e}; {checkpoint_note(run_dir)}"
+        error = f"{e.line}; {checkpoint_note(run_dir)}"
         events.publish("failed", run_dir=str(run_dir), error=error)
         raise CannotWrite(error, e.path, e.errno) from None
     except (KeyboardInterrupt, BadInput, TrainingInterrupted):
