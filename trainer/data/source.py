@@ -142,13 +142,28 @@ def split_problems(path: Path, train: str, valid: str) -> list[str]:
     for split in (train, valid):
         if not (path / split).is_dir():
             return [f"no '{split}/' folder in {path}"]
-    problems = classes_problems(path / train)
+    problems = classes_problems(path / train) or unnamed_classes(path / valid)
     if not problems and not class_folders(path / valid):
         problems.append(f"'{valid}/' in {path} has no class folders with images")
+    trained = {d.name for d in class_folders(path / train)}
+    extra = sorted(d.name for d in class_folders(path / valid) if d.name not in trained)
+    if not problems and extra:  # fastai's vocab comes from the training set: a KeyError otherwise
+        problems.append(f"class '{extra[0]}' is in '{valid}/' but not in '{train}/' of {path} (the model cannot "
+                        f"learn a class it never trains on): add training images of it, or remove "
+                        f"{path / valid / extra[0]}")
     return problems
 
 
+def unnamed_classes(path: Path) -> list[str]:
+    """A folder of images whose name cannot be a class (only dots or spaces, as '...'): named, not dropped."""
+    bad = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.strip(". \t\n\r\v\f") and has_images(d))
+    return [f"class folder '{bad[0]}' in {path} holds images but cannot be a class name (only dots or spaces): "
+            f"rename it"] if bad else []
+
+
 def classes_problems(path: Path) -> list[str]:
+    if unnamed := unnamed_classes(path):
+        return unnamed
     classes = class_folders(path)
     empty = [d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and d not in classes]
     if empty:

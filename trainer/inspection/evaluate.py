@@ -56,15 +56,41 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
 
 
 def refuse_training_images(run_dir: Path, test: Path, items: list[Path]) -> None:
-    """A test set that holds images the run trained on would flatter it: refuse it (split.csv says which)."""
+    """A test set that holds images the run trained on would flatter it: refuse it (split.csv says which), by
+    content, so a copy of the training images stored at another path is refused too."""
     from trainer.errors import BadInput
     from trainer.runs.rundir import read_config
     from trainer.runs.split import training_images
 
     data = read_config(run_dir).get("data", {})
     trained = training_images(run_dir, Path(data["path"])) if "path" in data else set()
-    seen = sorted(f for f in items if f.resolve() in trained)
+    seen = same_content(items, trained)
     if seen:
         raise BadInput(f"{test}: {len(seen)} of its {len(items)} images trained this run (e.g. {seen[0]}; see "
                        f"{run_dir / rundir.SPLIT}); evaluate on images the run never saw, such as the dataset's "
                        f"test split")
+
+
+def same_content(items: list[Path], trained: set[Path]) -> list[Path]:
+    """The items whose bytes are those of a training image: sizes first, so only same-sized files are hashed."""
+    import hashlib
+
+    def size(path: Path) -> int | None:
+        try:
+            return path.stat().st_size
+        except OSError:  # a training image since removed
+            return None
+
+    by_size: dict[int, list[Path]] = {}
+    for path in trained:
+        if (n := size(path)) is not None:
+            by_size.setdefault(n, []).append(path)
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return digests[path]
+
+    return [f for f in items if f.resolve() in trained
+            or any(digest(f) == digest(t) for t in by_size.get(size(f), []))]
