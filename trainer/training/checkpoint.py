@@ -224,7 +224,8 @@ def read_state(run_dir: Path, device=None) -> dict | None:
     try:
         state = torch.load(path, map_location=device or "cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused something in it, or it is no pickle at all
-        why = "it holds objects a weights-only load refuses" if "Weights only load failed" in str(e) else "not a checkpoint"
+        why = ("it holds objects a weights-only load refuses, e.g. " + str(e).split("Unsupported global: GLOBAL ", 1)[1].split()[0]
+               if "Unsupported global" in str(e) else "not a checkpoint: no torch.save file")
         raise damaged_last(path, why) from None
     except (OSError, RuntimeError, EOFError, ValueError) as e:
         raise damaged_last(path, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''}") from None
