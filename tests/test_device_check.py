@@ -68,7 +68,7 @@ def test_sigterm_stops_the_whole_check(isolated):
     check = Process([sys.executable, SCRIPTS / "device_check.py", "--device", "cpu", "--quick",
                      "--out", isolated / "check"], env=env)
     try:
-        first = check.wait_for("  digits ")  # the first check line (PASS/FAIL/SKIP): the check is under way
+        first = check.wait_for("  digits ", timeout=1500)  # the first check line: the check is under way
         assert first[:4] in ("PASS", "FAIL", "SKIP"), first
         check.popen.send_signal(signal.SIGTERM)
         check.popen.wait(timeout=60)  # promptly: not after the remaining checks
