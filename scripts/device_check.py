@@ -61,6 +61,28 @@ class Skip(Exception):
     pass
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT to the check: it stops at once (no check catches a BaseException)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+CHILDREN: list[subprocess.Popen] = []  # the trainer processes a check started, killed when the check is stopped
+
+
+def stop(signum, frame):
+    raise Stopped(signum)
+
+
+def kill_children() -> None:
+    for proc in CHILDREN:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def cli(*args) -> str:
     """`trainer ARGS` in this process; its stdout, or an AssertionError with its message."""
     from typer.testing import CliRunner
@@ -68,14 +90,18 @@ def cli(*args) -> str:
     from trainer.cli import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exit_code in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # the signal reached trainer's own handler
+        raise Stopped(result.exit_code - 128)
     assert result.exit_code == 0, f"trainer {' '.join(map(str, args[:2]))} exit {result.exit_code}: " \
                                   f"{(result.stderr or result.stdout).strip()[-300:]}"
     return result.stdout
 
 
 def subprocess_trainer(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
+    CHILDREN.append(proc)
+    return proc
 
 
 def confusion(run_dir: Path) -> dict:
@@ -263,10 +289,25 @@ def main(argv=None) -> int:
     print(f"device check on {args.device}"
           + (f" ({torch.cuda.get_device_name(0)})" if args.device.startswith("cuda") else "")
           + f", torch {torch.__version__}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
-        out = args.out or Path(tmp)
-        os.environ.setdefault("TRAINER_DATA", str(out / "datasets"))
-        return Suite(args, out / "runs").run()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="device-check-") as tmp:
+            out = args.out or Path(tmp)
+            os.environ.setdefault("TRAINER_DATA", str(out / "datasets"))
+            suite = Suite(args, out / "runs")
+            try:
+                return suite.run()
+            except Stopped as stopped:  # under `timeout` or Ctrl-C: the whole check ends now, not only its step
+                for s in previous:
+                    signal.signal(s, signal.SIG_IGN)  # a second signal while stopping changes nothing
+                kill_children()
+                c = suite.checks.counts
+                print(f"device check ({args.device}) stopped by {stopped}: {c['PASS']} passed, {c['FAIL']} failed "
+                      f"before it; the running step was killed", flush=True)
+                return 128 + stopped.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

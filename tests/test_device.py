@@ -226,3 +226,30 @@ def test_one_process_at_a_time_fetches_the_data(isolated, monkeypatch):
         t.join()
     assert not errors and found == [target, target]
     assert len(calls) == 1
+
+
+DEVICE_COMMANDS = {  # each command that takes --device, with what it needs besides it
+    "interpret": lambda run, tmp: ["interpret", run],
+    "evaluate": lambda run, tmp: ["evaluate", run, "--data", tmp / "test"],
+    "predict": lambda run, tmp: ["predict", run, tmp / "test" / "3" / "3_0.png"],
+    "serve": lambda run, tmp: ["serve", run, "--port", "0"],
+    "fit": lambda run, tmp: ["fit", "digits", "--epochs", "1"],
+}
+
+
+@pytest.mark.parametrize("spec", ["foo", ""])
+@pytest.mark.parametrize("command", list(DEVICE_COMMANDS))
+def test_every_command_refuses_an_unknown_device_alike(command, spec, digits_run_copy, trainer, tmp_path):
+    """One device parser (device_spec): the same line and exit 2 from every command, before anything is loaded
+    or written."""
+    from helpers import class_folders, one_line_error
+
+    run_dir, _ = digits_run_copy
+    class_folders(tmp_path / "test", range(10), 1)
+    before = sorted(p.name for p in run_dir.iterdir())
+    runs_before = sorted(p.name for p in run_dir.parent.iterdir())
+    result = trainer(*DEVICE_COMMANDS[command](run_dir, tmp_path), "--device", spec, expect=2)
+    line = one_line_error(result)
+    assert f"unknown --device '{spec}'" in line and "use one of auto, cpu, cuda, cuda:N, mps" in line, line
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == runs_before  # fit started no run

@@ -53,3 +53,29 @@ def test_a_failing_check_fails_the_script(isolated, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert re.search(r"^FAIL\s+digits cache=on auto fit\s+error 0.9000", out, re.M)
     assert "device check (cpu): 3 passed, 1 failed, 0 skipped" in out
+
+
+def test_sigterm_stops_the_whole_check(isolated):
+    """Under `timeout` the check gets SIGTERM: it kills the step under way and exits 143 at once, instead of
+    recording the step's exit 143 as a failure and going on with the next checks."""
+    import os
+    import signal
+    import sys
+
+    from helpers import Process
+
+    env = {**os.environ, "PYTHONPATH": str(SCRIPTS.parent)}
+    check = Process([sys.executable, SCRIPTS / "device_check.py", "--device", "cpu", "--quick",
+                     "--out", isolated / "check"], env=env)
+    try:
+        first = check.wait_for("  digits ", timeout=1500)  # the first check line: the check is under way
+        assert first[:4] in ("PASS", "FAIL", "SKIP"), first
+        check.popen.send_signal(signal.SIGTERM)
+        check.popen.wait(timeout=60)  # promptly: not after the remaining checks
+        out, _ = check.finish()
+    finally:
+        check.stop()
+    assert check.popen.returncode == 143, out
+    after = out.split(first, 1)[1].splitlines()
+    assert not [line for line in after if line[:4] in ("PASS", "FAIL", "SKIP")], out
+    assert "stopped by SIGTERM" in out and "Traceback" not in out, out

@@ -52,3 +52,36 @@ def test_a_value_out_of_range_is_refused_alike_by_cli_and_api(name, trainer):
         FitConfig(recipe="digits", **{name: bad}).check()
     result = trainer("fit", "digits", option.flag, str(bad), expect=2)
     assert result.stderr.strip() == f"error: {refused.value}"
+
+
+HUGE = str(2**64)  # past numpy's and sys.maxsize's ranges
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["fit", "digits", "--seed", str(2**32)], "--seed"),
+    (["fit", "digits", "--bs", HUGE], "--bs"),
+    (["fit", "digits", "--epochs", HUGE], "--epochs"),
+    (["fit", "digits", "--size", HUGE], "--size"),
+    (["fit", "digits", "--workers", HUGE], "--workers"),
+    (["fit", "digits", "--top-k", HUGE], "--top-k"),
+    (["fit", "digits", "--early-stop", HUGE], "--early-stop"),
+    (["lr-find", "digits", "--num-it", HUGE], "--num-it"),
+    (["lr-find", "digits", "--bs", HUGE], "--bs"),
+    (["predict", "digits", "x.png", "--bs", HUGE], "--bs"),
+    (["predict", "digits", "x.png", "--top-k", HUGE], "--top-k"),
+    (["interpret", "digits", "--bs", HUGE], "--bs"),
+    (["interpret", "digits", "--top-k", HUGE], "--top-k"),
+    (["evaluate", "digits", "--data", ".", "--bs", HUGE], "--bs"),
+    (["serve", "digits", "--workers", HUGE], "--workers"),
+    (["serve", "digits", "--port", HUGE], "--port"),
+    (["serve", "digits", "--max-bytes", HUGE], "--max-bytes"),
+    (["serve", "digits", "--max-pixels", HUGE], "--max-pixels"),
+    (["bench", "digits", "--data", ".", "--bs", HUGE], "--bs"),
+    (["bench", "digits", "--data", ".", "--epochs", HUGE], "--epochs"),
+])
+def test_every_integer_option_has_a_range(args, flag, trainer):
+    """A huge value is a usage error naming the flag and its range (not numpy's or islice's OverflowError)."""
+    from helpers import one_line_error
+
+    line = one_line_error(trainer(*args, expect=2))
+    assert line.startswith(f"error: {flag} must be a whole number from "), line

@@ -22,7 +22,11 @@ def device_spec(spec: str, local_rank: int | None, cuda_count: int, has_mps: boo
 
     In a distributed job (`local_rank` set) every process needs its own GPU, so 'auto' and 'cuda'
     mean cuda:<local_rank>, and a single named GPU is refused. This is also what a resumed run
-    resolves on the machine that resumes it, so an 8-GPU job resumes with each rank on its own GPU."""
+    resolves on the machine that resumes it, so an 8-GPU job resumes with each rank on its own GPU.
+    Every command resolves its --device here, so a name torch does not know is refused alike everywhere."""
+    from trainer.options import check_device
+
+    check_device(spec)
     if spec == "auto":
         spec = "cuda" if cuda_count else "mps" if has_mps else "cpu"
     if spec.startswith("cuda"):

@@ -27,9 +27,10 @@ FILE_MODE = _file_mode()  # mkstemp makes 0600 files; artifacts get the usual pe
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path, digest: bool = False):
     """Yield a temporary path beside `path`; on success it is renamed over `path`, else removed. A write that
-    fails for want of space, permission or a shorter name raises CannotWrite; `path` is left as it was."""
+    fails for want of space, permission or a shorter name raises CannotWrite; `path` is left as it was.
+    `digest`: its sha256 is recorded in the sidecar PATH.sha256 (write_digests), checked by verify_digest."""
     path = Path(path)
     try:  # the name cut short: a target near the 255-byte limit still gets a temporary beside it
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
@@ -39,6 +40,9 @@ def atomic_path(path: Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
+        new = sha256_of(Path(tmp)) if digest else None
+        if digest:  # before the rename: whichever file a kill leaves at `path`, the sidecar lists it
+            write_digests(path, [new, *[h for h in digests_or_none(path) if h != new]])
         kill_point(path, "written")
         os.replace(tmp, path)
         kill_point(path, "renamed")
@@ -49,6 +53,8 @@ def atomic_path(path: Path):
         if failure is None:
             raise
         raise failure from None
+    if digest:  # renamed: only the new file can be there now
+        write_digests(path, [new])
 
 
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
@@ -88,6 +94,62 @@ def write_failure(path: Path, error: BaseException) -> CannotWrite | None:
     if "No space left" in str(error) or "os error 28" in str(error) or (free is not None and free < 2**20):
         return cannot_write(path, errno.ENOSPC)
     return None
+
+
+# Content hashes of the files a run must not load damaged (last.pth, best.pth, model.safetensors): PATH.sha256
+# lists, in sha256sum's format, the hash of the file and, while a write is under way, of the one it replaces.
+DIGEST_SUFFIX = ".sha256"
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def write_digests(path: Path, hashes: list[str]) -> None:
+    write_text(digest_path(path), "".join(f"{h}  {path.name}\n" for h in hashes))
+
+
+def recorded_digests(path: Path) -> list[str] | None:
+    """The hashes PATH.sha256 accepts; None when there is none (a run from before hashes were recorded)."""
+    try:
+        text = digest_path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        text = ""
+    hashes = [line.split()[0] for line in text.splitlines() if line.split()]
+    if not hashes or any(len(h) != 64 or set(h) - set("0123456789abcdef") for h in hashes):
+        from trainer.errors import BadInput
+
+        raise BadInput(f"{digest_path(path)} is damaged (expected lines of '<sha256>  {path.name}'): restore it, "
+                       f"or delete it to load {path.name} unchecked")
+    return hashes
+
+
+def digests_or_none(path: Path) -> list[str]:
+    try:
+        return recorded_digests(path) or []
+    except Exception:  # a damaged sidecar: the write replaces it
+        return []
+
+
+def verify_digest(path: Path) -> None:
+    """Refuse `path` when its content is not what was written (a recorded hash that does not match)."""
+    hashes = recorded_digests(path)
+    if hashes is not None and sha256_of(path) not in hashes:
+        from trainer.errors import BadInput
+
+        raise BadInput(f"{path} is damaged since it was written (sha256 mismatch): restore it or retrain")
 
 
 KILL_AT = "TRAINER_TEST_KILL_AT"  # a test hook: "<file name>:<written|renamed>:<n>"

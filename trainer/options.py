@@ -21,6 +21,16 @@ INITS = ("default", "kaiming", "xavier")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # plus cuda:N
 TOP_K = 9  # highest-loss validation images the interpretation shows
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+# Upper bounds of the other integer options, so a huge value is a usage error, not an OverflowError from numpy,
+# itertools (islice past sys.maxsize) or a read() of that many bytes; each far above any real use.
+BS_MAX = 65_536  # images per batch, training or inference
+SIZE_MAX = 8_192  # pixels per side
+EPOCHS_MAX = 100_000
+TOP_K_MAX = 1_000  # the top-losses plot and predict's classes per image
+WORKERS_MAX = 256  # DataLoader or server worker processes
+NUM_IT_MAX = 100_000  # lr-find's mini-batches
+MAX_BYTES_MAX = 2**31  # serve --max-bytes: one image file
+MAX_PIXELS_MAX = 2**34  # serve --max-pixels: one image
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ OPTIONS = _options(
     # Data
     Option("data", str, "Dataset folder or .tgz/.tar/.zip archive", DATA,
            "data root, then FASTAI_HOME, then download"),
-    Option("size", int, "Image size for recipes that resize (pets, pets_breeds, folder)", DATA, "224", low=1),
+    Option("size", int, "Image size for recipes that resize (pets, pets_breeds, folder)", DATA, "224", low=1, high=SIZE_MAX),
     Option("valid_pct", float, "Random validation fraction instead of the folders' split (cifar10, folder)", DATA,
            low=0, high=1, low_open=True, high_open=True, example="0.2"),
     Option("cache", bool, "Decode small images (mnist, cifar10, digits) once into a tensor cache; shrink photos "
@@ -122,16 +132,16 @@ OPTIONS = _options(
     Option("init", str, "Initialise the layers trained from scratch: default (torchvision's), kaiming (He) or "
                         "xavier (Glorot)", MODEL, "default", choices=INITS),
     # Training
-    Option("epochs", int, "Epochs to train", TRAINING, "the recipe's", low=1),
+    Option("epochs", int, "Epochs to train", TRAINING, "the recipe's", low=1, high=EPOCHS_MAX),
     Option("lr", float, "Base learning rate, or 'auto' (lr_find's valley)", TRAINING, "the recipe's", low=0,
            low_open=True),
-    Option("bs", int, "Batch size", TRAINING, "64", low=1),
+    Option("bs", int, "Batch size", TRAINING, "64", low=1, high=BS_MAX),
     Option("opt", str, "Optimiser, fastai's (momentum follows the one-cycle schedule where it applies)", TRAINING,
            "adam", choices=OPTIMIZERS),
     Option("wd", float, "Weight decay", TRAINING, "the optimiser's fastai default, 0.01 for adam and ranger, 0 for "
                                                   "sgd, rmsprop, lamb", low=0, example="0.01"),
     Option("early_stop", int, "Stop when the recipe's main metric has not improved for this many epochs; keeps the "
-                              "best epoch's weights", TRAINING, low=1),
+                              "best epoch's weights", TRAINING, low=1, high=EPOCHS_MAX),
     Option("save_best", bool, "Export the best epoch's weights (by the main metric) instead of the last epoch's",
            TRAINING, switch=True),
     Option("seed", int, "Random seed for the split, initial weights and shuffling", TRAINING, "42", low=0,
@@ -139,10 +149,12 @@ OPTIONS = _options(
     # Hardware
     Option("device", str, "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", HARDWARE, "auto"),
     Option("precision", str, "auto: mixed on CUDA, fp32 on CPU", HARDWARE, "auto", choices=PRECISIONS),
-    Option("workers", int, "DataLoader worker processes", HARDWARE, "0 on CPU, up to 8 on GPU", low=0),
+    Option("workers", int, "DataLoader worker processes", HARDWARE, "0 on CPU, up to 8 on GPU", low=0,
+           high=WORKERS_MAX),
     # Outputs
     Option("interpret", bool, "Write the confusion matrix and top-loss plots at the end", OUTPUTS, "interpret"),
-    Option("top_k", int, "How many of the highest-loss validation images to show", OUTPUTS, str(TOP_K), low=1),
+    Option("top_k", int, "How many of the highest-loss validation images to show", OUTPUTS, str(TOP_K), low=1,
+           high=TOP_K_MAX),
     Option("tensorboard", bool, "Log losses, metrics and learning rate per step to RUN_DIR/tensorboard/ (needs the "
                                 "tensorboard package)", OUTPUTS, "no"),
     Option("activation_stats", bool, "Record per-layer activation statistics: activations.png/.json", OUTPUTS,

@@ -88,11 +88,16 @@ def usage_line(error) -> str:
     number = "a whole number" if annotation is int else "a number"
     bounds = problem.get("ctx") or {}
     option = OPTIONS.get(param.name)
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    if option is not None and option.typer_range() != {k: v for k, v in (("min", low), ("max", high)) if v is not None}:
+        option = None  # a parameter of another command that shares the name (serve --workers)
     if option is not None and bounds:  # a training option: the words of its definition, as the API says them
         try:
             option.check(option.kind(given))
         except (BadInput, ValueError) as refused:
             return str(refused)
+    if bounds and low is not None and high is not None:
+        return f"{flag} must be {number} from {low} to {high}, got {given}"
     if "ge" in bounds:
         return f"{flag} must be {number} of at least {bounds['ge']}, got {given}"
     if "le" in bounds:

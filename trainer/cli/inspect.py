@@ -10,14 +10,15 @@ import typer
 from trainer.cli.app import app, console
 from trainer.cli.options import RUNS, AsJson, Device, InferenceBs, RunsRoot, TrustPickle
 from trainer.cli.train import print_confused
-from trainer.options import TOP_K
+from trainer.options import TOP_K, TOP_K_MAX
 
 
 @app.command()
 def interpret(
     target: Annotated[str, typer.Argument(help="A recipe (its latest trained run under --out) or a run directory.",
                                           show_default=False)],
-    top_k: Annotated[int, typer.Option(min=1, help="How many of the highest-loss validation images to show.")] = TOP_K,
+    top_k: Annotated[int, typer.Option(min=1, max=TOP_K_MAX,
+                                       help="How many of the highest-loss validation images to show.")] = TOP_K,
     data: Annotated[Optional[str], typer.Option(help="Where the run's data is now, if it moved.")] = None,
     bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS, trust_pickle: TrustPickle = False,
 ):
@@ -62,7 +63,7 @@ def predict(
                                           show_default=False)],
     images: Annotated[List[Path], typer.Argument(help="Image files and/or folders (every image in a folder).",
                                                  show_default=False)],
-    top_k: Annotated[int, typer.Option(min=1, help="Classes to show per image, most probable first.")] = 1,
+    top_k: Annotated[int, typer.Option(min=1, max=TOP_K_MAX, help="Classes to show per image, most probable first.")] = 1,
     as_json: AsJson = False, bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
     trust_pickle: TrustPickle = False,
 ):

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from trainer.options import OPTIONS, Option
+from trainer.options import BS_MAX, OPTIONS, Option
 
 
 def choices(name: str, values) -> type[Enum]:
@@ -83,7 +83,7 @@ OutDir = Annotated[Path, typer.Option(help="Where run directories go: OUT/<recip
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run directory.", rich_help_panel="Outputs")]
 RunsRoot = Annotated[Path, typer.Option("--out", help="Where run directories are: OUT/<recipe>/<id>/.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
-InferenceBs = Annotated[int, typer.Option(min=1, help="Batch size for inference.")]
+InferenceBs = Annotated[int, typer.Option(min=1, max=BS_MAX, help="Batch size for inference.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Load fastai's model.pkl instead of model.safetensors. Unpickling runs code: only for runs "

@@ -9,6 +9,7 @@ import typer
 
 from trainer.cli.app import app, console
 from trainer.cli.options import RUNS, Device, RunsRoot, choices
+from trainer.options import MAX_BYTES_MAX, MAX_PIXELS_MAX, WORKERS_MAX
 
 ExportFormat = choices("ExportFormat", ("onnx", "torchscript"))  # trainer.serving.export.FORMATS, which imports torch
 
@@ -44,11 +45,11 @@ def serve(
                                            "authentication: put a reverse proxy in front).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(
-        min=1, help="uvicorn worker processes, each with its own copy of the model.")] = 1,
+        min=1, max=WORKERS_MAX, help="uvicorn worker processes, each with its own copy of the model.")] = 1,
     device: Device = "auto",
-    max_bytes: Annotated[int, typer.Option(min=1, help="Largest image file accepted, in bytes.")] = 20_000_000,
+    max_bytes: Annotated[int, typer.Option(min=1, max=MAX_BYTES_MAX, help="Largest image file accepted, in bytes.")] = 20_000_000,
     max_pixels: Annotated[int, typer.Option(
-        min=1, help="Largest image accepted, in pixels (width x height).")] = 40_000_000,
+        min=1, max=MAX_PIXELS_MAX, help="Largest image accepted, in pixels (width x height).")] = 40_000_000,
     out: RunsRoot = RUNS,
 ):
     """An HTTP prediction service: POST /predict (images), GET /health, and a page at / to drop images on."""

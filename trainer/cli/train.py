@@ -9,7 +9,7 @@ import typer
 
 from trainer.cli.app import app, console
 from trainer.cli.options import RUNS, OutDir, Quiet, RecipeName, with_options
-from trainer.options import HARDWARE, LR_FIND_OPTIONS, OPTIONS, TRAINING
+from trainer.options import HARDWARE, LR_FIND_OPTIONS, NUM_IT_MAX, OPTIONS, TRAINING
 
 LR_FIND = "lr_find"  # the --help panel of lr-find's own options
 
@@ -78,7 +78,7 @@ def lr_find(
     end_lr: Annotated[float, typer.Option(
         help="Learning rate to end at (stops early if the loss diverges).", rich_help_panel=LR_FIND)] = 10.0,
     num_it: Annotated[int, typer.Option(
-        min=10, help="Number of mini-batches to try (fastai drops the first and last points).",
+        min=10, max=NUM_IT_MAX, help="Number of mini-batches to try (fastai drops the first and last points).",
         rich_help_panel=LR_FIND)] = 100,
     out: OutDir = RUNS, quiet: Quiet = False, *, options: dict,
 ):

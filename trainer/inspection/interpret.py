@@ -155,13 +155,10 @@ def run_data(run_dir: Path, data: str | None):
     from trainer.runs.rundir import read_config
     from trainer.runs.split import check_split
 
-    config = read_config(run_dir)
-    try:
-        recipe = get_recipe(config["recipe"]["name"])
-        cfg = FitConfig(**config["options"])
-        data_path = Path(data or config["data"]["path"])
-    except (KeyError, TypeError) as e:
-        raise BadInput(f"{run_dir}/config.json lacks {e}; the run is incomplete: train again with `trainer fit`") from None
+    config = read_config(run_dir)  # validated: these fields are there, of the right types
+    recipe = get_recipe(config["recipe"]["name"])
+    cfg = FitConfig(**config["options"])
+    data_path = Path(data or config["data"]["path"])
     if not data_path.exists():
         raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
 

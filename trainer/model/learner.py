@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -106,7 +105,7 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
     from trainer.files import atomic_path, write_json
 
     state = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
-    with atomic_path(run_dir / rundir.WEIGHTS) as tmp:
+    with atomic_path(run_dir / rundir.WEIGHTS, digest=True) as tmp:
         save_file(state, str(tmp))
     norm = next((t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)), None)
     write_json(run_dir / rundir.MODEL_META, {
@@ -123,29 +122,40 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
 
 
 def load_weights(run_dir: Path, device):
-    """(model, description) from model.safetensors + model.json, never unpickling anything."""
+    """(model, description) from model.safetensors + model.json, never unpickling anything; each checked first
+    (model.json's fields, the weights' recorded hash), so a damaged file is one line naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from trainer.files import verify_digest
+
+    weights = run_dir / rundir.WEIGHTS
+    if not weights.is_file() or not (run_dir / rundir.MODEL_META).is_file():
+        raise BadInput(f"{run_dir} has no readable model.safetensors/model.json; train again with `trainer fit`, or pass "
+                       f"--trust-pickle to load model.pkl (only for runs you trust)")
+    meta = rundir.read_model_meta(run_dir)
     try:
-        meta = json.loads((run_dir / rundir.MODEL_META).read_text())
         arch, classes = resolve_arch(meta["arch"]), meta["classes"]
-        state = load_file(str(run_dir / rundir.WEIGHTS))
-    except (OSError, ValueError, KeyError, SafetensorError) as e:
-        raise BadInput(f"{run_dir} has no readable model.safetensors/model.json ({type(e).__name__}); train again "
-                       f"with `trainer fit`, or pass --trust-pickle to load model.pkl (only for runs you trust)") from None
+    except BadInput as e:
+        raise BadInput(f"{run_dir / rundir.MODEL_META} is damaged: arch: {e}; {rundir.RECOVER}") from None
+    verify_digest(weights)
+    try:
+        state = load_file(str(weights))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise BadInput(f"{weights} is unreadable ({type(e).__name__}: {str(e)[:80]}); {rundir.RECOVER}") from None
+    dropout = 0.5 if meta.get("dropout") is None else meta["dropout"]
     if isinstance(arch, str):
         from fastai.vision.learner import create_timm_model
 
-        model, _ = create_timm_model(arch, len(classes), pretrained=False, ps=meta.get("dropout", 0.5))
+        model, _ = create_timm_model(arch, len(classes), pretrained=False, ps=dropout)
     else:
         from fastai.vision.learner import create_vision_model
 
-        model = create_vision_model(arch, len(classes), pretrained=False, ps=meta.get("dropout", 0.5))
+        model = create_vision_model(arch, len(classes), pretrained=False, ps=dropout)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise BadInput(f"{run_dir}/model.safetensors does not fit {meta['arch']} "
+        raise BadInput(f"{weights} does not fit {meta['arch']} with {len(classes)} classes "
                        f"({str(e).strip().splitlines()[0]}); the file is damaged: train again") from None
     return model.to(device).eval(), meta
 
@@ -154,12 +164,11 @@ def class_names(run_dir: Path, vocab) -> list[str]:
     """The display name of each class in `vocab`, as the run's model.json records them; runs from before
     display names (or without a model.json) show the vocab itself."""
     vocab = [str(c) for c in vocab]
-    try:
-        meta = json.loads((run_dir / rundir.MODEL_META).read_text())
-    except (OSError, ValueError):
+    if not (run_dir / rundir.MODEL_META).is_file():
         return vocab
+    meta = rundir.read_model_meta(run_dir)
     names = meta.get("display_names")
-    return list(names) if meta.get("classes") == vocab and names and len(names) == len(vocab) else vocab
+    return list(names) if meta["classes"] == vocab and names else vocab
 
 
 def load_pickled(run_dir: Path, device):

@@ -29,9 +29,22 @@ def run_state(run_dir: Path, config_problem: str | None, summary: dict | None, s
     return "incomplete"
 
 
+def config_damage(run_dir: Path) -> str | None:
+    """What rundir.read_config finds wrong in a run's config.json ('options: --dropout must be ...'), or None."""
+    from trainer.errors import BadInput
+
+    try:
+        rundir.read_config(run_dir)
+    except BadInput as e:
+        return str(e).split(" is damaged: ", 1)[-1].split("; restore", 1)[0]
+    return None
+
+
 def describe(run_dir: Path) -> dict:
     """One row of the listing; every field may be None when its file is missing."""
     config, config_problem = read_json(run_dir / rundir.CONFIG)
+    if config is not None:  # readable JSON: is it what a run writes? (the validating reader, never stopping)
+        config_problem = config_damage(run_dir)
     summary, summary_problem = read_json(run_dir / rundir.SUMMARY)
     config = config or {}
     options = config.get("options", {}) if isinstance(config.get("options"), dict) else {}

@@ -13,6 +13,8 @@ instant). Written atomically by trainer.runs.store (temporary file, then rename)
   metrics.csv                   fit, after every epoch          one row per epoch
   last.pth, checkpoint.json     fit, after every epoch          the whole state for --resume; a mirror for people
   best.pth                      fit, when the metric improves   the best epoch's weights
+  last.pth.sha256, best.pth.sha256, model.safetensors.sha256
+                                with the file it names          its content hash: a damaged file is refused
   model.safetensors, model.json fit, at the end                 the weights and what inference needs (no pickle)
   model.pkl                     fit, at the end                 fastai's Learner.export, for fastai users
   history.png, results.png      fit, at the end                 loss/metric curves; validation predictions
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 CONFIG = "config.json"
@@ -63,14 +66,120 @@ def read_json(path: Path) -> tuple[dict | None, str | None]:
     return (value, None) if isinstance(value, dict) else (None, "unreadable")
 
 
-def read_config(run_dir: Path) -> dict:
-    """config.json, or a one-line BadInput when the run does not have a readable one."""
+RECOVER = "restore the file from a copy, or train again with `trainer fit`"
+
+
+def damaged(path: Path, field: str, expected: str, got=None) -> Exception:
+    """The one line a damaged run file gives: the file, the field, what was expected, how to recover."""
     from trainer.errors import BadInput
 
-    config, problem = read_json(run_dir / CONFIG)
-    if config is None:
-        raise BadInput(f"{run_dir}/{CONFIG} is {problem}; the run is incomplete: train again with `trainer fit`")
+    shown = repr(got)[:60] if not isinstance(got, _Missing) else "nothing"
+    return BadInput(f"{path} is damaged: {field} must be {expected}, got {shown}; {RECOVER}")
+
+
+class _Missing:
+    pass
+
+
+MISSING = _Missing()
+
+
+def field(obj: dict, path: Path, name: str, kind, expected: str, optional: bool = False):
+    """obj[name] (dotted names for nested objects) when it is a `kind`; None when optional and absent."""
+    value = obj
+    for part in name.split("."):
+        value = value.get(part, MISSING) if isinstance(value, dict) else MISSING
+    if isinstance(value, _Missing) and optional or optional and value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):  # bool is an int to isinstance
+        raise damaged(path, name, expected, value)
+    return value
+
+
+def read_object(path: Path, what: str) -> dict:
+    from trainer.errors import BadInput
+
+    value, problem = read_json(path)
+    if value is None:
+        raise BadInput(f"{path} is {problem}" + (" (not a JSON object)" if problem == "unreadable" else "")
+                       + f"; {what}")
+    return value
+
+
+def read_config(run_dir: Path) -> dict:
+    """config.json, validated: a one-line BadInput naming the field when it is missing, damaged or hand-edited
+    wrong. The options are checked against their definitions (FitConfig.check, trainer/options.py)."""
+    path = run_dir / CONFIG
+    config = read_object(path, f"the run is incomplete or damaged: {RECOVER}")
+    recipe = field(config, path, "recipe.name", str, "a recipe name")
+    field(config, path, "data.path", str, "the data folder (a string)")
+    options = field(config, path, "options", dict, "an object of the run's options")
+    asked = field(config, path, "asked", dict, "an object of the options asked", optional=True)
+    for name, values in (("options", options), ("asked", asked or {})):
+        check_options(path, name, {"recipe": recipe, **values})
     return config
+
+
+def check_options(path: Path, where: str, values: dict) -> None:
+    """Each recorded option against its definition: its type and range, one line naming the option."""
+    from trainer.config import FitConfig
+    from trainer.errors import BadInput
+    from trainer.options import OPTIONS, check_device
+    from trainer.recipes import RECIPES
+
+    if values["recipe"] not in RECIPES:
+        raise damaged(path, "recipe.name", f"one of {', '.join(RECIPES)}", values["recipe"])
+    for name, option in OPTIONS.items():
+        value = values.get(name)
+        if value is not None and option.kind in (str, bool) and not isinstance(value, option.kind):
+            raise damaged(path, f"{where}.{name}", "a string" if option.kind is str else "true or false", value)
+    try:
+        config = FitConfig(**values)
+    except TypeError as e:
+        unknown = sorted(set(values) - set(FitConfig.__dataclass_fields__))
+        raise damaged(path, f"{where}.{unknown[0]}" if unknown else where,
+                      "a known option" if unknown else "an object of the run's options",
+                      values[unknown[0]] if unknown else str(e).split("() ", 1)[-1]) from None
+    try:
+        config.check()
+        check_device(config.device)
+    except BadInput as e:
+        raise BadInput(f"{path} is damaged: {where}: {e}; {RECOVER}") from None
+
+
+def read_model_meta(run_dir: Path) -> dict:
+    """model.json, validated: every field inference reads, of the type and range it must have."""
+    from trainer.errors import BadInput
+    from trainer.options import OPTIONS
+    from trainer.recipes import RECIPES
+
+    path = run_dir / MODEL_META
+    meta = read_object(path, f"the run has no readable model description: {RECOVER}")
+    if field(meta, path, "recipe", str, "a recipe name") not in RECIPES:
+        raise damaged(path, "recipe", f"one of {', '.join(RECIPES)}", meta["recipe"])
+    if not field(meta, path, "arch", str, "an architecture name (a string)"):
+        raise damaged(path, "arch", "an architecture name (a string)", "")
+    classes = field(meta, path, "classes", list, "a list of class names (strings)")
+    if not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) < len(classes):
+        raise damaged(path, "classes", "a non-empty list of distinct class names (strings)", classes)
+    names = field(meta, path, "display_names", list, "a list of names, one per class", optional=True)
+    if names is not None and (len(names) != len(classes) or not all(isinstance(n, str) for n in names)):
+        raise damaged(path, "display_names", f"a list of {len(classes)} names (strings), one per class", names)
+    for name in ("size", "dropout"):
+        try:
+            OPTIONS[name].check(meta.get(name))
+        except BadInput as e:
+            raise BadInput(f"{path} is damaged: {e}; {RECOVER}") from None
+    norm = field(meta, path, "normalize", dict, "null or {mean: [3 numbers], std: [3 positive numbers]}",
+                 optional=True)
+    for key in ("mean", "std") if norm is not None else ():
+        values = norm.get(key)
+        if not (isinstance(values, list) and len(values) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (key == "mean" or v > 0)
+                for v in values)):
+            raise damaged(path, f"normalize.{key}", "a list of 3 numbers" + (" above 0" if key == "std" else ""),
+                          values)
+    return meta
 
 
 def read_metrics(run_dir: Path) -> tuple[list[str], list[list]]:

@@ -121,12 +121,13 @@ def resolve_run(target: str, out: Path, need_model: bool = True) -> Path:
     from trainer.errors import did_you_mean
     from trainer.recipes import RECIPES
     from trainer.runs import rundir
-    from trainer.runs.rundir import has_model, read_config
+    from trainer.runs.rundir import has_model
 
     path = Path(target)
     if path.is_dir():
         if need_model and not has_model(path):
-            recipe = read_config(path).get("recipe", {}).get("name", "RECIPE") if (path / rundir.CONFIG).is_file() else "RECIPE"
+            config, _ = rundir.read_json(path / rundir.CONFIG)  # only for the hint: never stops at damage
+            recipe = ((config or {}).get("recipe") or {}).get("name", "RECIPE") if isinstance((config or {}).get("recipe"), dict) else "RECIPE"
             raise BadInput(f"{path} holds no trained model (model.safetensors); run `trainer fit {recipe}` "
                            f"and use the run directory it prints")
         return path

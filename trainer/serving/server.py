@@ -174,8 +174,10 @@ def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_by
         raise BadInput(f"{run_dir} has no model.safetensors/model.json; serve loads those (never model.pkl): "
                        f"train again with `trainer fit`")
     from trainer.device import resolve_device
+    from trainer.model.learner import load_weights
 
     resolve_device(device)  # --device cuda without a GPU: say so here, not in every worker
+    load_weights(run_dir, "cpu")  # a damaged model.json or model.safetensors: one line now, not a worker's traceback
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.bind((host, port))

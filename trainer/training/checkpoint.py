@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import random
 import signal
 import threading
@@ -86,7 +87,7 @@ def save_state(run_dir: Path, learn, progress: dict, run_log: RunLog) -> None:
              "scaler": scaler.state_dict() if scaler is not None else None,
              "rng": rng_state(learn.dls.train), "run_log": plain(run_log.state()),
              "metrics": plain({"header": run_log.header, "rows": run_log.rows})}
-    with files.atomic_path(run_dir / rundir.LAST) as tmp:
+    with files.atomic_path(run_dir / rundir.LAST, digest=True) as tmp:
         torch.save(state, tmp)
     files.write_json(run_dir / rundir.CHECKPOINT, {**progress, "run_log": state["run_log"]})  # a mirror, for people
 
@@ -104,7 +105,7 @@ def plain(value):
 
 
 def save_best(run_dir: Path, learn) -> None:
-    with files.atomic_path(run_dir / rundir.BEST) as tmp:
+    with files.atomic_path(run_dir / rundir.BEST, digest=True) as tmp:
         save_model(tmp, learn.model, None, with_opt=False)
 
 
@@ -184,14 +185,11 @@ def stop_on_signals(target):
 def resumable(run_dir: Path, given: dict) -> tuple[dict, FitConfig]:
     """(config.json, the options to continue with) of a run that --resume can continue, or one line saying
     why it cannot."""
-    config = read_config(run_dir)
-    recipe = config.get("recipe", {}).get("name", "RECIPE")
+    config = read_config(run_dir)  # validated: a damaged config.json says so, never "no checkpoint"
+    recipe = config["recipe"]["name"]
     if (run_dir / rundir.SUMMARY).is_file():
         raise BadInput(f"{run_dir} already finished; start a new run with `trainer fit {recipe}`")
-    try:
-        cfg = resume_config(config, **given)  # the data where the run found it: no lookup or download again
-    except (ValueError, KeyError, TypeError):
-        raise no_checkpoint(run_dir, recipe) from None
+    cfg = resume_config(config, **given)  # the data where the run found it: no lookup or download again
     if not (run_dir / rundir.LAST).is_file():
         raise no_checkpoint(run_dir, recipe)
     return config, cfg
@@ -208,33 +206,74 @@ def restore(run_dir: Path, learn, device) -> dict:
     files.remove_stale_temporaries(run_dir)
     state = read_state(run_dir, device)
     if state is None:
-        raise no_checkpoint(run_dir, read_config(run_dir).get("recipe", {}).get("name", "RECIPE"))
-    load_last(learn, state)
+        raise no_checkpoint(run_dir, read_config(run_dir)["recipe"]["name"])
+    if (run_dir / rundir.BEST).is_file():
+        files.verify_digest(run_dir / rundir.BEST)
+    load_last(learn, state, run_dir / rundir.LAST)
     return state
 
 
 def read_state(run_dir: Path, device=None) -> dict | None:
-    """The run's last.pth (None when there is none, or it is not whole), with what checkpoint.json adds for
-    checkpoints from before last.pth held everything (model and optimizer only)."""
-    try:
-        state = torch.load(run_dir / rundir.LAST, map_location=device or "cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError):
+    """The run's last.pth, checked (its recorded hash, then its layout), with what checkpoint.json adds for
+    checkpoints from before last.pth held everything (model and optimizer only). None when there is none or
+    it was cut short (empty); one line naming the file when it is damaged."""
+    path = run_dir / rundir.LAST
+    if not path.is_file() or path.stat().st_size == 0:
         return None
+    files.verify_digest(path)
+    try:
+        state = torch.load(path, map_location=device or "cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused something in it, or it is no pickle at all
+        why = ("it holds objects a weights-only load refuses, e.g. " + str(e).split("Unsupported global: GLOBAL ", 1)[1].split()[0]
+               if "Unsupported global" in str(e) else "not a checkpoint: no torch.save file")
+        raise damaged_last(path, why) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise damaged_last(path, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''}") from None
+    if not isinstance(state, dict):
+        raise damaged_last(path, f"it holds a {type(state).__name__}, not a checkpoint's dict")
     if "epochs_done" not in state:  # the older layout: progress in checkpoint.json, metrics in metrics.csv
         try:
             progress = json.loads((run_dir / rundir.CHECKPOINT).read_text())
             header, rows = rundir.read_metrics(run_dir)
-        except (OSError, ValueError, KeyError):
-            return None
-        state.update(progress, metrics={"header": header, "rows": rows[: progress["epochs_done"]]})
+            state.update(progress, metrics={"header": header, "rows": rows[: progress["epochs_done"]]})
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            raise damaged_last(path, "an old-layout checkpoint without a readable checkpoint.json") from None
+    check_state(path, state)
     return state
 
 
-def load_last(learn, state: dict) -> None:
+# What load_last and the resumed loop read from last.pth, and what each must be.
+STATE_FIELDS = {"model": (dict, "the model's state dict"), "opt": (dict, "the optimizer's state"),
+                "epochs_done": (int, "the number of epochs done"), "metrics": (dict, "the run's metrics rows")}
+
+
+def check_state(path: Path, state: dict) -> None:
+    for name, (kind, what) in STATE_FIELDS.items():
+        if not isinstance(state.get(name), kind) or isinstance(state.get(name), bool):
+            raise damaged_last(path, f"'{name}' must be {what}, got {type(state.get(name)).__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise damaged_last(path, "'model' must hold only tensors")
+    if not isinstance(state["metrics"].get("header"), list) or not isinstance(state["metrics"].get("rows"), list):
+        raise damaged_last(path, "'metrics' must hold a header and rows")
+    if state.get("best") is not None and not isinstance(state["best"], dict):
+        raise damaged_last(path, "'best' must be null or the best epoch")
+
+
+def damaged_last(path: Path, why: str) -> BadInput:
+    return BadInput(f"{path} is damaged ({why}); restore it, or start again with `trainer fit`")
+
+
+def load_last(learn, state: dict, path: Path = Path(rundir.LAST)) -> None:
     """Model, optimizer and grad scaler of the last completed epoch (`state` from read_state), for --resume."""
     learn.create_opt()
-    get_model(learn.model).load_state_dict(state["model"])
-    learn.opt.load_state_dict(state["opt"])
+    try:
+        get_model(learn.model).load_state_dict(state["model"])
+    except RuntimeError as e:  # another recipe's or architecture's weights
+        raise damaged_last(path, f"its model does not fit this run's: {str(e).strip().splitlines()[0][:100]}") from None
+    try:
+        learn.opt.load_state_dict(state["opt"])
+    except (KeyError, TypeError, ValueError, AssertionError, IndexError) as e:
+        raise damaged_last(path, f"its optimizer state does not fit this run's model ({type(e).__name__})") from None
     learn.resumed_scaler = state.get("scaler")  # precision.DeviceMixedPrecision picks it up at before_fit
 
 

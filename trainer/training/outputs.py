@@ -21,6 +21,7 @@ def keep_best(p, run_dir: Path, run_log, best: dict | None, events) -> dict:
     """--save-best (and --early-stop): load the best epoch's weights; its row of metrics.csv is the result."""
     if not best or best["epoch"] == run_log.last["epoch"]:
         return run_log.last
+    files.verify_digest(run_dir / rundir.BEST)
     load_model(run_dir / rundir.BEST, p.learn.model, None, with_opt=False, device=p.learn.dls.device)
     events.note(f"keeping epoch {best['epoch']}'s weights (best {p.recipe.main_metric})")
     return dict(zip(run_log.header, run_log.rows[best["epoch"] - 1]))
@@ -79,6 +80,7 @@ def finish(run_dir: Path, summary: dict) -> None:
     files.write_json(run_dir / rundir.SUMMARY, summary)
     write_report(run_dir)
     (run_dir / rundir.LAST).unlink(missing_ok=True)  # only --resume needs it; model.pkl and best.pth stay
+    files.digest_path(run_dir / rundir.LAST).unlink(missing_ok=True)
 
 
 def display_names(p) -> dict:
