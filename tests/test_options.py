@@ -84,4 +84,4 @@ def test_every_integer_option_has_a_range(args, flag, trainer):
     from helpers import one_line_error
 
     line = one_line_error(trainer(*args, expect=2))
-    assert line.startswith(f"error: {flag} must be a whole number from "), line
+    assert line.startswith(f"error: {flag} must be a whole number of at most "), line

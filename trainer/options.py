@@ -69,17 +69,22 @@ class Option:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or self.kind is int and not isinstance(value, int):
             raise BadInput(f"{self.flag} must be {number}, got '{value}'")
         if not math.isfinite(value) or self.out_of_range(value):
-            raise BadInput(f"{self.flag} must be {self.range_text()}{self.example_text()}, got {value}")
+            raise BadInput(f"{self.flag} must be {self.range_text(value)}{self.example_text()}, got {value}")
 
     def out_of_range(self, value) -> bool:
         low, high = self.low, self.high
         return (low is not None and (value <= low if self.low_open else value < low)) or \
                (high is not None and (value >= high if self.high_open else value > high))
 
-    def range_text(self) -> str:
+    def range_text(self, value=None) -> str:
+        """What the value must be; for closed bounds, the one `value` crossed ("of at least 1")."""
         number = "a whole number" if self.kind is int else "a number"
         if self.low == 0 and self.low_open and self.high is None:
             return "a positive number"
+        closed = not self.low_open and not self.high_open
+        if closed and self.low is not None and self.high is not None and value is not None and math.isfinite(value):
+            return f"{number} of at least {_number(self.low)}" if value < self.low else \
+                f"{number} of at most {_number(self.high)}"
         if self.low is not None and self.high is not None:
             if self.low_open and self.high_open:
                 return f"between {_number(self.low)} and {_number(self.high)}"

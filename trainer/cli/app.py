@@ -96,8 +96,6 @@ def usage_line(error) -> str:
             option.check(option.kind(given))
         except (BadInput, ValueError) as refused:
             return str(refused)
-    if bounds and low is not None and high is not None:
-        return f"{flag} must be {number} from {low} to {high}, got {given}"
     if "ge" in bounds:
         return f"{flag} must be {number} of at least {bounds['ge']}, got {given}"
     if "le" in bounds:
