@@ -103,6 +103,20 @@ def decode(name: str, data: bytes, max_bytes: int, max_pixels: int):
         raise Rejected(400, f"'{name}' is truncated or damaged ({type(e).__name__}: {e})") from None
 
 
+def read_request(files: list | None, top_k: int, max_bytes: int, max_pixels: int, max_request_pixels: int):
+    """(names, decoded images) of a request's uploads, or Rejected: checked before anything is decoded."""
+    if not files:
+        raise Rejected(422, "no image: send one or more files in the multipart field 'files'")
+    if len(files) > MAX_FILES:
+        raise Rejected(413, f"{len(files)} files in one request; at most {MAX_FILES}")
+    if top_k < 1:
+        raise Rejected(422, f"top_k must be at least 1, got {top_k}")
+    names = [upload.filename or f"file {i + 1}" for i, upload in enumerate(files)]
+    datas = [upload.file.read(max_bytes + 1) for upload in files]
+    request_pixels(names, datas, max_request_pixels)
+    return names, [decode(name, data, max_bytes, max_pixels) for name, data in zip(names, datas)]
+
+
 def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000, max_pixels: int = 40_000_000,
                ready: str | None = None, max_request_pixels: int = MAX_REQUEST_PIXELS, max_batch: int = MAX_BATCH):
     """The FastAPI app, with the model loaded. `ready`: a line for stderr once the app starts up."""
@@ -144,17 +158,7 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
     @app.post("/predict")
     def predict(files: list[UploadFile] | None = File(None), top_k: int = 1):
         # a plain `def`: FastAPI runs it in its thread pool, so decoding and the model never block the event loop
-        if not files:
-            raise Rejected(422, "no image: send one or more files in the multipart field 'files'")
-        if len(files) > MAX_FILES:
-            raise Rejected(413, f"{len(files)} files in one request; at most {MAX_FILES}")
-        if top_k < 1:
-            raise Rejected(422, f"top_k must be at least 1, got {top_k}")
-        names = [upload.filename or f"file {i + 1}" for i, upload in enumerate(files)]
-        datas = [upload.file.read(max_bytes + 1) for upload in files]
-        request_pixels(names, datas, max_request_pixels)
-        images = [decode(name, data, max_bytes, max_pixels) for name, data in zip(names, datas)]
-        del datas
+        names, images = read_request(files, top_k, max_bytes, max_pixels, max_request_pixels)
         predictions = predictor.predict(images, top_k, max_batch)
         return {"run": run_dir.resolve().name, "model": meta["arch"],
                 "results": [{"file": name, "predictions": p} for name, p in zip(names, predictions)]}
