@@ -100,6 +100,7 @@ def test_batches_are_chunked_and_sized(digits_run, monkeypatch):
     """In process: what the model is given for a large image and a request of many (shapes recorded)."""
     import torch
 
+    from trainer.data.images import open_image
     from trainer.model.learner import load_weights
     from trainer.serving import inference
 
@@ -108,7 +109,7 @@ def test_batches_are_chunked_and_sized(digits_run, monkeypatch):
     shapes = []
     monkeypatch.setattr(inference, "probabilities",
                         lambda m, batches: torch.cat([shapes.append(tuple(x.shape)) or m(x).softmax(-1) for x in batches]))
-    images = [Image.new("RGB", (SIDE, SIDE))] + [Image.open(digit_image(run_dir, k)) for k in range(9)]
+    images = [Image.new("RGB", (SIDE, SIDE))] + [open_image(digit_image(run_dir, k)) for k in range(9)]  # as decoded
     inference.predict_probabilities(model, meta, images, MAX_BATCH, torch.device("cpu"))
     assert shapes == [(4, 3, 28, 28), (4, 3, 28, 28), (2, 3, 28, 28)]
     old = {k: v for k, v in meta.items() if k != "native_size"}  # a run from before model.json recorded it
