@@ -78,8 +78,8 @@ def subscribers_for(on_event: Callable | None, progress: bool, quiet: bool = Fal
 
         from trainer.training.console import ConsoleDisplay
 
-        subscribers.append(ConsoleDisplay(Console(highlight=False, soft_wrap=True), quiet=quiet,
-                                          errors=Console(stderr=True, highlight=False, soft_wrap=True)))
+        plain = dict(highlight=False, soft_wrap=True, markup=False, emoji=False)  # user values print literally
+        subscribers.append(ConsoleDisplay(Console(**plain), quiet=quiet, errors=Console(stderr=True, **plain)))
     return subscribers
 
 

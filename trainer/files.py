@@ -181,6 +181,18 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return stale
 
 
+def remove_stale_temporaries_of(path: Path) -> list[Path]:
+    """The temporary files atomic_path left beside `path` when a kill cut a write of it short (.<name>.*.tmp,
+    and what an exporter wrote beside such a file: .<name>.*.tmp.data)."""
+    path = Path(path)
+    stale = [p for pattern in (f".{path.name}.*.tmp", f".{path.name}.*.tmp.*") for p in path.parent.glob(pattern)
+             if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return stale
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

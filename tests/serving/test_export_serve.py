@@ -166,7 +166,7 @@ def test_serve_answers_as_predict_does(trainer, digits_run, server, tmp_path):
     images = digits_images(run_dir)
     rgba = tmp_path / "rgba.png"  # another mode: converted to RGB on both paths
     Image.open(images[3]).convert("RGBA").save(rgba)
-    odd = tmp_path / "odd.png"  # another size: digits uses images at their own size, so it gets a batch of its own
+    odd = tmp_path / "odd.png"  # another size: brought to the training size (28x28) on both paths
     Image.open(images[5]).resize((40, 30)).save(odd)
     images += [rgba, odd]
     expected = predicted(trainer, run_dir, images, 3)

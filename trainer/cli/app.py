@@ -23,7 +23,8 @@ HANDLED = (BadInput, TrainingFailed, TrainingInterrupted)
 def console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # user values (paths, run ids, class names, option values) print literally: no [markup] and no :emoji:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def report_error(error: Exception) -> int:

@@ -50,6 +50,9 @@ def serve(
     max_bytes: Annotated[int, typer.Option(min=1, max=MAX_BYTES_MAX, help="Largest image file accepted, in bytes.")] = 20_000_000,
     max_pixels: Annotated[int, typer.Option(
         min=1, max=MAX_PIXELS_MAX, help="Largest image accepted, in pixels (width x height).")] = 40_000_000,
+    max_request_pixels: Annotated[int, typer.Option(
+        min=1, max=MAX_PIXELS_MAX, help="Largest total of decoded pixels over all the images of one request.")] = 80_000_000,
+    max_batch: Annotated[int, typer.Option(min=1, max=1024, help="Images run through the model at once.")] = 16,
     out: RunsRoot = RUNS,
 ):
     """An HTTP prediction service: POST /predict (images), GET /health, and a page at / to drop images on."""
@@ -57,6 +60,7 @@ def serve(
     from trainer.serving.server import serve as run_server
 
     try:
-        run_server(resolve_run(target, out), host, port, workers, device, max_bytes, max_pixels)
+        run_server(resolve_run(target, out), host, port, workers, device, max_bytes, max_pixels,
+                   max_request_pixels, max_batch)
     except KeyboardInterrupt:
         pass  # uvicorn already stopped cleanly

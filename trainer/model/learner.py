@@ -115,10 +115,21 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
         "classes": [str(c) for c in learn.dls.vocab],  # the model's vocab, as the recipe's labelling makes it
         "display_names": recipe.display_names(learn.dls.vocab),  # what plots, tables and predict show
         "size": cfg.size,  # the recipe's transforms(size) rebuild the input pipeline
+        "native_size": native_size(learn.dls) if cfg.size is None else None,  # [h, w] inputs are brought to
         "dropout": cfg.dropout,  # the head's layout depends on it (no Dropout module at 0)
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
                                                 "std": norm.std.flatten().tolist()},
     })
+
+
+def native_size(dls) -> list[int] | None:
+    """[height, width] of the training images, for a recipe that uses them at their own size (one size:
+    a batch holds one), so inference brings every input to it."""
+    try:
+        width, height = dls.train_ds[0][0].size
+    except Exception:  # an empty or unusual dataset: inference falls back to the recipe's known size
+        return None
+    return [int(height), int(width)]
 
 
 def load_weights(run_dir: Path, device):

@@ -28,7 +28,7 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> t
     from trainer.serving.inference import input_batches, probabilities
     from trainer.inspection.interpret import run_data
     from trainer.model.learner import load_weights
-    from trainer.files import atomic_path, write_json
+    from trainer.files import atomic_path, remove_stale_temporaries_of, write_json
 
     if fmt not in FORMATS:
         raise BadInput(f"unknown --format '{fmt}'; choose onnx or torchscript")
@@ -45,6 +45,8 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> t
     images = next(input_batches(meta, items, CHECK_IMAGES, cpu))
     expected = probabilities(model, [images])
     description = describe(run_dir, meta, fmt, path, images)
+    for target in (path, sidecar(path)):  # what an interrupted export (SIGKILL) left behind
+        remove_stale_temporaries_of(target)
     with atomic_path(path) as tmp:
         WRITERS[fmt](model, images, tmp, description)
         difference = check(fmt, tmp, images, expected)
@@ -106,7 +108,8 @@ def resize_of(recipe, size, height: int, width: int) -> str:
 
     resize = recipe.transforms(SimpleNamespace(size=size)).get("item_tfms")
     if resize is None:
-        return f"none: the recipe uses images at their own size ({height}x{width})"
+        return (f"none for images of the training size ({height}x{width}); others are brought to it as fastai's "
+                f"Resize does (scale the shorter side, centre-crop)")
     side = resize.size[0]
     words = f"scale the shorter side to {side} and centre-crop {side}x{side} (fastai's Resize, at validation)"
     return words if (side, side) == (height, width) else f"{words}, then resize to {height}x{width}"

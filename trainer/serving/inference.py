@@ -20,17 +20,43 @@ def add_normalize(dls, meta: dict) -> None:
         dls.add_tfms([Normalize.from_stats(meta["normalize"]["mean"], meta["normalize"]["std"])], "after_batch")
 
 
-def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = False):
-    """The recipe's validation-time pipeline over `items` (image paths, or images already decoded by
-    images.open_image), rebuilt from model.json. `labelled`: each image's class is its folder's name."""
+# The training images' size of the native-size recipes, for runs whose model.json predates "native_size"
+NATIVE_SIZES = {"mnist_sample": (28, 28), "mnist": (28, 28), "digits": (28, 28), "cifar10": (32, 32)}
+
+
+def input_size(meta: dict) -> list[int] | None:
+    """[height, width] every input is brought to: the recipe's size, else the size of the training images
+    (a native-size recipe trains on one size: a larger input would only cost memory); None if unknown."""
+    if meta.get("size"):
+        return [meta["size"], meta["size"]]
+    native = meta.get("native_size") or NATIVE_SIZES.get(meta.get("recipe"))
+    return [int(native[0]), int(native[1])] if native else None
+
+
+def recipe_transforms(meta: dict) -> dict:
+    """The recipe's inference transforms; a native-size recipe's inputs resized to the training images' size
+    (a no-op for images of that size, so predictions on them are unchanged)."""
     from types import SimpleNamespace
 
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
-
-    from trainer.data.images import RGBImage
     from trainer.recipes import get_recipe
 
     tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
+    native = None if meta["size"] else input_size(meta)
+    if native and "item_tfms" not in tfms:
+        from fastai.vision.all import Resize
+
+        tfms = {**tfms, "item_tfms": Resize(tuple(native))}
+    return tfms
+
+
+def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = False):
+    """The recipe's validation-time pipeline over `items` (image paths, or images already decoded by
+    images.open_image), rebuilt from model.json. `labelled`: each image's class is its folder's name."""
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
+
+    from trainer.data.images import RGBImage
+
+    tfms = recipe_transforms(meta)
     everything = list(range(len(items)))
     block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
                       get_y=parent_label if labelled else lambda _: meta["classes"][0],  # unlabelled: unused
@@ -48,8 +74,9 @@ def input_batches(meta: dict, items: list, bs: int, device):
 
 def predict_probabilities(model, meta: dict, items: list, bs: int, device) -> torch.Tensor:
     """N x C probabilities of `items`, in order. A recipe that uses images at their own size (no resize)
-    gets one batch per image size, since a batch holds one size."""
-    if meta["size"]:
+    of unknown training size gets one batch per image size, since a batch holds one size. `bs` bounds the
+    images run at once."""
+    if input_size(meta):
         return probabilities(model, input_batches(meta, items, bs, device))
     groups: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(items):

@@ -4,7 +4,10 @@ POST /predict takes images (multipart, field `files`), GET /health describes the
 a page to drop images on. The model is loaded once per worker from model.safetensors (never a
 pickle); requests share it under a lock, so concurrent requests are served one batch at a time.
 Every image goes through trainer.serving.inference, the path `trainer predict` takes, so the numbers match.
-Bad input is answered with a 4xx and {"error": "<one line>"}; the server itself never fails on it.
+Bad input is answered with a 4xx and {"error": "<one line>"}; the server itself never fails on it. Memory is
+bounded per request: the decoded pixels of all its images (--max-request-pixels, checked from the headers before
+any image is decoded) and the images run through the model at once (--max-batch). A failure inside inference is
+a 500 with one line, and the next request is served as usual.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time, and
@@ -20,6 +23,8 @@ from trainer.errors import BadInput
 from trainer.extras import require
 
 MAX_FILES = 64  # images in one request
+MAX_REQUEST_PIXELS = 80_000_000  # decoded pixels of one request's images together (two of the largest images)
+MAX_BATCH = 16  # images run through the model at once
 SETTINGS_VARIABLE = "TRAINER_SERVE_SETTINGS"  # how `trainer serve` hands its settings to uvicorn's workers
 
 
@@ -43,12 +48,38 @@ class Predictor:
         self.labels = class_names(run_dir, self.meta["classes"])  # display names (pets: cat, dog), as predict
         self.lock = threading.Lock()  # one forward pass at a time: fastai's pipeline and the model are shared
 
-    def predict(self, images: list, top_k: int) -> list[list[dict]]:
+    def predict(self, images: list, top_k: int, max_batch: int) -> list[list[dict]]:
         from trainer.serving.inference import predict_probabilities, top_predictions
 
-        with self.lock:
-            probs = predict_probabilities(self.model, self.meta, images, len(images), self.device)
+        try:
+            with self.lock:
+                probs = predict_probabilities(self.model, self.meta, images, max_batch, self.device)
+        except Exception as e:  # MemoryError included: this request fails, the server goes on
+            raise Rejected(500, f"inference failed ({type(e).__name__}: {first_line(e)}); the server goes on "
+                                f"serving: try fewer or smaller images") from None
         return top_predictions(self.labels, probs, top_k)
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:300]
+
+
+def request_pixels(names: list[str], datas: list[bytes], budget: int) -> None:
+    """Refuse (413) a request whose images, by their headers, decode to more than `budget` pixels together."""
+    import io
+
+    from PIL import Image
+
+    total = 0
+    for name, data in zip(names, datas):
+        try:
+            with Image.open(io.BytesIO(data)) as opened:  # the header only: nothing is decoded yet
+                total += opened.width * opened.height
+        except Exception:  # not an image: decode() says so
+            continue
+        if total > budget:
+            raise Rejected(413, f"the request's images decode to over {budget} pixels together (at '{name}'); "
+                                f"the limit is --max-request-pixels {budget}: send fewer or smaller images")
 
 
 def decode(name: str, data: bytes, max_bytes: int, max_pixels: int):
@@ -72,17 +103,35 @@ def decode(name: str, data: bytes, max_bytes: int, max_pixels: int):
         raise Rejected(400, f"'{name}' is truncated or damaged ({type(e).__name__}: {e})") from None
 
 
+def read_request(files: list | None, top_k: int, max_bytes: int, max_pixels: int, max_request_pixels: int):
+    """(names, decoded images) of a request's uploads, or Rejected: checked before anything is decoded."""
+    if not files:
+        raise Rejected(422, "no image: send one or more files in the multipart field 'files'")
+    if len(files) > MAX_FILES:
+        raise Rejected(413, f"{len(files)} files in one request; at most {MAX_FILES}")
+    if top_k < 1:
+        raise Rejected(422, f"top_k must be at least 1, got {top_k}")
+    names = [upload.filename or f"file {i + 1}" for i, upload in enumerate(files)]
+    datas = [upload.file.read(max_bytes + 1) for upload in files]
+    request_pixels(names, datas, max_request_pixels)
+    return names, [decode(name, data, max_bytes, max_pixels) for name, data in zip(names, datas)]
+
+
 def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000, max_pixels: int = 40_000_000,
-               ready: str | None = None):
+               ready: str | None = None, max_request_pixels: int = MAX_REQUEST_PIXELS, max_batch: int = MAX_BATCH):
     """The FastAPI app, with the model loaded. `ready`: a line for stderr once the app starts up."""
     import contextlib
     import html
+    from importlib.resources import files as package_files
 
     from fastapi import FastAPI, File, UploadFile
     from fastapi.responses import HTMLResponse
 
+    from trainer.serving.inference import input_size
+
     predictor = Predictor(run_dir, device)
     meta = predictor.meta
+    page_html = (package_files("trainer.serving") / "page.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -99,25 +148,18 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
         return {"status": "ok", "run": run_dir.resolve().name, "run_dir": str(run_dir.resolve()),
                 "recipe": meta["recipe"], "model": meta["arch"], "classes": predictor.labels,
                 "device": str(predictor.device), "max_files": MAX_FILES, "max_bytes": max_bytes,
-                "max_pixels": max_pixels}
+                "max_pixels": max_pixels, "max_request_pixels": max_request_pixels, "max_batch": max_batch,
+                "input_size": input_size(meta)}
 
     @app.get("/", response_class=HTMLResponse)
     def page():
-        return PAGE.replace("{{title}}", html.escape(title))
+        return page_html.replace("{{title}}", html.escape(title))
 
     @app.post("/predict")
     def predict(files: list[UploadFile] | None = File(None), top_k: int = 1):
         # a plain `def`: FastAPI runs it in its thread pool, so decoding and the model never block the event loop
-        if not files:
-            raise Rejected(422, "no image: send one or more files in the multipart field 'files'")
-        if len(files) > MAX_FILES:
-            raise Rejected(413, f"{len(files)} files in one request; at most {MAX_FILES}")
-        if top_k < 1:
-            raise Rejected(422, f"top_k must be at least 1, got {top_k}")
-        names = [upload.filename or f"file {i + 1}" for i, upload in enumerate(files)]
-        images = [decode(name, upload.file.read(max_bytes + 1), max_bytes, max_pixels)
-                  for name, upload in zip(names, files)]
-        predictions = predictor.predict(images, top_k)
+        names, images = read_request(files, top_k, max_bytes, max_pixels, max_request_pixels)
+        predictions = predictor.predict(images, top_k, max_batch)
         return {"run": run_dir.resolve().name, "model": meta["arch"],
                 "results": [{"file": name, "predictions": p} for name, p in zip(names, predictions)]}
 
@@ -134,6 +176,11 @@ def add_guards(app, max_bytes: int) -> None:
     @app.exception_handler(Rejected)
     def rejected(request: Request, error: Rejected):
         return JSONResponse({"error": error.reason}, status_code=error.status)
+
+    @app.exception_handler(Exception)
+    def failed(request: Request, error: Exception):  # anything else: one line, and the server goes on
+        return JSONResponse({"error": f"the server failed on this request ({type(error).__name__}: "
+                                      f"{first_line(error)})"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, error: RequestValidationError):
@@ -159,15 +206,18 @@ def app_from_settings():
     settings = json.loads(os.environ[SETTINGS_VARIABLE])
     # The socket already listens (see serve): a request sent once this line is out waits in its backlog.
     return create_app(Path(settings["run_dir"]), settings["device"], settings["max_bytes"], settings["max_pixels"],
-                      ready=f"ready: http://{settings['host']}:{settings['port']} (pid {os.getpid()})")
+                      ready=f"ready: http://{settings['host']}:{settings['port']} (pid {os.getpid()})",
+                      max_request_pixels=settings["max_request_pixels"], max_batch=settings["max_batch"])
 
 
-def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_bytes: int, max_pixels: int) -> None:
+def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_bytes: int, max_pixels: int,
+          max_request_pixels: int = MAX_REQUEST_PIXELS, max_batch: int = MAX_BATCH) -> None:
     """Check what can be checked here (one clear line, exit 2), then hand over to uvicorn."""
     import socket
 
     require("serve", "trainer serve")
-    for name, value in (("--workers", workers), ("--max-bytes", max_bytes), ("--max-pixels", max_pixels)):
+    for name, value in (("--workers", workers), ("--max-bytes", max_bytes), ("--max-pixels", max_pixels),
+                        ("--max-request-pixels", max_request_pixels), ("--max-batch", max_batch)):
         if value < 1:
             raise BadInput(f"{name} must be at least 1, got {value}")
     if not (run_dir / rundir.WEIGHTS).is_file() or not (run_dir / rundir.MODEL_META).is_file():
@@ -184,7 +234,8 @@ def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_by
     except OSError as e:
         raise BadInput(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
     os.environ[SETTINGS_VARIABLE] = json.dumps({"run_dir": str(run_dir.resolve()), "host": host, "port": port,
-                                                "device": device, "max_bytes": max_bytes, "max_pixels": max_pixels})
+                                                "device": device, "max_bytes": max_bytes, "max_pixels": max_pixels,
+                                                "max_request_pixels": max_request_pixels, "max_batch": max_batch})
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
@@ -198,66 +249,3 @@ def serve(run_dir: Path, host: str, port: int, workers: int, device: str, max_by
         Multiprocess(config, sockets=[sock]).run()
     else:
         uvicorn.Server(config).run(sockets=[sock])
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{title}}</title>
-<style>
-h1 { font-size: 1.4em; }
-body { font: 15px/1.4 system-ui, sans-serif; max-width: 760px; margin: 2em auto; padding: 0 1em; color: #222; }
-#drop { display: block; border: 2px dashed #888; border-radius: 8px; padding: 2.5em 1em; text-align: center; cursor: pointer; }
-#drop.over { background: #eef5ff; border-color: #2a6df4; }
-.result { display: flex; gap: 1em; margin: 1.2em 0; align-items: flex-start; }
-.result img { width: 96px; height: 96px; object-fit: contain; background: #f3f3f3; border-radius: 4px; }
-.rows { flex: 1; } .name { font-weight: 600; margin-bottom: .3em; word-break: break-all; }
-.row { display: grid; grid-template-columns: 9em 1fr 4.5em; gap: .5em; align-items: center; margin: .15em 0; }
-.bar { background: #e6e6e6; border-radius: 3px; height: 14px; } .bar > div { background: #2a6df4; height: 100%; border-radius: 3px; }
-.label { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; } .pct { text-align: right; font-variant-numeric: tabular-nums; }
-#error { color: #b00020; min-height: 1.4em; }
-</style></head>
-<body>
-<h1>{{title}}</h1>
-<label id="drop" for="files">Drop images here, or click to choose<br>
-<input id="files" type="file" accept="image/*" multiple hidden></label>
-<p id="error" role="alert"></p>
-<div id="results"></div>
-<script>
-const drop = document.getElementById('drop'), input = document.getElementById('files');
-const results = document.getElementById('results'), error = document.getElementById('error');
-async function send(files) {
-  if (!files.length) return;
-  const form = new FormData();
-  for (const f of files) form.append('files', f, f.name);
-  error.textContent = ''; results.textContent = 'predicting…';
-  try {
-    const answer = await fetch('predict?top_k=5', { method: 'POST', body: form });
-    const body = await answer.json();
-    results.textContent = '';
-    if (!answer.ok) { error.textContent = body.error || answer.statusText; return; }
-    body.results.forEach((r, i) => results.append(render(r, files[i])));
-  } catch (e) { results.textContent = ''; error.textContent = 'the server did not answer: ' + e; }
-}
-function render(result, file) {
-  const box = document.createElement('section'); box.className = 'result';
-  box.dataset.file = result.file; box.dataset.label = result.predictions[0].label;
-  const img = document.createElement('img'); img.alt = result.file; img.src = URL.createObjectURL(file);
-  const rows = document.createElement('div'); rows.className = 'rows';
-  const name = document.createElement('div'); name.className = 'name'; name.textContent = result.file; rows.append(name);
-  for (const p of result.predictions) {
-    const row = document.createElement('div'); row.className = 'row';
-    const label = document.createElement('span'); label.className = 'label'; label.textContent = p.label;
-    const bar = document.createElement('div'); bar.className = 'bar';
-    const fill = document.createElement('div'); fill.style.width = (100 * p.probability).toFixed(1) + '%'; bar.append(fill);
-    const pct = document.createElement('span'); pct.className = 'pct'; pct.textContent = (100 * p.probability).toFixed(1) + '%';
-    row.append(label, bar, pct); rows.append(row);
-  }
-  box.append(img, rows); return box;
-}
-input.addEventListener('change', () => send([...input.files]));
-drop.addEventListener('dragover', e => { e.preventDefault(); drop.classList.add('over'); });
-drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-drop.addEventListener('drop', e => { e.preventDefault(); drop.classList.remove('over'); send([...e.dataTransfer.files]); });
-</script>
-</body></html>
-"""

@@ -166,7 +166,7 @@ class ResumableEarlyStopping(EarlyStoppingCallback):
 @contextlib.contextmanager
 def stop_on_signals(target):
     """SIGINT and SIGTERM set `target.signum` (Checkpoints, or distributed.signal_sync's flag), which the
-    training loop acts on at the next batch."""
+    training loop acts on at the next batch; one that came after the last batch stops on the way out."""
 
     def flag(signum, frame):
         target.signum = signum
@@ -180,6 +180,8 @@ def stop_on_signals(target):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if getattr(target, "signum", None) is not None:  # e.g. during fastai's after_fit: not lost
+        raise Interrupted(target.signum)
 
 
 def resumable(run_dir: Path, given: dict) -> tuple[dict, FitConfig]:

@@ -20,12 +20,12 @@ class ConsoleDisplay:
             handler(**event.data)
 
     def print(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)
+        self.console.print(text, highlight=False, markup=False, emoji=False)
 
     def on_note(self, text: str, level: str) -> None:
         self.close()  # training prints no notes: one after its batches (an early stop) means it is over
         if level == "warning":
-            self.errors.print(f"warning: {text}", highlight=False, markup=False)
+            self.errors.print(f"warning: {text}", highlight=False, markup=False, emoji=False)
         elif not self.quiet:
             self.print(text)
 

@@ -8,6 +8,7 @@ subscribes whatever should see the run (the terminal, a test, the service).
 from __future__ import annotations
 
 import functools
+import math
 import time
 import traceback
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from trainer.training.outputs import (device_info, display_names, export_model, 
                                       keep_best, summarise, write_plots)
 from trainer.training.prepare import Prepared, prepare
 from trainer.training.progress import RunLog
+from trainer.training.stopping import Stop, stopping
 
 
 def forgets_presized_copies(command):
@@ -50,14 +52,16 @@ def forgets_presized_copies(command):
 @forgets_presized_copies
 def fit(cfg: FitConfig, events: Events) -> tuple[Path | None, dict | None]:
     """Train a new run: (run directory, summary); (None, None) on distributed ranks other than 0."""
-    if cfg.tensorboard:
-        tensorboard_callback(None)  # a missing package is bad input: before anything is written
-    p = prepare(cfg, events)
-    if not p.world.main:
-        return follow(p)
-    run_dir, config = start_run(p, "fit", schedule=schedule_of(p.cfg), schedule_reason=schedule_reason(p.cfg))
-    with failures_logged(run_dir, events):
-        return run_dir, train(p, run_dir, events)
+    with stopping("fit", events) as stop:
+        stop.quiet = not world_from_env().main
+        if cfg.tensorboard:
+            tensorboard_callback(None)  # a missing package is bad input: before anything is written
+        p = prepare(cfg, events)
+        if not p.world.main:
+            return follow(p)
+        run_dir, config = start_run(p, "fit", stop, schedule=schedule_of(p.cfg), schedule_reason=schedule_reason(p.cfg))
+        with failures_logged(run_dir, events):
+            return run_dir, train(p, run_dir, events, stop)
 
 
 @forgets_presized_copies
@@ -66,29 +70,44 @@ def resume(run_dir: Path, events: Events, **given) -> tuple[Path | None, dict | 
     (`given`: device/precision, where and how to continue when not as the run asked; interpret, top_k,
     tensorboard, checked against the run's own)."""
     config, cfg = checkpoint.resumable(run_dir, given)
-    p = prepare(cfg, events)
-    check_split(run_dir, config, p.data.dls, p.data.path)  # the same validation set, or a clear refusal
-    state = checkpoint.restore(run_dir, p.learn, p.data.dls.device)
-    if not p.world.main:
-        return follow(p, state)
-    p.learn.path = run_dir
-    with failures_logged(run_dir, events):
-        record_resume(p, run_dir, config, state)
-        events.note(f"resuming {run_dir} after epoch {state['epochs_done']}")
-        return run_dir, train(p, run_dir, events, resumed=state)
+    with stopping("fit --resume", events) as stop:
+        stop.quiet, stop.run_dir = not world_from_env().main, run_dir  # the run's own: never removed
+        stop.resume = resume_command(run_dir, world_from_env())
+        p = prepare(cfg, events)
+        check_split(run_dir, config, p.data.dls, p.data.path)  # the same validation set, or a clear refusal
+        state = checkpoint.restore(run_dir, p.learn, p.data.dls.device)
+        if not p.world.main:
+            return follow(p, state)
+        p.learn.path = run_dir
+        with failures_logged(run_dir, events):
+            record_resume(p, run_dir, config, state)
+            events.note(f"resuming {run_dir} after epoch {state['epochs_done']}")
+            return run_dir, train(p, run_dir, events, stop, resumed=state)
+
+
+def resume_command(run_dir: Path, world) -> str:
+    return f"trainer fit --resume {run_dir}{f' --nproc {world.size}' if world.launched else ''}"
 
 
 @forgets_presized_copies
 def lr_find(cfg: FitConfig, events: Events, start_lr=1e-7, end_lr=10.0, num_it=100) -> tuple[Path, dict]:
     """fastai's lr_find into a run directory of its own: lr_find.png/.json and the four suggestions."""
+    for flag, rate in (("--start-lr", start_lr), ("--end-lr", end_lr)):
+        if not math.isfinite(rate):
+            raise BadInput(f"{flag} must be a finite number, got {rate:g}")
     if not 0 < start_lr < end_lr:
         raise BadInput(f"--start-lr ({start_lr:g}) must be positive and below --end-lr ({end_lr:g})")
     if num_it < 10:
         raise BadInput(f"--num-it must be at least 10 (fastai drops the first and last points), got {num_it}")
     if world_from_env().size > 1:
         raise BadInput("lr-find runs in one process: start it without torchrun or --nproc")
+    with stopping("lr-find", events) as stop:
+        return find_into_run(cfg, events, stop, start_lr, end_lr, num_it)
+
+
+def find_into_run(cfg: FitConfig, events: Events, stop: Stop, start_lr, end_lr, num_it) -> tuple[Path, dict]:
     p = prepare(cfg, events)
-    run_dir, _ = start_run(p, "lr-find")
+    run_dir, _ = start_run(p, "lr-find", stop)
     events.publish("run_started", run_dir=str(run_dir), recipe=p.recipe.name, command="lr-find", epochs_total=0,
                    resumed_after=None)
     events.note(f"lr_find from {start_lr:g} to {end_lr:g} over {num_it} iterations, {p.cfg.arch}")
@@ -101,11 +120,11 @@ def lr_find(cfg: FitConfig, events: Events, start_lr=1e-7, end_lr=10.0, num_it=1
     return run_dir, result
 
 
-def train(p: Prepared, run_dir: Path, events: Events, resumed: dict | None = None) -> dict:
+def train(p: Prepared, run_dir: Path, events: Events, stop: Stop, resumed: dict | None = None) -> dict:
     """Train (or go on training), then write the model, plots and summary into `run_dir`; returns the summary.
     Read top to bottom: each step is one function."""
     title = f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch}"
-    total = epochs_total(p.cfg)
+    total = stop.epochs_total = epochs_total(p.cfg)
     events.publish("run_started", run_dir=str(run_dir), recipe=p.recipe.name, command="fit", epochs_total=total,
                    resumed_after=resumed["epochs_done"] if resumed else None)
     if not resumed:
@@ -138,9 +157,10 @@ def training_log(run_dir: Path, learn, events: Events, total: int, resumed: dict
     return run_log
 
 
-def start_run(p: Prepared, command: str, **extra) -> tuple[Path, dict]:
+def start_run(p: Prepared, command: str, stop: Stop, **extra) -> tuple[Path, dict]:
     """Create the run directory: config.json (every resolved option), split.csv, what lr_find found."""
-    run_dir = store.new_run_dir(Path(p.cfg.out), p.recipe.name)
+    run_dir = stop.run_dir = store.new_run_dir(Path(p.cfg.out), p.recipe.name)
+    stop.created, stop.resume = True, resume_command(run_dir, p.world)
     p.learn.path = run_dir
     if p.data.skipped:
         files.write_text(run_dir / rundir.SKIPPED, "".join(f"{path}\t{why}\n" for path, why in p.data.skipped))

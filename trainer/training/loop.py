@@ -37,18 +37,12 @@ def run_training(p, run_dir: Path, run_log, events: Events, resumed: dict | None
                  *([tensorboard_callback(run_dir / rundir.TENSORBOARD)] if p.cfg.tensorboard else []),
                  *([stats] if stats else [])]
     start = time.perf_counter()
-    try:
-        with p.learn.added_cbs(callbacks), stop_on_signals(flag), \
-                swapped_dls(p.learn, p.data.fast_dls), distributed(p.learn, p.world, p.data.dls.device):
-            if resumed:
-                restore_rng(resumed, p.learn.dls.train)  # last: nothing draws from them before training goes on
-            run_schedule(p.learn, p.cfg, resumed["epochs_done"] if resumed else 0)
-    except Interrupted as stop:
-        resume = f"trainer fit --resume {run_dir}{f' --nproc {p.world.size}' if p.world.launched else ''}"
-        message = (f"stopped by {stop} after {len(run_log.rows)} of {run_log.epochs_total} epochs; the "
-                   f"checkpoint is saved: continue with `{resume}`")
-        events.publish("interrupted", run_dir=str(run_dir), message=message, signum=stop.signum)
-        raise TrainingInterrupted(message, stop.signum) from None
+    # A signal raises checkpoint.Interrupted at a batch boundary; training.stopping says what it left on disk.
+    with p.learn.added_cbs(callbacks), stop_on_signals(flag), \
+            swapped_dls(p.learn, p.data.fast_dls), distributed(p.learn, p.world, p.data.dls.device):
+        if resumed:
+            restore_rng(resumed, p.learn.dls.train)  # last: nothing draws from them before training goes on
+        run_schedule(p.learn, p.cfg, resumed["epochs_done"] if resumed else 0)
     stopped_early = p.cfg.early_stop is not None and len(run_log.rows) < run_log.epochs_total
     if stopped_early:
         events.note(f"early stop: {p.recipe.main_metric} did not improve for {p.cfg.early_stop} epoch(s); "
