@@ -179,6 +179,10 @@ def read_model_meta(run_dir: Path) -> dict:
                 for v in values)):
             raise damaged(path, f"normalize.{key}", "a list of 3 numbers" + (" above 0" if key == "std" else ""),
                           values)
+    side = meta.get("native_size")  # the training images' own [height, width], for recipes that do not resize
+    if side is not None and not (isinstance(side, list) and len(side) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in side)):
+        raise damaged(path, "native_size", "null or [height, width] in pixels", side)
     return meta
 
 
