@@ -158,3 +158,23 @@ class Process:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serving(run_dir: Path, *options):
+    """`trainer serve RUN_DIR OPTIONS` as a real process on a free port: a generator for a fixture, yielding
+    (base URL, process) once it printed "ready:" and stopping it at the end whatever happens."""
+    port = free_port()
+    process = Process([sys.executable, "-m", "trainer", "serve", str(run_dir), "--port", str(port), *options])
+    try:
+        process.wait_for("ready: http://127.0.0.1:")
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.stop()

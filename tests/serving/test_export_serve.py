@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Process
+from helpers import Process, serving
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -131,12 +131,6 @@ def test_serve_refuses_a_busy_port(trainer, digits_run):
     assert "cannot listen on 127.0.0.1" in message and "--port" in message
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 MAX_BYTES, MAX_PIXELS = 100_000, 1_000_000
 
 
@@ -144,15 +138,7 @@ MAX_BYTES, MAX_PIXELS = 100_000, 1_000_000
 def server(digits_run):
     """`trainer serve` as a real process on a free port, small limits; stopped at the end whatever happens."""
     pytest.importorskip("fastapi")
-    run_dir, _ = digits_run
-    port = free_port()
-    process = Process([sys.executable, "-m", "trainer", "serve", str(run_dir), "--port", str(port),
-                       "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS)])
-    try:
-        process.wait_for("ready: http://127.0.0.1:")
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.stop()
+    yield from serving(digits_run[0], "--max-bytes", MAX_BYTES, "--max-pixels", MAX_PIXELS)
 
 
 def post(url: str, files: list[tuple[str, bytes]], **params) -> httpx.Response:

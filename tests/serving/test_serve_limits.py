@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import io
 import json
-import socket
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import Process
+from helpers import serving
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
@@ -42,17 +39,8 @@ def same(predictions: list[dict], expected: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def limited_server(digits_run):
     pytest.importorskip("fastapi")
-    run_dir, _ = digits_run
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = Process([sys.executable, "-m", "trainer", "serve", str(run_dir), "--port", port,
-                       "--max-pixels", MAX_PIXELS, "--max-request-pixels", MAX_REQUEST_PIXELS, "--max-batch", MAX_BATCH])
-    try:
-        process.wait_for("ready: http://127.0.0.1:")
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.stop()
+    yield from serving(digits_run[0], "--max-pixels", MAX_PIXELS, "--max-request-pixels", MAX_REQUEST_PIXELS,
+                       "--max-batch", MAX_BATCH)
 
 
 def post(url: str, files: list[tuple[str, bytes]], **params) -> httpx.Response:

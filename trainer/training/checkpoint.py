@@ -30,7 +30,6 @@ from fastai.torch_core import L, get_model
 
 from trainer.runs import rundir
 from trainer import files
-from trainer.runs import store
 from trainer.config import FitConfig, resume_config
 from trainer.errors import BadInput
 from trainer.recipes import improves
