@@ -72,7 +72,10 @@ def fit_config(recipe: str, options: dict, allowed: Iterable[str] = OPTIONS, out
 
 def subscribers_for(on_event: Callable | None, progress: bool, quiet: bool = False) -> list:
     """The subscribers of an API call: the caller's own, and a terminal display unless progress=False."""
+    from trainer.training.events import event_log_from_environment
+
     subscribers = [on_event] if on_event else []
+    subscribers += event_log_from_environment()  # a job the service started: its events, for the service
     if progress:
         from rich.console import Console
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from trainer.cli.app import app, print_version
-from trainer.cli import train, inspect, runs, serving, data, bench  # noqa: F401, E402  (each adds its commands)
+from trainer.cli import train, inspect, runs, serving, service, data, bench  # noqa: F401, E402  (each adds its commands)
 
 
 @app.callback()

@@ -212,28 +212,35 @@ def extract_archive(archive: Path) -> Path:
     except OSError as e:
         raise BadInput(f"--data {archive}: cannot extract into {target.parent} ({e.strerror}); set TRAINER_DATA to "
                        f"a writable folder, or extract the archive yourself and pass the folder") from None
-    try:  # within limits (archives.py): a bomb is refused before anything is kept
-        if name.endswith(".zip"):
-            extract_zip(archive, tmp, refuse_outside_members)
-        else:
-            extract_tar(archive, tmp, refuse_outside_members)
-    except tarfile.FilterError as e:  # links or devices pointing outside, which names alone do not show
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise outside_member(archive, str(e)) from None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and (failure := write_failure(Path(e.filename or tmp), e)):
-            raise BadInput(f"--data {archive}: {failure}; nothing was kept: free space, or set TRAINER_DATA "
-                           f"elsewhere") from None
-        raise BadInput(f"--data {archive} could not be extracted ({e}); check the file or extract it yourself") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    extract_members(archive, tmp)
     try:
         tmp.rename(target)
     except OSError:  # another process finished first: use its copy
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def extract_members(archive: Path, into: Path) -> None:
+    """Extract `archive` into the folder `into` within the limits (archives.py): a bomb, a member pointing
+    outside, a damaged file or a full disk is one line, and `into` is removed."""
+    name = archive.name.lower()
+    try:
+        if name.endswith(".zip"):
+            extract_zip(archive, into, refuse_outside_members)
+        else:
+            extract_tar(archive, into, refuse_outside_members)
+    except tarfile.FilterError as e:  # links or devices pointing outside, which names alone do not show
+        shutil.rmtree(into, ignore_errors=True)
+        raise outside_member(archive, str(e)) from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        shutil.rmtree(into, ignore_errors=True)
+        if isinstance(e, OSError) and (failure := write_failure(Path(e.filename or into), e)):
+            raise BadInput(f"--data {archive}: {failure}; nothing was kept: free space, or set TRAINER_DATA "
+                           f"elsewhere") from None
+        raise BadInput(f"--data {archive} could not be extracted ({e}); check the file or extract it yourself") from None
+    except BaseException:
+        shutil.rmtree(into, ignore_errors=True)
+        raise
 
 
 def refuse_outside_members(archive: Path, names: list[str]) -> None:

@@ -55,6 +55,23 @@ ERROR_LOG = "error.log"
 TENSORBOARD = "tensorboard"  # a folder, with --tensorboard
 
 
+# What the service hands out of a run directory (GET /jobs/{id}/files): the report, plots, model and metrics;
+# never the checkpoints (last.pth, best.pth: the run's internal state) or anything not in this schema.
+PUBLIC = (CONFIG, SPLIT, SKIPPED, LR_FIND_JSON, LR_FIND_PNG, BATCH, METRICS, CHECKPOINT, WEIGHTS, MODEL_META,
+          MODEL_PICKLE, HISTORY, RESULTS, ACTIVATIONS_PNG, ACTIVATIONS_JSON, SUMMARY, REPORT, ERROR_LOG,
+          TEST_METRICS, *(f"{stem}.{ext}" for stem in (CONFUSION, CONFUSION_NORMALIZED, MOST_CONFUSED, TOP_LOSSES,
+                                                        PER_CLASS, TEST_CONFUSION) for ext in ("png", "csv", "json")))
+
+
+def is_public_file(name: str) -> bool:
+    return name in PUBLIC
+
+
+def public_files(run_dir: Path) -> list[str]:
+    """The schema's public files that `run_dir` holds, in the schema's order."""
+    return [name for name in PUBLIC if (run_dir / name).is_file()]
+
+
 def read_json(path: Path) -> tuple[dict | None, str | None]:
     """(content, problem): problem is None, 'missing' or 'unreadable' (for listings that must never stop)."""
     try:

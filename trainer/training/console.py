@@ -52,7 +52,8 @@ class ConsoleDisplay:
             self.bars.start()
         if batch == 1:
             self.bars.reset(self.batch_bar, total=batches, description=phase, loss="")
-        self.bars.update(self.batch_bar, advance=1, loss=f"loss {loss:.4f}" if loss is not None else "")
+        # completed, not advance: a follower of the service's stream sees a few batches a second, not each
+        self.bars.update(self.batch_bar, completed=batch, loss=f"loss {loss:.4f}" if loss is not None else "")
 
     def on_epoch(self, row: dict, epochs_total: int, **_) -> None:
         if self.bars:

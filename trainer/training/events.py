@@ -99,3 +99,51 @@ class MetricsFile:
             header = event.data["header"]
             self.rows.append([event.data["row"][name] for name in header])
             write_csv(self.path, header, self.rows)
+
+
+EVENT_LOG = "TRAINER_EVENT_LOG"  # set by the service for a job's process: where it writes its events
+
+
+class JsonLinesLog:
+    """Events as JSON lines appended to a file, for another process (the service) to read as they come.
+
+    Each event is one write of one whole line, flushed at once. Batch events are thinned to a few a second
+    per phase, and the last batch of each phase is always written: enough for live progress, small enough to
+    store every line. Writing never fails the run: a full disk loses the log, not the training."""
+
+    BATCHES_PER_SECOND = 4
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.last_batch: dict = {}
+        self.file = None
+        self.broken = False
+
+    def __call__(self, event: Event) -> None:
+        import json
+
+        if self.broken:
+            return
+        if event.kind == "batch":
+            key = (event.data.get("epoch"), event.data.get("phase"))
+            last = event.data.get("batch") == event.data.get("batches")
+            if not last and event.at - self.last_batch.get(key, 0.0) < 1 / self.BATCHES_PER_SECOND:
+                return
+            self.last_batch[key] = event.at
+        try:
+            if self.file is None:
+                self.file = open(self.path, "a", encoding="utf-8")
+                if self.file.tell() and not self.path.read_bytes().endswith(b"\n"):  # a kill cut a line short
+                    self.file.write("\n")
+            self.file.write(json.dumps(event.to_dict(), default=str) + "\n")
+            self.file.flush()
+        except (OSError, ValueError):
+            self.broken = True
+
+
+def event_log_from_environment() -> list:
+    """The JSON-lines subscriber when the service started this process (TRAINER_EVENT_LOG), else none."""
+    import os
+
+    path = os.environ.get(EVENT_LOG)
+    return [JsonLinesLog(Path(path))] if path else []

@@ -1,0 +1,310 @@
+"""The service's HTTP API (FastAPI; OpenAPI docs at /docs).
+
+Every answer that is not a success is a 4xx (or 5xx) with {"error": "<one line>"}; nothing is stored for a
+refused request. Every endpoint but /health (and the API's own description, /docs and /openapi.json, which
+hold no data) needs `Authorization: Bearer <token>`.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time.
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.sse import format_sse_event
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from trainer.errors import BadInput
+from trainer.runs import rundir
+from trainer.service import auth, datasets
+from trainer.service import store as S
+from trainer.service.jobs import check_submission
+from trainer.service.runner import OUTPUT_FILE, Runner, Settings, job_folder
+
+EVENT_POLL = 0.2  # seconds between two looks at the store for a live event stream
+KEEPALIVE = 15.0  # a comment line this often, so proxies keep an idle stream open
+PAGE_MAX = 500
+
+
+class Refused(HTTPException):
+    def __init__(self, status: int, reason: str):
+        super().__init__(status, " ".join(str(reason).split()))
+
+
+def one_line(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(reason).split())}, status_code=status)
+
+
+def public_job(job: dict, settings: Settings) -> dict:
+    """A job as the API shows it: no lease internals, the data by its name under the data root."""
+    data = job["data"]
+    if data and job["dataset"] is None:
+        try:
+            data = str(Path(data).resolve().relative_to(settings.data_root.resolve()))
+        except ValueError:
+            pass
+    elif job["dataset"] is not None:
+        data = None
+    return {"id": job["id"], "state": job["state"], "command": job["command"], "recipe": job["recipe"],
+            "options": job["options"], "data": data, "dataset": job["dataset"], "nproc": job["nproc"],
+            "run_dir": job["run_dir"], "created_at": job["created_at"], "started_at": job["started_at"],
+            "ended_at": job["ended_at"], "attempts": job["attempts"], "error": job["error"],
+            "devices": job["devices"], "pid": job["pid"], "events": job["last_seq"]}
+
+
+def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | None) -> FastAPI:
+    """`token` None: no authentication (only ever on loopback, checked by the caller)."""
+    app = FastAPI(title="trainer service", version="1",
+                  description="Submit fastai training jobs, watch them live, stop and continue them, fetch their "
+                              "results. Send `Authorization: Bearer <token>` (the token `trainer service` printed).")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> str:
+        if token is None:
+            return "local"
+        if credentials is None:
+            raise Refused(401, "no token: send 'Authorization: Bearer TOKEN' with the token `trainer service` "
+                               "printed (the CLI reads it from TRAINER_TOKEN)")
+        if not auth.matches(credentials.credentials, token):
+            raise Refused(401, "the token is not this service's; use the one `trainer service` printed (or its "
+                               "TRAINER_TOKEN)")
+        return auth.owner_of(credentials.credentials)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, error: HTTPException):
+        return one_line(error.status_code, error.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, error: RequestValidationError):
+        problem = error.errors()[0]
+        where = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query", "path"))
+        return one_line(422, f"{where}: {problem.get('msg')}" if where else problem.get("msg"))
+
+    @app.exception_handler(BadInput)
+    async def bad_input(_request, error: BadInput):
+        return one_line(413 if isinstance(error, datasets.TooLarge) else 422, str(error))
+
+    def job_or_404(job_id: int) -> dict:
+        job = store.job(job_id)
+        if job is None:
+            raise Refused(404, f"no job {job_id}; list the jobs with GET /jobs (`trainer jobs list`)")
+        return job
+
+    # --- health -------------------------------------------------------------------------------------------
+
+    @app.get("/health")
+    def health():
+        """Liveness, the queue's length and what each device runs (no token needed)."""
+        running = {u: child.job_id for child in list(runner.children.values()) for u in child.units}
+        return {"status": "ok" if runner.thread.is_alive() else "stopped", "queued": store.count(S.QUEUED),
+                "running": store.count(*S.ACTIVE),
+                "devices": [{"device": unit if settings.gpus else "cpu", "job": running.get(i)}
+                            for i, unit in enumerate(settings.units)],
+                "runner_error": runner.error}
+
+    # --- jobs ---------------------------------------------------------------------------------------------
+
+    @app.post("/jobs", status_code=201)
+    def submit(body: dict[str, Any], owner: str = Depends(authorized)):
+        """A new job: {"recipe": "digits", "command": "fit" | "lr-find", "options": {"epochs": 2, ...},
+        "data": "a folder under the data root" | "dataset": "an uploaded dataset's id", "nproc": 1}."""
+        checked = check_submission(body, data_root=settings.data_root, dataset_path=dataset_path,
+                                   devices_total=settings.devices_total, device_kind=settings.device_kind)
+        if store.count(S.QUEUED, owner=owner) >= settings.max_queued:
+            raise Refused(429, f"this token already has {settings.max_queued} queued jobs (the service's "
+                               f"--max-queued); wait for some to start, or cancel some")
+        job = store.add_job(checked.command, checked.recipe, checked.options, checked.data, checked.dataset,
+                            checked.nproc, owner)
+        runner.wake.set()
+        return public_job(job, settings)
+
+    def dataset_path(dataset_id: str) -> Optional[str]:
+        found = store.dataset(dataset_id)
+        return found["path"] if found and Path(found["path"]).is_dir() else None
+
+    @app.get("/jobs")
+    def list_jobs(state: Optional[str] = None, recipe: Optional[str] = None,
+                  limit: int = Query(50, ge=1, le=PAGE_MAX), offset: int = Query(0, ge=0),
+                  _owner: str = Depends(authorized)):
+        """Jobs, newest first; filter by state or recipe; `limit` and `offset` page through them."""
+        if state is not None and state not in S.STATES:
+            raise Refused(422, f"unknown state '{state}'; use one of {', '.join(S.STATES)}")
+        found, total = store.list_jobs(state, recipe, limit, offset)
+        return {"jobs": [public_job(j, settings) for j in found], "total": total, "limit": limit, "offset": offset}
+
+    @app.get("/jobs/{job_id}")
+    def show(job_id: int, _owner: str = Depends(authorized)):
+        """One job, with its last epoch's metrics row."""
+        job = public_job(job_or_404(job_id), settings)
+        last = store.latest_event(job_id, "epoch")
+        job["last_epoch"] = {"row": last["row"], "epochs_total": last.get("epochs_total")} if last else None
+        return job
+
+    @app.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: int, _owner: str = Depends(authorized)):
+        """Stop a job: a queued one at once; a running one gets SIGTERM, checkpoints and ends `cancelled`."""
+        job = job_or_404(job_id)
+        if job["state"] in S.ENDED:
+            raise Refused(409, f"job {job_id} already {job['state']}; nothing to cancel")
+        job = store.request_stop(job_id, "cancel")
+        runner.wake.set()
+        return public_job(job, settings)
+
+    @app.post("/jobs/{job_id}/resume")
+    def resume(job_id: int, _owner: str = Depends(authorized)):
+        """Queue a cancelled, interrupted or failed job again: it continues from its last checkpoint."""
+        job = job_or_404(job_id)
+        if not store.requeue(job_id):
+            raise Refused(409, f"job {job_id} is {job['state']}; only a cancelled, interrupted or failed job can "
+                               f"be resumed")
+        runner.wake.set()
+        return public_job(store.job(job_id), settings)
+
+    @app.delete("/jobs/{job_id}")
+    def remove(job_id: int, _owner: str = Depends(authorized)):
+        """Delete an ended or queued job, its events and its run directory."""
+        job = job_or_404(job_id)
+        if job["state"] in S.ACTIVE:
+            raise Refused(409, f"job {job_id} is {job['state']}; cancel it first (POST /jobs/{job_id}/cancel)")
+        if not store.delete_job(job_id):
+            raise Refused(409, f"job {job_id} started meanwhile; cancel it first")
+        if job["run_dir"] and runner.inside_runs(Path(job["run_dir"])):
+            shutil.rmtree(job["run_dir"], ignore_errors=True)
+        shutil.rmtree(job_folder(settings, job_id), ignore_errors=True)
+        return {"deleted": job_id}
+
+    @app.get("/jobs/{job_id}/log", response_class=PlainTextResponse)
+    def log(job_id: int, _owner: str = Depends(authorized)):
+        """The job's terminal output, every attempt's."""
+        job_or_404(job_id)
+        path = job_folder(settings, job_id) / OUTPUT_FILE
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    @app.get("/jobs/{job_id}/files")
+    def files(job_id: int, _owner: str = Depends(authorized)):
+        """The run directory's files people read: report, plots, model, metrics."""
+        job = job_or_404(job_id)
+        run_dir = Path(job["run_dir"]) if job["run_dir"] else None
+        names = rundir.public_files(run_dir) if run_dir and run_dir.is_dir() else []
+        return {"run_dir": job["run_dir"], "files": [{"name": n, "bytes": (run_dir / n).stat().st_size}
+                                                     for n in names]}
+
+    @app.get("/jobs/{job_id}/files/{name}")
+    def file(job_id: int, name: str, _owner: str = Depends(authorized)):
+        job = job_or_404(job_id)
+        run_dir = Path(job["run_dir"]) if job["run_dir"] else None
+        if run_dir is None or not rundir.is_public_file(name) or not (run_dir / name).is_file():
+            raise Refused(404, f"job {job_id} has no file '{name}'; GET /jobs/{job_id}/files lists them")
+        return FileResponse(run_dir / name, filename=name)
+
+    @app.get("/jobs/{job_id}/events")
+    async def events(job_id: int, request: Request, after: Optional[int] = Query(None, ge=0),
+                     last_event_id: Optional[str] = Header(None), _owner: str = Depends(authorized)):
+        """The job's events as server-sent events, from the first (or after `Last-Event-ID` / `after`); every
+        event is stored, so a client that reconnects misses none. The stream ends when the job has ended."""
+        await run_in_threadpool(job_or_404, job_id)
+        start = after if after is not None else 0
+        if last_event_id is not None:
+            if not last_event_id.strip().isdigit():
+                raise Refused(422, f"Last-Event-ID must be an event number, got '{last_event_id}'")
+            start = int(last_event_id)
+        return StreamingResponse(stream(job_id, start, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def stream(job_id: int, last: int, request: Request):
+        quiet_since = asyncio.get_running_loop().time()
+        yield format_sse_event(retry=1000, comment="trainer job events")
+        while True:
+            batch = await run_in_threadpool(store.events, job_id, last)
+            for item in batch:
+                last = item["id"]
+                yield format_sse_event(data_str=json.dumps(item, default=str), event=item["kind"], id=str(last))
+            if batch:
+                quiet_since = asyncio.get_running_loop().time()
+                continue
+            job = await run_in_threadpool(store.job, job_id)
+            if job is None or job["state"] in S.ENDED and job["last_seq"] <= last:
+                return
+            if await request.is_disconnected():
+                return
+            if asyncio.get_running_loop().time() - quiet_since > KEEPALIVE:
+                quiet_since = asyncio.get_running_loop().time()
+                yield format_sse_event(comment="keepalive")
+            await asyncio.sleep(EVENT_POLL)
+
+    # --- datasets -----------------------------------------------------------------------------------------
+
+    @app.post("/datasets", status_code=201)
+    async def upload(request: Request, filename: str = Query(..., description="the archive's name, e.g. photos.zip"),
+                     recipe: str = Query("folder", description="the layout to check it against"),
+                     owner: str = Depends(authorized)):
+        """Upload a dataset as the request's body: a .zip, .tgz or .tar of class folders (or of the recipe's
+        layout). The same archive twice is one dataset (200, not 201)."""
+        from trainer.recipes import get_recipe
+
+        get_recipe(recipe)
+        name = datasets.check_name(filename)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_upload:
+            raise datasets.TooLarge(f"the upload ({int(declared) // 2**20} MiB) is over the service's limit of "
+                                    f"{settings.max_upload // 2**20} MiB; start the service with a larger "
+                                    f"--max-upload-mb, or upload a smaller archive")
+        root = settings.state / "datasets"
+        archive, digest = await receive(request, root / ".incoming", name, settings.max_upload)
+        try:
+            found, new = await run_in_threadpool(datasets.add_received, store, root, archive, digest, name,
+                                                 recipe, owner)
+        finally:
+            archive.unlink(missing_ok=True)
+        return JSONResponse({**public_dataset(found), "new": new}, status_code=201 if new else 200)
+
+    async def receive(request: Request, folder: Path, name: str, limit: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix="-" + name, dir=folder)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise datasets.TooLarge(f"the upload is over the service's limit of {limit // 2**20} MiB; "
+                                                f"start the service with a larger --max-upload-mb, or upload a "
+                                                f"smaller archive")
+                    digest.update(chunk)
+                    out.write(chunk)
+            if size == 0:
+                raise BadInput(f"'{name}' is empty: send the archive as the request's body")
+            return Path(tmp), digest.hexdigest()
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @app.get("/datasets")
+    def list_datasets(_owner: str = Depends(authorized)):
+        """Uploaded datasets with their class counts, and the folders under the data root a job may name."""
+        root = settings.data_root
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
+        return {"datasets": [public_dataset(d) for d in store.list_datasets()], "folders": folders}
+
+    @app.get("/datasets/{dataset_id}")
+    def show_dataset(dataset_id: str, _owner: str = Depends(authorized)):
+        found = store.dataset(dataset_id)
+        if found is None:
+            raise Refused(404, f"no dataset '{dataset_id}'; GET /datasets lists them")
+        return public_dataset(found)
+
+    return app
+
+
+def public_dataset(dataset: dict) -> dict:
+    return {k: v for k, v in dataset.items() if k not in ("path", "owner")}

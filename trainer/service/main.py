@@ -1,0 +1,103 @@
+"""Starting the service: settings checked (one line, exit 2), the store opened, the runner started, then
+uvicorn; on SIGTERM or Ctrl-C every running job checkpoints and stops, and the next start continues it."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from trainer.errors import BadInput
+from trainer.extras import require
+
+DEFAULT_PORT = 8100
+
+
+def device_units(spec: str, slots: int | None, cuda_count: int) -> tuple[list[str], bool]:
+    """The service's slots from --devices and --slots: (one entry per slot, whether they are GPUs).
+    auto: every GPU there is, else the CPU; cpu: the CPU (--slots jobs at once, default 1); 0,1,...: those GPUs
+    (--slots jobs on each, default 1)."""
+    spec = (spec or "auto").strip().lower()
+    if slots is not None and slots < 1:
+        raise BadInput(f"--slots must be at least 1, got {slots}")
+    if spec == "auto":
+        spec = ",".join(str(i) for i in range(cuda_count)) if cuda_count else "cpu"
+    if spec == "cpu":
+        return ["cpu"] * (slots or 1), False
+    indices = [part.strip() for part in spec.split(",")]
+    if not all(i.isdigit() for i in indices) or len(set(indices)) != len(indices):
+        raise BadInput(f"--devices must be auto, cpu or distinct GPU indices like 0,1, got '{spec}'")
+    missing = [i for i in indices if int(i) >= cuda_count]
+    if missing:
+        raise BadInput(f"--devices {spec}: this machine has {cuda_count} CUDA GPU(s), no GPU {missing[0]}; "
+                       f"use indices below {cuda_count}, or --devices cpu" if cuda_count else
+                       f"--devices {spec}: this machine has no CUDA GPU; use --devices cpu")
+    return [i for i in indices for _ in range(slots or 1)], True
+
+
+def cuda_count() -> int:
+    if shutil.which("nvidia-smi") is None:  # no driver: no need to import torch to know
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run_service(host: str, port: int, db: str | None, devices: str, slots: int | None, runs: Path,
+                data_root: Path, state: Path, max_upload_mb: int, max_queued: int, no_auth: bool) -> None:
+    require("service", "trainer service")
+    from trainer.service import auth
+    from trainer.service.runner import Runner, Settings
+    from trainer.service.store import Store
+
+    auth.check_binding(host, not no_auth)
+    units, gpus = device_units(devices, slots, cuda_count() if devices.strip().lower() != "cpu" else 0)
+    for folder, flag in ((runs, "--runs"), (state, "--state")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"{flag} {folder}: cannot create it ({e.strerror}); choose a writable folder") from None
+    try:
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a restart reuses the port
+        probe.bind((host, port))
+        probe.close()
+    except OSError as e:
+        raise BadInput(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+    url = db or f"sqlite:///{(state / 'jobs.db').resolve()}"
+    try:
+        store = Store(url)
+    except Exception as e:
+        raise BadInput(f"--db {url}: cannot open the job store ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                       f"check the URL and that the database is up") from None
+    token = None
+    if not no_auth:
+        token, path, made = auth.service_token(state)
+        if made:
+            print(f"token: {token}  (new; saved in {path}, readable only by you: clients send it as "
+                  f"TRAINER_TOKEN)", flush=True)
+        else:
+            print(f"token: in {path or 'TRAINER_TOKEN'}", flush=True)
+    settings = Settings(runs=runs.resolve(), state=state.resolve(), data_root=data_root.resolve(), units=units,
+                        gpus=gpus, max_upload=max_upload_mb * 2**20, max_queued=max_queued)
+    runner = Runner(store, settings)
+
+    import uvicorn
+
+    from trainer.service.app import create_app
+
+    app = create_app(store, runner, settings, token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    sock = config.bind_socket()
+    sock.listen(config.backlog)
+    runner.start()
+    print(f"ready: http://{host}:{port} ({settings.device_kind}; store {url.split(':', 1)[0]}; runs in {runs})",
+          flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        print("stopping: running jobs checkpoint and stop; the next start continues them", file=sys.stderr,
+              flush=True)
+        runner.stop()
+        runner.stopped.wait()
