@@ -94,8 +94,8 @@ def submit(
     """Submit a job to a service: fit's options; --data (a folder or an archive) is uploaded. Prints the job's id."""
     data = options.pop("data")
     if options.get("weights"):
-        raise BadInput("--weights names a file on this machine, which the service cannot read; put the weights in "
-                       "the service's data root, or train locally with `trainer fit`")
+        raise BadInput("--weights names a file on this machine, which the service cannot read; train with it "
+                       "locally (`trainer fit ... --weights FILE`)")
     if data and data_name:
         raise BadInput("give --data (uploaded) or --data-name (on the service), not both")
     api = client(server)
@@ -232,7 +232,7 @@ def jobs_resume(job_id: JobId, server: Server = None, as_json: AsJson = False):
 
 @jobs_app.command("delete")
 def jobs_delete(job_id: JobId, server: Server = None):
-    """Delete an ended job with its run directory."""
+    """Delete a job that is not running (ended or queued), with its events and its run directory."""
     client(server).request("DELETE", f"/jobs/{job_id}")
     console().print(f"job {job_id} deleted")
 

@@ -93,6 +93,12 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     async def bad_input(_request, error: BadInput):
         return one_line(413 if isinstance(error, datasets.TooLarge) else 422, str(error))
 
+    @app.exception_handler(Exception)
+    async def failure(_request, error: Exception):  # a bug or the store away: one line, the service goes on
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        return one_line(500, f"the service failed on this request ({type(error).__name__}: {first}); it goes on "
+                             f"serving: try again, and report it if it persists")
+
     def job_or_404(job_id: int) -> dict:
         job = store.job(job_id)
         if job is None:

@@ -4,8 +4,6 @@ recipe's layout before it is kept. A refused upload leaves nothing behind."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import stat
 import tarfile
@@ -16,7 +14,6 @@ from pathlib import Path
 from trainer.errors import BadInput
 
 SUFFIXES = (".zip", ".tgz", ".tar.gz", ".tar")
-CHUNK = 1 << 20
 
 
 class TooLarge(BadInput):
@@ -29,29 +26,6 @@ def check_name(filename: str) -> str:
         raise BadInput(f"'{filename}' is not a .zip, .tgz, .tar.gz or .tar archive; upload the dataset as one of "
                        f"those (e.g. `zip -r photos.zip photos`)")
     return name
-
-
-def receive(chunks, folder: Path, filename: str, limit: int) -> tuple[Path, str, int]:
-    """Write an upload's chunks to a new file in `folder` while hashing them; stop at `limit` bytes.
-    (path, sha256, bytes); nothing is left when it is refused."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix="-" + filename, dir=folder)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"the upload is over the service's limit of {limit // 2**20} MiB; upload a "
-                                   f"smaller archive, or start the service with a larger --max-upload-mb")
-                digest.update(chunk)
-                out.write(chunk)
-        if size == 0:
-            raise BadInput(f"'{filename}' is empty; upload the archive's contents")
-        return Path(tmp), digest.hexdigest(), size
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def refuse_links(archive: Path, filename: str) -> None:
@@ -99,6 +73,10 @@ def add_received(store, root: Path, archive: Path, sha256: str, filename: str, r
     rec = get_recipe(recipe)
     dataset_id = sha256[:16]
     if (known := store.dataset(dataset_id)) is not None and Path(known["path"]).is_dir():
+        problems = layout_problems(rec, Path(known["path"]))  # the same archive, perhaps for another recipe
+        if problems:
+            raise BadInput(f"'{filename}' (dataset {dataset_id}) is not in the '{recipe}' layout: "
+                           f"{problems[0].replace(known['path'], 'the archive')}; expected {rec.layout}")
         return known, False
     refuse_links(archive, filename)
     target = root / dataset_id
@@ -132,15 +110,3 @@ def add_received(store, root: Path, archive: Path, sha256: str, filename: str, r
     except IntegrityError:  # the same archive, uploaded at the same moment by someone else
         return store.dataset(dataset_id), False
 
-
-def add_upload(store, root: Path, chunks, filename: str, recipe: str, limit: int, owner: str) -> tuple[dict, bool]:
-    """Receive (under `limit` bytes), then add_received: for callers with the archive's bytes in hand."""
-    from trainer.recipes import get_recipe
-
-    get_recipe(recipe)
-    filename = check_name(filename)
-    archive, sha256, _size = receive(chunks, root / ".incoming", filename, limit)
-    try:
-        return add_received(store, root, archive, sha256, filename, recipe, owner)
-    finally:
-        archive.unlink(missing_ok=True)

@@ -45,8 +45,10 @@ def typed(name: str, kind: type, value):
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if name == "lr" and value == "auto":
-            return value
+        if name == "lr" and isinstance(value, str):
+            from trainer.options import parse_lr
+
+            return parse_lr(value)  # 'auto', or a number as the CLI passes it on
         raise BadInput(f"{flag} must be a number, got {value!r}")
     if not isinstance(value, str):
         raise BadInput(f"{flag} must be text, got {value!r}")
@@ -113,6 +115,7 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
     folder = None
     if dataset is not None:
         folder = dataset_path(str(dataset))
+        folder = Path(folder) if folder is not None else None
         if folder is None:
             raise BadInput(f"no uploaded dataset '{dataset}'; upload it with POST /datasets (or `trainer submit "
                            f"--data ARCHIVE`) and use the id it returns")
@@ -122,9 +125,15 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
         from trainer.data.source import dataset_root, layout_problems
 
         rec = get_recipe(recipe)
-        problems = layout_problems(rec, dataset_root(rec, Path(folder)))
+        shown = f"dataset {dataset}" if dataset is not None else f"'{data}'"
+        problems = layout_problems(rec, folder)
+        try:
+            problems = problems and layout_problems(rec, dataset_root(rec, folder))
+        except BadInput:
+            pass
         if problems:
-            raise BadInput(f"the data does not fit recipe {recipe}: {problems[0]}")
+            raise BadInput(f"{shown} does not fit recipe {recipe}: {problems[0].replace(str(folder), 'it')}; "
+                           f"expected {rec.layout}")
     return Submission(command, recipe, checked, str(folder) if folder else None,
                       str(dataset) if dataset is not None else None, needs)
 

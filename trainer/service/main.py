@@ -4,6 +4,7 @@ uvicorn; on SIGTERM or Ctrl-C every running job checkpoints and stops, and the n
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -91,12 +92,18 @@ def run_service(host: str, port: int, db: str | None, devices: str, slots: int |
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     sock = config.bind_socket()
     sock.listen(config.backlog)
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
     runner.start()
+
+    def stop_requested(signum, _frame):  # uvicorn stops, then raises the signal again: end here, gracefully
+        raise SystemExit(0)
+    signal.signal(signal.SIGTERM, stop_requested)
     print(f"ready: http://{host}:{port} ({settings.device_kind}; store {url.split(':', 1)[0]}; runs in {runs})",
           flush=True)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the checkpoints short
         print("stopping: running jobs checkpoint and stop; the next start continues them", file=sys.stderr,
               flush=True)
         runner.stop()

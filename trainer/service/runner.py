@@ -34,6 +34,7 @@ from trainer.training.events import EVENT_LOG
 
 TICK = 0.25  # seconds between two passes of the loop (a submission or a cancel wakes it at once)
 HEARTBEAT = S.LEASE_SECONDS / 3
+MAX_FAILURES = 3  # attempts that failed (each differently) before the job ends failed
 STOP_GRACE = 120.0  # seconds a stopped process has to checkpoint before it is killed
 EVENTS_FILE, OUTPUT_FILE = "events.jsonl", "output.log"
 
@@ -86,7 +87,7 @@ def job_folder(settings: Settings, job_id: int) -> Path:
 
 def pid_is_trainer(pid: int | None) -> bool:
     """Whether `pid` is still a trainer process here (not a recycled pid)."""
-    if not pid:
+    if not pid or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
@@ -95,7 +96,8 @@ def pid_is_trainer(pid: int | None) -> bool:
     except PermissionError:
         return True
     try:
-        return b"trainer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return b"trainer" in words and (b"fit" in words or b"lr-find" in words)  # a job, not a service
     except OSError:
         return True  # no /proc: assume it is ours, and wait for it
 
@@ -124,6 +126,7 @@ class Runner:
         while not self.stopping.is_set():
             try:
                 self.tick()
+                self.error = None
             except Exception as e:  # the database away for a moment: the next tick tries again
                 self.error = f"{type(e).__name__}: {e}"
                 print(f"warning: job runner: {self.error}", file=sys.stderr, flush=True)
@@ -163,7 +166,10 @@ class Runner:
             queue = self.store.queued()
             if not queue:
                 return
-            job = queue[0]  # first come, first served: the jobs behind it wait for it
+            fits = [j for j in queue if j["nproc"] <= self.settings.devices_total]
+            if not fits:
+                return  # only jobs bigger than this service (accepted by a larger one on the store): theirs
+            job = fits[0]  # first come, first served: the jobs behind it wait for it
             units = self.pick_units(job["nproc"])
             if units is None:
                 return
@@ -248,6 +254,8 @@ class Runner:
         state, error, failed = outcome(job, code, job_folder(self.settings, job["id"]) / OUTPUT_FILE)
         if state == S.QUEUED and job["failures"] >= 1 and job["error"] == error:
             state = S.FAILED  # the same failure twice: trying again would fail again
+        elif state == S.QUEUED and job["failures"] + 1 >= MAX_FAILURES:
+            state = S.FAILED  # failing differently each time: give up all the same
         self.store.finish(job["id"], self.owner, state, error, failed)
         self.wake.set()
 
@@ -343,7 +351,7 @@ def outcome(job: dict, code: int, output: Path) -> tuple[str, str | None, bool]:
             return S.QUEUED, "the job's process ended without writing summary.json", True
         return S.SUCCEEDED, None, False
     stopped = code in (130, 143, -signal.SIGTERM, -signal.SIGINT)
-    if job["stop"] == "cancel" and (stopped or code < 0):
+    if job["stop"] == "cancel":  # however it ended, the user asked it to stop: resumable from its checkpoint
         return S.CANCELLED, None, False
     if job["stop"] == "shutdown" or stopped:
         return S.INTERRUPTED, None, False

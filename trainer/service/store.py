@@ -300,9 +300,11 @@ class Store:
         return done
 
     def delete_job(self, job_id: int) -> bool:
-        with self.engine.begin() as db:
+        with self.engine.begin() as db:  # the job first, under its state guard: a job that started stays whole
+            if db.execute(delete(jobs).where(jobs.c.id == job_id, jobs.c.state.notin_(ACTIVE))).rowcount != 1:
+                return False
             db.execute(delete(job_events).where(job_events.c.job_id == job_id))
-            return db.execute(delete(jobs).where(jobs.c.id == job_id, jobs.c.state.notin_(ACTIVE))).rowcount == 1
+            return True
 
     # --- events -------------------------------------------------------------------------------------------
 
