@@ -13,7 +13,10 @@ import trainer
 HEAVY = ("torch", "fastai", "torchvision", "matplotlib")
 LIGHT = ["trainer", "trainer.cli", "trainer.config", "trainer.recipes", "trainer.errors", "trainer.extras",
          "trainer.files", "trainer.runs", "trainer.runs.rundir", "trainer.runs.store", "trainer.runs.listing",
-         "trainer.runs.split", "trainer.runs.report", "trainer.data", "trainer.data.locations", "trainer.data.source"]
+         "trainer.runs.split", "trainer.runs.report", "trainer.data", "trainer.data.locations", "trainer.data.source",
+         # the service answers from its store and starts jobs as processes: it never loads torch itself
+         "trainer.service.store", "trainer.service.jobs", "trainer.service.runner", "trainer.service.app",
+         "trainer.service.main", "trainer.service.client", "trainer.service.datasets"]
 PACKAGE = Path(trainer.__file__).parent
 
 
@@ -31,7 +34,8 @@ def test_light_modules_import_nothing_heavy(module):
 
 
 @pytest.mark.parametrize("args, shows", [(["--help"], "datasets"), (["runs", "--help"], "show"),
-                                         (["datasets"], "digits")])
+                                         (["datasets"], "digits"), (["jobs", "--help"], "follow"),
+                                         (["submit", "--help"], "--data-name")])
 def test_light_commands_import_nothing_heavy(args, shows, isolated):
     code = (f"import json, sys\nfrom trainer.cli import app\n"
             f"try:\n    app({args!r}, prog_name='trainer')\nexcept SystemExit as e:\n    code = e.code\n"

@@ -57,6 +57,8 @@ def assert_same_training(run_dir, reference: Path) -> None:
 
 
 def test_three_jobs_on_one_slot_run_in_order_and_write_what_trainer_fit_writes(service, fixtures, reference, isolated):
+    """...while an event stream that drops and reconnects with Last-Event-ID gets every event once, and 50
+    concurrent reads are answered without disturbing the training."""
     svc = service()
     first = svc.submit("mnist_sample", options=OPTIONS, data="mnist_sample")
     second = svc.submit("mnist_sample", options=OPTIONS, data="mnist_sample")
@@ -67,6 +69,29 @@ def test_three_jobs_on_one_slot_run_in_order_and_write_what_trainer_fit_writes(s
     assert submitted.returncode == 0, submitted.stderr
     third = int(submitted.stdout.strip())
     assert "dataset " in submitted.stderr and "32 images in 2 classes" in submitted.stderr
+
+    seen = svc.events(first["id"], until=lambda e: e["kind"] == "epoch")  # then the client goes away
+    answers, failures = [], []
+
+    def read(path):
+        try:
+            answers.append(svc.http.get(path).status_code)
+        except Exception as e:  # noqa: BLE001 - the assertion below names it
+            failures.append(repr(e))
+    paths = [f"/jobs/{first['id']}", "/jobs", "/health", f"/jobs/{first['id']}/files", "/datasets"] * 10
+    readers = [threading.Thread(target=read, args=(p,)) for p in paths]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert not failures and answers == [200] * 50, (failures, answers)
+    rest = svc.events(first["id"], last_event_id=seen[-1]["id"])  # reconnected: from the last event it saw
+    ids = [e["id"] for e in seen + rest]
+    assert ids == list(range(1, ids[-1] + 1))  # every event, once, in order
+    assert [e["id"] for e in svc.events(first["id"])] == ids  # and a replay from the start is the same
+    kinds = [e["kind"] for e in seen + rest]
+    assert kinds.count("epoch") == 6 and kinds.count("finished") == 1 and "batch" in kinds
+
     follow = subprocess.run([sys.executable, "-m", "trainer", "jobs", "follow", str(third)], capture_output=True,
                             text=True, env=env)
     assert follow.returncode == 0, follow.stderr
@@ -137,37 +162,6 @@ def test_cancel_then_resume_trains_every_epoch_once(service, reference):
     assert_same_training(done["run_dir"], reference)
 
 
-def test_a_reconnecting_event_stream_gets_every_event_once_while_50_reads_are_answered(service, reference):
-    svc = service()
-    job = svc.submit("mnist_sample", options=OPTIONS, data="mnist_sample")
-    first = svc.events(job["id"], until=lambda e: e["kind"] == "epoch")  # then the client goes away
-
-    answers, failures = [], []
-
-    def read(path):
-        try:
-            answers.append(svc.http.get(path).status_code)
-        except Exception as e:  # noqa: BLE001 - the assertion below names it
-            failures.append(repr(e))
-    paths = [f"/jobs/{job['id']}", "/jobs", "/health", f"/jobs/{job['id']}/files", "/datasets"] * 10
-    readers = [threading.Thread(target=read, args=(p,)) for p in paths]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
-    assert not failures and answers == [200] * 50, (failures, answers)
-
-    rest = svc.events(job["id"], last_event_id=first[-1]["id"])  # reconnect: from the last event it saw
-    ids = [e["id"] for e in first + rest]
-    assert ids == list(range(1, ids[-1] + 1))  # every event, once, in order
-    assert [e["id"] for e in svc.events(job["id"])] == ids  # and a replay from the start is the same
-    done = svc.job(job["id"])
-    assert done["state"] == "succeeded"
-    assert_same_training(done["run_dir"], reference)  # the reads did not disturb the job
-    kinds = [e["kind"] for e in first + rest]
-    assert kinds.count("epoch") == 6 and kinds.count("finished") == 1 and "batch" in kinds
-
-
 def test_the_same_failure_twice_ends_the_job_failed_with_its_line(service):
     # every attempt is killed as it writes its first checkpoint (the test hook of trainer.files)
     svc = service(env={"TRAINER_TEST_KILL_AT": "last.pth:written:1"})
@@ -182,7 +176,7 @@ def test_the_same_failure_twice_ends_the_job_failed_with_its_line(service):
 def test_two_services_on_one_store_never_run_the_same_job(service, isolated):
     one = service()
     two = service(port=None)
-    ids = [one.submit("mnist_sample", options={**OPTIONS, "epochs": 2}, data="mnist_sample")["id"] for _ in range(3)]
+    ids = [one.submit("mnist_sample", options={**OPTIONS, "epochs": 1}, data="mnist_sample")["id"] for _ in range(3)]
     done = [two.wait_until_ended(i) for i in ids]
     assert [d["state"] for d in done] == ["succeeded"] * 3
     assert all(d["attempts"] == 1 for d in done), done
@@ -190,3 +184,19 @@ def test_two_services_on_one_store_never_run_the_same_job(service, isolated):
     for i in ids:
         running = [e for e in one.events(i) if e["kind"] == "state" and e["state"] == "running"]
         assert len(running) == 1
+
+
+def test_stopping_the_service_checkpoints_its_jobs_and_the_next_start_continues_them(service, reference):
+    svc = service()
+    job = svc.submit("mnist_sample", options=OPTIONS, data="mnist_sample")
+    svc.events(job["id"], until=lambda e: e["kind"] == "checkpoint")
+    svc.process.popen.send_signal(signal.SIGTERM)  # as systemd or docker stop would
+    output, _ = svc.process.finish()
+    assert svc.process.popen.returncode == 0, output
+    assert "stopping: running jobs checkpoint and stop" in output
+    again = service()
+    done = again.wait_until_ended(job["id"])
+    assert done["state"] == "succeeded" and done["attempts"] == 2
+    states = [e["state"] for e in again.events(job["id"]) if e["kind"] == "state"]
+    assert states[:5] == ["queued", "running", "interrupted", "queued", "running"], states
+    assert_same_training(done["run_dir"], reference)
