@@ -218,6 +218,42 @@ class Suite:
         assert backend == expected, f"backend {backend}, expected {expected}"
         return f"torchrun, 1 process, {backend}"
 
+    def service(self) -> str:
+        """A real `trainer service` on this machine's devices runs a digits job to the end: the job gets the
+        device (CUDA_VISIBLE_DEVICES), its events arrive on the stream, its run is whole."""
+        import secrets
+
+        from trainer.data.locations import data_root
+        from trainer.data.source import locate
+        from trainer.recipes import get_recipe
+        from trainer.service.client import Client
+
+        locate(get_recipe("digits"), None)  # written under the data root if it is not there yet
+        token = secrets.token_urlsafe(24)
+        state = self.out / "service"
+        proc = subprocess_trainer("service", "--port", 0, "--devices", "auto" if self.args.device.startswith("cuda")
+                                  else "cpu", "--state", state, "--runs", self.out / "service-runs", "--data-root",
+                                  data_root(), env={**os.environ, "TRAINER_TOKEN": token})
+        try:
+            line = ""
+            while not line.startswith("ready: "):
+                line = proc.stdout.readline()
+                assert line, f"the service ended: {proc.stderr.read().strip()[-300:]}"
+            api = Client(line.split()[1], token)
+            job = api.submit({"recipe": "digits", "options": {"epochs": 1, "arch": self.args.arch,
+                                                              "pretrained": False, "interpret": False}})
+            kinds = [event["kind"] for event in api.events(job["id"])]
+            done = api.job(job["id"])
+            assert done["state"] == "succeeded", f"job {done['state']}: {done['error']}"
+            device = json.loads((Path(done["run_dir"]) / "config.json").read_text())["device"]["name"]
+            expected = "cuda" if self.args.device.startswith("cuda") else "cpu"
+            assert str(device).startswith(expected), f"the job trained on {device}, expected {expected}"
+            assert kinds.count("epoch") == 1 and "finished" in kinds, kinds
+            return f"job on {done['devices']} ({device}), {len(kinds)} events streamed"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=180)
+
     def bench(self) -> str:
         archive = Path(self.args.shared_data) / "mnist_sample.tgz"
         if not archive.is_file():
@@ -254,6 +290,8 @@ class Suite:
             if not a.quick or recipe == a.recipes[0]:
                 check(f"{recipe} SIGTERM in epoch 2, --resume", self.signal_resume, recipe, data)
                 check(f"{recipe} --nproc 1 (torchrun)", self.nproc, recipe, data)
+        if not a.quick or a.device.startswith("cuda"):
+            check("trainer service: a job on this machine's devices", self.service)
         if not a.quick:
             check("bench mnist_sample --epochs 1", self.bench)
         c = self.checks.counts

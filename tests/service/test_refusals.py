@@ -79,7 +79,9 @@ def test_bad_input_is_one_line_4xx_and_nothing_is_stored(svc, tmp_path):
     refused(httpx.post(svc.url + "/jobs", json=good), 401, "no token")
     refused(httpx.get(svc.url + "/jobs", headers={"Authorization": "Bearer nope"}), 401, "not this service's")
     refused(httpx.get(svc.url + "/jobs/1/events"), 401, "no token")
-    assert httpx.get(svc.url + "/health").status_code == 200  # the one endpoint open to all
+    assert httpx.get(svc.url + "/health").status_code == 200  # open to all, as the API's description is:
+    assert "/jobs/{job_id}/events" in httpx.get(svc.url + "/openapi.json").json()["paths"]
+    assert httpx.get(svc.url + "/docs").status_code == 200
 
     # datasets
     upload = lambda name, data, **q: post("/datasets", params={"filename": name, **q}, content=data)  # noqa: E731
