@@ -14,7 +14,8 @@ from trainer.cli.options import RUNS, AsJson, RunsRoot
 
 
 class ListByDefault(TyperGroup):
-    """`trainer runs [RECIPE] [OPTIONS]` stays the listing: words that do not start with a sub-command are list's."""
+    """`trainer runs [RECIPE] [OPTIONS]` (and `trainer jobs [OPTIONS]`) stay the listing: words that do not start
+    with a sub-command are list's."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         if not args or args[0] not in self.commands and args[0] not in ctx.help_option_names:

@@ -17,6 +17,7 @@ import typer
 
 from trainer.cli.app import app, console
 from trainer.cli.options import RUNS, AsJson, RecipeName, with_options
+from trainer.cli.runs import ListByDefault
 from trainer.errors import BadInput
 from trainer.options import HARDWARE, OPTIONS
 
@@ -120,13 +121,6 @@ def submit(
         print(job["id"])
     if follow:
         raise typer.Exit(follow_job(api, job["id"], quiet=as_json))
-
-
-class ListByDefault(typer.core.TyperGroup):
-    def parse_args(self, ctx, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands and args[0] not in ctx.help_option_names:
-            args = ["list", *args]
-        return super().parse_args(ctx, args)
 
 
 jobs_app = typer.Typer(cls=ListByDefault, help="A service's jobs: list (the default), show, follow, cancel, resume, "
