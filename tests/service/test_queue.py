@@ -12,7 +12,7 @@ import pytest
 from trainer.errors import BadInput
 from trainer.service import store as S
 from trainer.service.main import device_units
-from trainer.service.runner import Runner, Settings, outcome
+from trainer.service.runner import Child, Runner, Settings, outcome
 
 
 def new_jobs(store: S.Store, n: int, nproc: int = 1) -> list[int]:
@@ -92,6 +92,9 @@ def test_a_two_gpu_job_gets_two_different_gpus(tmp_path):
     assert sorted(settings.units[u] for u in units) == ["0", "1"]
     assert runner.pick_units(3) is None  # two GPUs: never three distinct ones
     assert settings.devices_total == 2
+    runner.children[1] = Child(1, None, [0], tmp_path / "events.jsonl", 0)  # a one-GPU job on GPU 0
+    (unit,) = runner.pick_units(1)
+    assert settings.units[unit] == "1"  # the next job goes to the idle GPU, not to GPU 0's second slot
 
 
 def job(**kw) -> dict:

@@ -154,6 +154,11 @@ class Runner:
         free = self.free_units()
         if not self.settings.gpus:
             return free[:nproc] if len(free) >= nproc else None
+        busy: dict[str, int] = {}
+        for child in self.children.values():
+            for u in child.units:
+                busy[self.settings.units[u]] = busy.get(self.settings.units[u], 0) + 1
+        free.sort(key=lambda i: (busy.get(self.settings.units[i], 0), i))  # the least busy GPUs first
         chosen, gpus = [], set()
         for i in free:  # distinct GPUs: --nproc 2 takes two of them
             if self.settings.units[i] not in gpus:
