@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, Trainer, class_folders, draw, run_dir_of
+from helpers import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, Trainer, class_folders, draw, offline_data, run_dir_of
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +72,7 @@ def trainer() -> Trainer:
 def digits_run(tmp_path_factory, trainer):
     """One real `trainer fit digits` (the README's first command), shared by the tests that need a trained model."""
     base = tmp_path_factory.mktemp("digits")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAINER_DATA", str(base / "datasets"))
-        mp.setenv("TRAINER_OFFLINE", "1")
+    with offline_data(base):
         result = trainer("fit", "digits", "--out", base / "runs")
     return run_dir_of(result), result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -52,6 +53,18 @@ class Trainer:
             f"exit {result.exit_code}, expected {expect}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n"
             f"exception: {result.exception!r}")
         return result
+
+
+@contextlib.contextmanager
+def offline_data(base: Path):
+    """For a run shared by several tests (a module or session fixture, outside `isolated`): its own data root
+    under `base`, and no downloads."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRAINER_DATA", str(base / "datasets"))
+        mp.setenv("TRAINER_OFFLINE", "1")
+        yield mp
 
 
 def run_dir_of(result) -> Path:

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import class_folders, one_line_error, run_dir_of
+from helpers import class_folders, offline_data, one_line_error, run_dir_of
 
 from trainer import files
 from trainer.errors import TrainingFailed
@@ -145,9 +145,7 @@ def test_a_full_disk_while_writing_the_decoded_cache(trainer, fixtures, disk, mo
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, trainer, fixtures):
     base = tmp_path_factory.mktemp("small_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAINER_DATA", str(base / "datasets"))
-        mp.setenv("TRAINER_OFFLINE", "1")
+    with offline_data(base):
         result = trainer("fit", "mnist_sample", "--data", fixtures / "mnist_sample", *FIT, "--epochs", "1",
                          "--out", base / "runs")
     return run_dir_of(result)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import SignalAt, class_folders, interrupted_fit, one_line_error
+from helpers import SignalAt, class_folders, interrupted_fit, offline_data, one_line_error
 
 
 class NotAllowed:
@@ -101,9 +101,7 @@ def trained(digits_run_copy, tmp_path):
 def stopped_base(tmp_path_factory, trainer):
     """One digits run stopped by Ctrl-C after its first epoch: last.pth, best.pth, no model yet."""
     base = tmp_path_factory.mktemp("stopped")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRAINER_DATA", str(base / "datasets"))
-        mp.setenv("TRAINER_OFFLINE", "1")
+    with offline_data(base) as mp:
         run_dir = interrupted_fit(trainer, mp, ["fit", "digits", "--epochs", "2", "--no-interpret", "--out",
                                                 base / "runs"], SignalAt(epoch=1, training=False), base / "runs")
     return run_dir, base / "datasets"

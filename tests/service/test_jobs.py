@@ -45,6 +45,12 @@ def metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def assert_resumed(run_dir) -> None:
+    """Continued from its checkpoint (a fresh start would reach the same losses too: training is deterministic)."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    assert summary.get("resumed_after_epoch", 0) >= 1, summary
+
+
 def assert_same_training(run_dir, reference: Path) -> None:
     """Every epoch once, with the uninterrupted run's losses and metrics."""
     got, want = metrics(run_dir), metrics(reference)
@@ -142,6 +148,7 @@ def test_killing_the_service_and_its_job_mid_run_continues_to_the_uninterrupted_
     done = again.wait_until_ended(job["id"])
     assert done["state"] == "succeeded" and done["attempts"] == 2, done
     assert_same_training(done["run_dir"], reference)
+    assert_resumed(done["run_dir"])
     states = [e["state"] for e in again.events(job["id"]) if e["kind"] == "state"]
     assert states == ["queued", "running", "queued", "running", "succeeded"], states
 
@@ -160,6 +167,7 @@ def test_cancel_then_resume_trains_every_epoch_once(service, reference):
     done = svc.wait_until_ended(job["id"])
     assert done["state"] == "succeeded" and done["run_dir"] == cancelled["run_dir"]
     assert_same_training(done["run_dir"], reference)
+    assert_resumed(done["run_dir"])
 
 
 def test_the_same_failure_twice_ends_the_job_failed_with_its_line(service):
@@ -200,3 +208,4 @@ def test_stopping_the_service_checkpoints_its_jobs_and_the_next_start_continues_
     states = [e["state"] for e in again.events(job["id"]) if e["kind"] == "state"]
     assert states[:5] == ["queued", "running", "interrupted", "queued", "running"], states
     assert_same_training(done["run_dir"], reference)
+    assert_resumed(done["run_dir"])

@@ -138,7 +138,7 @@ class Runner:
     def tick(self) -> None:
         self.take_back_orphans()
         for child in list(self.children.values()):
-            self.read_events(child)
+            self.read_child_events(child)
             if child.popen.poll() is not None:
                 self.ended(child)
         self.pass_on_stops()
@@ -188,7 +188,7 @@ class Runner:
         folder = job_folder(self.settings, job["id"])
         folder.mkdir(parents=True, exist_ok=True)
         log = folder / EVENTS_FILE
-        read = self.catch_up(job, log)
+        read = self.read_events(job["id"], log, job["events_read"])  # what an earlier attempt left unread
         resume_dir = None
         run_dir = Path(job["run_dir"]) if job["run_dir"] else None
         if run_dir is not None and run_dir.is_dir():
@@ -220,22 +220,20 @@ class Runner:
     def inside_runs(self, path: Path) -> bool:
         return path.resolve().is_relative_to(self.settings.runs.resolve())
 
-    def catch_up(self, job: dict, log: Path) -> int:
-        """Store what a previous attempt wrote to the event log after its service last read it."""
-        child = Child(job["id"], None, [], log, job["events_read"])
-        self.read_events(child)
-        return child.read
+    def read_child_events(self, child: Child) -> None:
+        child.read = self.read_events(child.job_id, child.log, child.read)
 
-    def read_events(self, child: Child) -> None:
+    def read_events(self, job_id: int, log: Path, read: int) -> int:
+        """Store the whole lines of a job's event log after byte `read`; how far it is read now."""
         try:
-            with open(child.log, "rb") as f:
-                f.seek(child.read)
+            with open(log, "rb") as f:
+                f.seek(read)
                 chunk = f.read()
         except FileNotFoundError:
-            return
+            return read
         end = chunk.rfind(b"\n")
         if end < 0:
-            return  # no whole line yet
+            return read  # no whole line yet
         items = []
         for line in chunk[: end + 1].splitlines():
             try:
@@ -244,14 +242,14 @@ class Runner:
                 continue  # a line a kill cut short
             if isinstance(item, dict) and isinstance(item.get("kind"), str):
                 items.append(item)
-        child.read += end + 1
-        self.store.add_events(child.job_id, items, child.read)
+        self.store.add_events(job_id, items, read + end + 1)
+        return read + end + 1
 
     def ended(self, child: Child) -> None:
         """The attempt's process exited: the job's new state from its exit code, its stop request, its files."""
         del self.children[child.job_id]
         child.output.close()
-        self.read_events(child)
+        self.read_child_events(child)
         job = self.store.job(child.job_id)
         if job is None:
             return
@@ -329,7 +327,7 @@ class Runner:
         deadline = time.time() + STOP_GRACE
         while self.children:
             for child in list(self.children.values()):
-                self.read_events(child)
+                self.read_child_events(child)
                 if child.popen.poll() is not None:
                     self.ended(child)
                 elif time.time() > deadline:

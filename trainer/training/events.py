@@ -133,12 +133,17 @@ class JsonLinesLog:
         try:
             if self.file is None:
                 self.file = open(self.path, "a", encoding="utf-8")
-                if self.file.tell() and not self.path.read_bytes().endswith(b"\n"):  # a kill cut a line short
+                if self.file.tell() and not self.ends_a_line():  # a kill cut the last attempt's line short
                     self.file.write("\n")
             self.file.write(json.dumps(event.to_dict(), default=str) + "\n")
             self.file.flush()
         except (OSError, ValueError):
             self.broken = True
+
+    def ends_a_line(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) == b"\n"
 
 
 def event_log_from_environment() -> list:
