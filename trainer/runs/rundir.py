@@ -26,6 +26,7 @@ instant). Written atomically by trainer.runs.store (temporary file, then rename)
   test_metrics.json,            evaluate                        the same on a separate test set
   test_confusion_matrix.png/.csv
   report.html                   fit, lr-find, interpret, ...    one self-contained page of all the above
+  model.onnx, model.torchscript export                          the model for other runtimes; FILE.json describes it
   error.log                     fit, when training failed       the traceback
 """
 
@@ -51,6 +52,7 @@ CONFUSION, CONFUSION_NORMALIZED = "confusion_matrix", "confusion_matrix_normaliz
 MOST_CONFUSED, TOP_LOSSES, PER_CLASS = "most_confused", "top_losses", "per_class"  # .png/.csv, .png/.csv, .csv/.json
 TEST_METRICS, TEST_CONFUSION = "test_metrics.json", "test_confusion_matrix"  # and .png/.csv
 REPORT = "report.html"
+EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}  # trainer export --format; FILE.json beside
 ERROR_LOG = "error.log"
 TENSORBOARD = "tensorboard"  # a folder, with --tensorboard
 
@@ -59,7 +61,8 @@ TENSORBOARD = "tensorboard"  # a folder, with --tensorboard
 # never the checkpoints (last.pth, best.pth: the run's internal state) or anything not in this schema.
 PUBLIC = (CONFIG, SPLIT, SKIPPED, LR_FIND_JSON, LR_FIND_PNG, BATCH, METRICS, CHECKPOINT, WEIGHTS, MODEL_META,
           MODEL_PICKLE, HISTORY, RESULTS, ACTIVATIONS_PNG, ACTIVATIONS_JSON, SUMMARY, REPORT, ERROR_LOG,
-          TEST_METRICS, *(f"{stem}.{ext}" for stem in (CONFUSION, CONFUSION_NORMALIZED, MOST_CONFUSED, TOP_LOSSES,
+          TEST_METRICS, *EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values()),
+          *(f"{stem}.{ext}" for stem in (CONFUSION, CONFUSION_NORMALIZED, MOST_CONFUSED, TOP_LOSSES,
                                                         PER_CLASS, TEST_CONFUSION) for ext in ("png", "csv", "json")))
 
 

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from trainer.errors import BadInput
 from trainer.runs import rundir
-from trainer.service import auth, datasets
+from trainer.service import auth, datasets, tasks
 from trainer.service import store as S
 from trainer.service.jobs import check_submission
 from trainer.service.runner import OUTPUT_FILE, Runner, Settings, job_folder
@@ -33,6 +33,8 @@ from trainer.service.runner import OUTPUT_FILE, Runner, Settings, job_folder
 EVENT_POLL = 0.2  # seconds between two looks at the store for a live event stream
 KEEPALIVE = 15.0  # a comment line this often, so proxies keep an idle stream open
 PAGE_MAX = 500
+PREDICT_MAX = 32 * 2**20  # bytes: one image to try a model on
+PREDICT_TIMEOUT = 300.0
 
 
 class Refused(HTTPException):
@@ -68,16 +70,25 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                               "results. Send `Authorization: Bearer <token>` (the token `trainer service` printed).")
     bearer = HTTPBearer(auto_error=False)
 
-    def authorized(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> str:
+    def authorized(request: Request,
+                   credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> str:
+        """The token's owner: from `Authorization: Bearer` (the CLI, scripts) or the pages' login cookie."""
         if token is None:
             return "local"
-        if credentials is None:
+        given = credentials.credentials if credentials is not None else request.cookies.get(auth.COOKIE)
+        if not given:
             raise Refused(401, "no token: send 'Authorization: Bearer TOKEN' with the token `trainer service` "
-                               "printed (the CLI reads it from TRAINER_TOKEN)")
-        if not auth.matches(credentials.credentials, token):
+                               "printed (the CLI reads it from TRAINER_TOKEN), or log in at /ui/login")
+        if not auth.matches(given, token):
             raise Refused(401, "the token is not this service's; use the one `trainer service` printed (or its "
                                "TRAINER_TOKEN)")
-        return auth.owner_of(credentials.credentials)
+        if credentials is None and request.method not in ("GET", "HEAD") and \
+                request.headers.get(auth.PAGE_HEADER) != "1":
+            # the cookie goes with any request to this host, even one another site's form makes: a change through
+            # the cookie must also carry a header only this service's own pages send (no cross-site form can)
+            raise Refused(403, f"a change made with the login cookie needs the {auth.PAGE_HEADER}: 1 header "
+                               f"(the service's pages send it); scripts send the token as a Bearer header")
+        return auth.owner_of(given)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, error: HTTPException):
@@ -132,6 +143,14 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                             checked.nproc, owner)
         runner.wake.set()
         return public_job(job, settings)
+
+    @app.post("/jobs/check")
+    def check(body: dict[str, Any], _owner: str = Depends(authorized)):
+        """What POST /jobs would answer, without queueing anything: the form checks each edit with it, so a
+        person sees the CLI's own error line while typing."""
+        checked = check_submission(body, data_root=settings.data_root, dataset_path=dataset_path,
+                                   devices_total=settings.devices_total, device_kind=settings.device_kind)
+        return {"ok": True, "command": checked.command, "recipe": checked.recipe, "options": checked.options}
 
     def dataset_path(dataset_id: str) -> Optional[str]:
         found = store.dataset(dataset_id)
@@ -212,6 +231,51 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             raise Refused(404, f"job {job_id} has no file '{name}'; GET /jobs/{job_id}/files lists them")
         return FileResponse(run_dir / name, filename=name)
 
+    # --- a finished job's model: try it, export it -------------------------------------------------------
+
+    def finished_run(job_id: int, what: str) -> Path:
+        job = job_or_404(job_id)
+        run_dir = Path(job["run_dir"]) if job["run_dir"] else None
+        if job["command"] != "fit" or job["state"] != S.SUCCEEDED or run_dir is None or \
+                not (run_dir / rundir.WEIGHTS).is_file():
+            raise Refused(409, f"job {job_id} is a {job['command']} job, {job['state']}; {what} needs a fit job that "
+                               f"succeeded (its run holds the model)")
+        return run_dir
+
+    @app.post("/jobs/{job_id}/predict")
+    async def predict(job_id: int, request: Request, top_k: int = Query(3, ge=1, le=20),
+                      _owner: str = Depends(authorized)):
+        """The classes of one image (the request's body) by this job's model: [{"label", "probability"}, ...]."""
+        run_dir = await run_in_threadpool(finished_run, job_id, "predicting")
+        folder = job_folder(settings, job_id)
+        image, _digest = await receive(request, folder / ".predict", "image", PREDICT_MAX,
+                                       f"an image to try is at most {PREDICT_MAX // 2**20} MiB; send a smaller one")
+        try:
+            out = await run_in_threadpool(tasks.run_trainer, ["predict", str(run_dir), str(image), "--json",
+                                                              "--top-k", str(top_k)], settings, PREDICT_TIMEOUT,
+                                          "cpu")
+        finally:
+            image.unlink(missing_ok=True)
+        result = json.loads(out)[0]
+        if result.get("unreadable"):
+            raise Refused(422, f"the image could not be read ({result['unreadable']}); send a PNG, JPEG or WebP file")
+        return {"job": job_id, "predictions": result["predictions"]}
+
+    exporting: dict[tuple[int, str], asyncio.Lock] = {}
+
+    @app.post("/jobs/{job_id}/export")
+    async def export(job_id: int, format: str = Query("onnx", pattern="^(onnx|torchscript)$"),
+                     _owner: str = Depends(authorized)):
+        """Export the model (`trainer export --format`) once; the file is then GET /jobs/{id}/files/model.onnx."""
+        run_dir = await run_in_threadpool(finished_run, job_id, "exporting")
+        name = rundir.EXPORTS[format]
+        async with exporting.setdefault((job_id, format), asyncio.Lock()):  # two clicks: one export
+            if not (run_dir / name).is_file():
+                await run_in_threadpool(tasks.run_trainer, ["export", str(run_dir), "--format", format], settings,
+                                        tasks.TASK_TIMEOUT, "cpu")
+        return {"job": job_id, "file": name, "bytes": (run_dir / name).stat().st_size,
+                "url": f"/jobs/{job_id}/files/{name}"}
+
     @app.get("/jobs/{job_id}/events")
     async def events(job_id: int, request: Request, after: Optional[int] = Query(None, ge=0),
                      last_event_id: Optional[str] = Header(None), _owner: str = Depends(authorized)):
@@ -265,7 +329,10 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                                     f"{settings.max_upload // 2**20} MiB; start the service with a larger "
                                     f"--max-upload-mb, or upload a smaller archive")
         root = settings.state / "datasets"
-        archive, digest = await receive(request, root / ".incoming", name, settings.max_upload)
+        archive, digest = await receive(request, root / ".incoming", name, settings.max_upload,
+                                        f"the upload is over the service's limit of {settings.max_upload // 2**20} "
+                                        f"MiB; start the service with a larger --max-upload-mb, or upload a smaller "
+                                        f"archive")
         try:
             found, new = await run_in_threadpool(datasets.add_received, store, root, archive, digest, name,
                                                  recipe, owner)
@@ -273,7 +340,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             archive.unlink(missing_ok=True)
         return JSONResponse({**public_dataset(found), "new": new}, status_code=201 if new else 200)
 
-    async def receive(request: Request, folder: Path, name: str, limit: int):
+    async def receive(request: Request, folder: Path, name: str, limit: int, too_large: str):
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix="-" + name, dir=folder)
         digest, size = hashlib.sha256(), 0
@@ -282,13 +349,11 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
-                        raise datasets.TooLarge(f"the upload is over the service's limit of {limit // 2**20} MiB; "
-                                                f"start the service with a larger --max-upload-mb, or upload a "
-                                                f"smaller archive")
+                        raise datasets.TooLarge(too_large)
                     digest.update(chunk)
                     out.write(chunk)
             if size == 0:
-                raise BadInput(f"'{name}' is empty: send the archive as the request's body")
+                raise BadInput(f"'{name}' is empty: send the file as the request's body")
             return Path(tmp), digest.hexdigest()
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -309,7 +374,30 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             raise Refused(404, f"no dataset '{dataset_id}'; GET /datasets lists them")
         return public_dataset(found)
 
+    from trainer.service.pages import add_pages
+
+    add_pages(app, store=store, settings=settings, token=token, public_job=lambda job: public_job(job, settings),
+              dataset_view=DatasetView(store))
     return app
+
+
+class DatasetView:
+    """What the pages read of a dataset's versions (version 1: the dataset as uploaded)."""
+
+    def __init__(self, store: S.Store):
+        self.store = store
+
+    def versions(self, dataset_id: str) -> list[dict]:
+        found = self.store.dataset(dataset_id)
+        return [{"version": 1, "parent": None, "images": found["images"], "classes": found["classes"],
+                 "changes": 0, "note": None}] if found else []
+
+    def version(self, dataset_id: str, number: int) -> dict | None:
+        found = self.versions(dataset_id)
+        return {**found[0], "changes": [], "class_changes": {}} if found and number == 1 else None
+
+    def samples(self, dataset_id: str, number: int, per_class: int) -> dict:
+        return {}
 
 
 def public_dataset(dataset: dict) -> dict:

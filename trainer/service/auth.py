@@ -15,6 +15,11 @@ TOKEN_VARIABLE = "TRAINER_TOKEN"
 TOKEN_FILE = "token"
 MIN_LENGTH = 16
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The pages keep the token in an HttpOnly cookie, not in the page's storage: EventSource (the live job page) and
+# <img> cannot send an Authorization header but do send cookies, and no script on the page can read it back.
+COOKIE = "trainer_token"
+COOKIE_DAYS = 30
+PAGE_HEADER = "X-Trainer-Page"  # what the pages' own requests carry (see app.authorized)
 
 
 def service_token(state: Path) -> tuple[str, Path | None, bool]:

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from trainer.errors import BadInput
+from trainer.runs import rundir
 from trainer.extras import require
 
 MAX_DIFFERENCE = 1e-4  # largest probability difference between the exported and the PyTorch model
 CHECK_IMAGES = 32  # validation images the check runs (the first ones of the run's own validation set)
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}
+FORMATS = rundir.EXPORTS
 
 
 def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> tuple[Path, dict]:
