@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import queue
 import signal
 import subprocess
@@ -171,6 +172,11 @@ class Process:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+
+
+def chromium() -> str | None:
+    """The system's chromium (.ci/run installs Debian's): the report and page tests drive it headless."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_dir_of
+from helpers import chromium, run_dir_of
 from PIL import Image
 
 from trainer.config import MACHINE_OPTIONS, FitConfig
@@ -150,10 +150,6 @@ def test_baseline_verdicts():
         assert (verdict["status"], verdict["actual"]) == ("not comparable", 0.0), other
     verdict = error.judge(run, {"accuracy": 0.99})  # the run did not measure the baseline's metric
     assert (verdict["status"], verdict["actual"]) == ("not comparable", None)
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 PROBE = """<script>window.addEventListener('load', () => {

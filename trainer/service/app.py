@@ -254,6 +254,8 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             out = await run_in_threadpool(tasks.run_trainer, ["predict", str(run_dir), str(image), "--json",
                                                               "--top-k", str(top_k)], settings, PREDICT_TIMEOUT,
                                           "cpu")
+        except tasks.TaskFailed as e:  # the line names the service's temporary file: name the upload instead
+            raise tasks.TaskFailed(str(e).replace(str(image), "the image sent")) from None
         finally:
             image.unlink(missing_ok=True)
         result = json.loads(out)[0]
@@ -272,7 +274,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
         async with exporting.setdefault((job_id, format), asyncio.Lock()):  # two clicks: one export
             if not (run_dir / name).is_file():
                 await run_in_threadpool(tasks.run_trainer, ["export", str(run_dir), "--format", format], settings,
-                                        tasks.TASK_TIMEOUT, "cpu")
+                                        tasks.TASK_TIMEOUT)
         return {"job": job_id, "file": name, "bytes": (run_dir / name).stat().st_size,
                 "url": f"/jobs/{job_id}/files/{name}"}
 

@@ -300,6 +300,10 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
             return message(request, 409, "Nothing to clean with yet",
                            f"Job {job_id} is a {job['command']} job, {job['state']}: the cleaner needs a fit job that "
                            f"succeeded, whose model ranks the images.", (f"/ui/jobs/{job_id}", f"Job {job_id}"))
+        if job["dataset"] and store.dataset(job["dataset"]) is None:
+            return message(request, 409, "The dataset is gone",
+                           f"Job {job_id} trained on dataset {job['dataset']}, which has been deleted: there is nothing "
+                           f"left to clean. Upload it again to clean it.", (f"/ui/jobs/{job_id}", f"Job {job_id}"))
         view = job_view(job)
         return page("clean.html", request, page="clean", title=f"Clean · job {job_id}", job=view,
                     job_json=script_json(view), data={"job": job_id})
