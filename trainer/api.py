@@ -168,6 +168,10 @@ def lr_find(recipe: str, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_it
     from trainer.training.events import Events, Recorder
     from trainer.training.fit import lr_find as run_lr_find
 
+    if options.get("lr") is not None:
+        from trainer.options import LR_FIND_TAKES_NO_LR
+
+        raise BadInput(LR_FIND_TAKES_NO_LR)
     cfg = fit_config(recipe, options, allowed=LR_FIND_OPTIONS, out=str(out))
     recorder = Recorder()
     run_dir, result = run_lr_find(cfg, Events(recorder, *subscribers, *subscribers_for(on_event, progress, quiet)),

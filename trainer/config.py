@@ -1,7 +1,8 @@
 """One resolved configuration, from the command line (or the Python API) to fastai and into config.json.
 
 Options the user did not set stay None until `resolve`, so the recipe's defaults win; then the machine's
-choices (device, workers, precision, caches) and, with --lr auto, the rate lr_find found. A FitConfig is
+choices (device, workers, precision, caches) and, with --lr auto, the rate lr_find found (with --lr review, the
+rate a person chose at the lr_find gate, training.gate). A FitConfig is
 frozen; config.json records the resolved values. Each value is checked against its definition (options.py).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from trainer.errors import BadInput
-from trainer.options import OPTIONS, TOP_K, as_flag, check_device
+from trainer.options import LR_WORDS, OPTIONS, TOP_K, as_flag, check_device, lr_refusal
 from trainer.recipes import Recipe
 
 
@@ -23,12 +24,17 @@ class Machine:
     precision: str  # fp32, fp16 or bf16
     cache: bool  # the decoded-image or presized-photo cache applies and was not turned off
 
+    @classmethod
+    def of(cls, cfg: "FitConfig") -> "Machine":
+        """The machine's values a resolved FitConfig holds (to resolve it again with a learning rate)."""
+        return cls(device=cfg.device, workers=cfg.workers, precision=cfg.precision, cache=cfg.cache)
+
 
 @dataclass(frozen=True)
 class FitConfig:
     recipe: str
     epochs: int | None = None
-    lr: float | str | None = None  # a number, or "auto": lr_find's valley
+    lr: float | str | None = None  # a number, "auto" (lr_find's valley) or "review" (a person's choice)
     bs: int | None = None
     arch: str | None = None
     pretrained: bool | None = None
@@ -57,7 +63,8 @@ class FitConfig:
 
     def resolve(self, recipe: Recipe, machine: Machine | None = None, lr: float | None = None) -> "FitConfig":
         """Validate what was asked and fill the rest: the recipe's defaults, then `machine` (once it is known),
-        then the learning rate lr_find found for --lr auto. The one place a FitConfig's values are decided."""
+        then the learning rate lr_find found for --lr auto (or a person chose for --lr review). The one place a
+        FitConfig's values are decided."""
         self.check()
         if recipe.check == "folder" and not self.data:
             raise BadInput(f"recipe '{recipe.name}' trains on your own images: pass --data PATH "
@@ -91,7 +98,11 @@ class FitConfig:
         """Each value set against its definition (options.py): the CLI, the API and the service refuse alike."""
         for name, option in OPTIONS.items():
             value = getattr(self, name)
-            if name == "lr" and value == "auto" or name == "device":
+            if name == "device":
+                continue
+            if name == "lr" and isinstance(value, str):
+                if value not in LR_WORDS:
+                    raise BadInput(lr_refusal(value))
                 continue
             option.check(value)
         check_device(self.device)

@@ -138,8 +138,8 @@ OPTIONS = _options(
                         "xavier (Glorot)", MODEL, "default", choices=INITS),
     # Training
     Option("epochs", int, "Epochs to train", TRAINING, "the recipe's", low=1, high=EPOCHS_MAX),
-    Option("lr", float, "Base learning rate, or 'auto' (lr_find's valley)", TRAINING, "the recipe's", low=0,
-           low_open=True),
+    Option("lr", float, "Base learning rate: a number, 'auto' (lr_find's valley) or 'review' (lr_find, then wait for "
+                        "a person's choice)", TRAINING, "the recipe's", low=0, low_open=True),
     Option("bs", int, "Batch size", TRAINING, "64", low=1, high=BS_MAX),
     Option("opt", str, "Optimiser, fastai's (momentum follows the one-cycle schedule where it applies)", TRAINING,
            "adam", choices=OPTIMIZERS),
@@ -178,14 +178,58 @@ def check_device(spec: str) -> None:
                        f"use one of auto, cpu, cuda, cuda:N, mps")
 
 
+LR_WORDS = ("auto", "review")  # --lr's words: lr_find's valley; lr_find, then a person's choice (the lr_find gate)
+LR_SUGGESTIONS = ("minimum", "steep", "valley", "slide")  # lr_find's four suggestions, by fastai's names
+
+
 def parse_lr(lr):
-    """--lr as given: a number, or 'auto'."""
-    if lr is None or lr == "auto" or isinstance(lr, (int, float)) and not isinstance(lr, bool):
+    """--lr as given: a number, 'auto' or 'review'."""
+    if lr is None or lr in LR_WORDS or isinstance(lr, (int, float)) and not isinstance(lr, bool):
         return lr
     try:
         return float(lr)
     except (TypeError, ValueError):
-        raise BadInput(f"--lr must be a number (e.g. 1e-3) or 'auto', got '{lr}'") from None
+        raise BadInput(lr_refusal(lr)) from None
+
+
+def lr_refusal(lr) -> str:
+    return f"--lr must be a number (e.g. 1e-3), 'auto' or 'review', got '{lr}'"
+
+
+def check_lr_processes(lr, processes: int) -> None:
+    """--lr auto and --lr review run lr_find in one process: refused under --nproc N > 1 or torchrun."""
+    if processes > 1 and lr in LR_WORDS:
+        wait = " and waits for a person's choice" if lr == "review" else ""
+        raise BadInput(f"--lr {lr} runs lr_find{wait} in one process: train without --nproc or torchrun, or run "
+                       f"`trainer lr-find` first, then pass --lr")
+
+
+# lr-find given a learning rate (`trainer lr-find --lr`, the API, a service job): it finds one, it trains nothing
+LR_FIND_TAKES_NO_LR = ("lr-find finds a learning rate and trains nothing: it takes no --lr; to choose the rate from "
+                       "lr_find's curve before training, use `trainer fit RECIPE --lr review`")
+
+
+def chosen_lr(value, suggestions: dict) -> tuple[float, str | None]:
+    """The lr_find gate's answer (a number, or the name of one of lr_find's suggestions) as (rate, the
+    suggestion's name or None for a typed number), checked by the lr option's own definition."""
+    if isinstance(value, str) and value.strip().lower() in LR_SUGGESTIONS:
+        name = value.strip().lower()
+        if name not in suggestions:
+            raise BadInput(f"lr_find gave no {name} suggestion (its curve was too short for it); choose one of "
+                           f"{', '.join(suggestions)} or give a number")
+        return float(suggestions[name]), name
+    given = value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = "nothing" if given is None else f"'{given}'" if isinstance(given, str) else repr(given)
+        raise BadInput(f"the learning rate must be a number (e.g. 1e-3) or one of lr_find's suggestions "
+                       f"({', '.join(LR_SUGGESTIONS)}), got {shown}")
+    OPTIONS["lr"].check(value)
+    return float(value), None
 
 
 def as_flag(name: str, value) -> str:

@@ -89,7 +89,7 @@ def test_a_signal_publishes_interrupted_and_the_run_resumes(fixtures, monkeypatc
     (dict(epochs=0), "--epochs must be a whole number of at least 1, got 0"),
     (dict(seed=2**32), "--seed must be a whole number of at most 4294967295, got 4294967296"),
     (dict(opt="adma"), "unknown --opt 'adma' (did you mean 'adam'?)"),
-    (dict(lr="fast"), "--lr must be a number (e.g. 1e-3) or 'auto', got 'fast'"),
+    (dict(lr="fast"), "--lr must be a number (e.g. 1e-3), 'auto' or 'review', got 'fast'"),
     (dict(epoch=2), "unknown option 'epoch' (did you mean 'epochs'?)"),
     (dict(device="gpu"), "unknown --device 'gpu'"),
 ])

@@ -33,7 +33,7 @@ def annotation(option: Option, default: str | None = None, panel: str | None = N
     decls = [option.flag] if option.switch else [f"{option.flag}/--no-{option.flag[2:]}"] if kind is bool else []
     info = typer.Option(*decls, help=help_text(option, default), rich_help_panel=panel or option.panel,
                         show_default=False, **option.typer_range())
-    if option.name == "lr":  # a number or 'auto': checked by options.parse_lr and FitConfig
+    if option.name == "lr":  # a number, 'auto' or 'review': checked by options.parse_lr and FitConfig
         kind = str
     return Annotated[Optional[kind], info]
 

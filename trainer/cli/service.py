@@ -123,8 +123,8 @@ def submit(
         raise typer.Exit(follow_job(api, job["id"], quiet=as_json))
 
 
-jobs_app = typer.Typer(cls=ListByDefault, help="A service's jobs: list (the default), show, follow, cancel, resume, "
-                                               "logs, delete.")
+jobs_app = typer.Typer(cls=ListByDefault, help="A service's jobs: list (the default), show, follow, lr, cancel, "
+                                               "resume, logs, delete.")
 app.add_typer(jobs_app, name="jobs")
 
 
@@ -150,14 +150,15 @@ def jobs_list(
                   title=f"jobs ({len(page['jobs'])} of {page['total']}, newest first)")
     for job in page["jobs"]:
         options = " ".join(f"{k}={v}" for k, v in job["options"].items())
-        table.add_row(str(job["id"]), job["state"], job["command"], job["recipe"], options, job["devices"] or "-",
+        state = job["state"] + (" (waiting for lr)" if job.get("lr_review") else "")
+        table.add_row(str(job["id"]), state, job["command"], job["recipe"], options, job["devices"] or "-",
                       str(job["attempts"]), Path(job["run_dir"]).name if job["run_dir"] else "-", job["error"] or "")
     console().print(table)
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: JobId, server: Server = None, as_json: AsJson = False):
-    """One job: its state, options, run directory, last epoch."""
+    """One job: its state, options, run directory, last epoch; lr_find's suggestions while it waits for a rate."""
     job = client(server).job(job_id)
     if as_json:
         print(json.dumps(job, indent=2))
@@ -172,6 +173,10 @@ def jobs_show(job_id: JobId, server: Server = None, as_json: AsJson = False):
         out.print(f"last epoch: {row.get('epoch')}/{job['last_epoch'].get('epochs_total')} "
                   + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "phase") and
                               isinstance(v, (int, float))))
+    if job.get("lr_review"):
+        suggestions = job["lr_review"]["suggestions"]
+        out.print("waiting at the lr_find gate: " + ", ".join(f"{k} {v:.2e}" for k, v in suggestions.items())
+                  + f"; choose with `trainer jobs lr {job_id} RATE` (a number, or {'/'.join(suggestions)})")
 
 
 def follow_job(api, job_id: int, quiet: bool = False) -> int:
@@ -210,6 +215,24 @@ def jobs_follow(job_id: JobId, server: Server = None,
                 quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run directory.")] = False):
     """Live progress of a job, as a local `trainer fit` shows it; exit 0 when it succeeded, 1 otherwise."""
     raise typer.Exit(follow_job(client(server), job_id, quiet))
+
+
+@jobs_app.command("lr")
+def jobs_lr(
+    job_id: JobId,
+    rate: Annotated[str, typer.Argument(
+        help="The learning rate: a number (e.g. 2e-3), or one of lr_find's suggestions: minimum, steep, valley, "
+             "slide.", show_default=False)],
+    server: Server = None, as_json: AsJson = False,
+):
+    """Choose the learning rate of a job waiting at the lr_find gate (submitted with --lr review)."""
+    job = client(server).choose_lr(job_id, rate)
+    if as_json:
+        print(json.dumps(job, indent=2))
+        return
+    choice = job["lr_choice"]
+    console().print(f"job {job_id}: learning rate {choice['lr']:g}"
+                    + (f" ({choice['suggestion']})" if choice["suggestion"] else "") + "; it trains on with it")
 
 
 @jobs_app.command("cancel")

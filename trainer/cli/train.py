@@ -80,11 +80,18 @@ def lr_find(
     num_it: Annotated[int, typer.Option(
         min=10, max=NUM_IT_MAX, help="Number of mini-batches to try (fastai drops the first and last points).",
         rich_help_panel=LR_FIND)] = 100,
+    lr: Annotated[Optional[str], typer.Option(hidden=True)] = None,  # refused in one line, not as an unknown option
     out: OutDir = RUNS, quiet: Quiet = False, *, options: dict,
 ):
     """Find a learning rate: fastai's lr_find with the minimum, steep, valley and slide suggestions."""
     from trainer import api
     from trainer.runs.rundir import LR_FIND_PNG
+
+    if lr is not None:
+        from trainer.errors import BadInput
+        from trainer.options import LR_FIND_TAKES_NO_LR
+
+        raise BadInput(LR_FIND_TAKES_NO_LR)
 
     found = api.lr_find(recipe, start_lr=start_lr, end_lr=end_lr, num_it=num_it, out=out,
                         subscribers=[display(quiet)], progress=False, quiet=quiet, **options)

@@ -8,7 +8,9 @@ instant). Written atomically by trainer.runs.store (temporary file, then rename)
   config.json                   fit / lr-find, at the start     every option asked and resolved, data, device
   split.csv                     fit, at the start               every image: split, path under the data root, label
   skipped_images.txt            fit, at the start               the unreadable images left out, and why
-  lr_find.json, lr_find.png     lr-find, fit --lr auto          the curve and the suggestions
+  lr_find.json, lr_find.png     lr-find, fit --lr auto/review   the curve and the suggestions
+  lr_choice.json                the service or a person, for    the rate chosen at the lr_find gate: lr, suggestion,
+                                fit --lr review                 by, at (fit reads it; config.json's lr_find records it)
   batch.png                     fit                             a training batch as the model sees it
   metrics.csv                   fit, after every epoch          one row per epoch
   last.pth, checkpoint.json     fit, after every epoch          the whole state for --resume; a mirror for people
@@ -41,6 +43,7 @@ CONFIG = "config.json"
 SPLIT = "split.csv"
 SKIPPED = "skipped_images.txt"
 LR_FIND_JSON, LR_FIND_PNG = "lr_find.json", "lr_find.png"
+LR_CHOICE = "lr_choice.json"
 BATCH = "batch.png"
 METRICS = "metrics.csv"
 LAST, CHECKPOINT, BEST = "last.pth", "checkpoint.json", "best.pth"
@@ -59,8 +62,8 @@ TENSORBOARD = "tensorboard"  # a folder, with --tensorboard
 
 # What the service hands out of a run directory (GET /jobs/{id}/files): the report, plots, model and metrics;
 # never the checkpoints (last.pth, best.pth: the run's internal state) or anything not in this schema.
-PUBLIC = (CONFIG, SPLIT, SKIPPED, LR_FIND_JSON, LR_FIND_PNG, BATCH, METRICS, CHECKPOINT, WEIGHTS, MODEL_META,
-          MODEL_PICKLE, HISTORY, RESULTS, ACTIVATIONS_PNG, ACTIVATIONS_JSON, SUMMARY, REPORT, ERROR_LOG,
+PUBLIC = (CONFIG, SPLIT, SKIPPED, LR_FIND_JSON, LR_FIND_PNG, LR_CHOICE, BATCH, METRICS, CHECKPOINT, WEIGHTS,
+          MODEL_META, MODEL_PICKLE, HISTORY, RESULTS, ACTIVATIONS_PNG, ACTIVATIONS_JSON, SUMMARY, REPORT, ERROR_LOG,
           TEST_METRICS, *EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values()),
           *(f"{stem}.{ext}" for stem in (CONFUSION, CONFUSION_NORMALIZED, MOST_CONFUSED, TOP_LOSSES,
                                                         PER_CLASS, TEST_CONFUSION) for ext in ("png", "csv", "json")))
@@ -165,6 +168,47 @@ def check_options(path: Path, where: str, values: dict) -> None:
         check_device(config.device)
     except BadInput as e:
         raise BadInput(f"{path} is damaged: {where}: {e}; {RECOVER}") from None
+
+
+def now_iso() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_lr_choice(run_dir: Path, lr: float, suggestion: str | None, by: str) -> dict:
+    """The lr_find gate's answer, written atomically: {"lr", "suggestion" (its name, or None: a typed number),
+    "by", "at"}; fit --lr review, waiting in that run, reads it (read_lr_choice)."""
+    from trainer.files import write_json
+
+    choice = {"lr": float(lr), "suggestion": suggestion, "by": by, "at": now_iso()}
+    write_json(run_dir / LR_CHOICE, choice)
+    return choice
+
+
+def read_lr_choice(run_dir: Path, suggestions: dict) -> dict | None:
+    """lr_choice.json checked against lr_find's `suggestions`: {"lr", "suggestion", "by", "at"}; None while
+    there is none. Its "lr" is a number or a suggestion's name (or "suggestion" alone names one); a BadInput
+    says what is wrong with it."""
+    from trainer.errors import BadInput
+    from trainer.options import chosen_lr
+
+    path = run_dir / LR_CHOICE
+    value, problem = read_json(path)
+    if problem == "missing":
+        return None
+    if value is None:
+        raise BadInput(f"{path} is not a JSON object; write {{\"lr\": 0.001}} (or {{\"lr\": \"valley\"}})")
+    named = value.get("suggestion")
+    try:
+        lr, suggestion = chosen_lr(value.get("lr") if value.get("lr") is not None else named, suggestions)
+    except BadInput as e:
+        raise BadInput(f"{path}: {e}") from None
+    if suggestion is None and isinstance(named, str) and suggestions.get(named) == lr:
+        suggestion = named
+    by, at = value.get("by"), value.get("at")
+    return {"lr": lr, "suggestion": suggestion, "by": by if isinstance(by, str) and by else LR_CHOICE,
+            "at": at if isinstance(at, str) and at else now_iso()}
 
 
 def read_model_meta(run_dir: Path) -> dict:

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from trainer.errors import BadInput
+from trainer.options import chosen_lr
 from trainer.runs import rundir
 from trainer.service import auth, datasets, tasks
 from trainer.service import store as S
@@ -116,6 +117,23 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             raise Refused(404, f"no job {job_id}; list the jobs with GET /jobs (`trainer jobs list`)")
         return job
 
+    def lr_review(job: dict) -> Optional[dict]:
+        """{"suggestions", "run_dir"} while a running job waits at the lr_find gate (--lr review): its latest
+        lr_review event, published by this attempt, with no lr_chosen after it; else None."""
+        if job["state"] != S.RUNNING:
+            return None
+        review = store.latest_event(job["id"], "lr_review")
+        if review is None:
+            return None
+        later = [store.latest_event(job["id"], kind) for kind in ("lr_chosen", "state")]  # state: an attempt began
+        if any(event and event["id"] > review["id"] for event in later):
+            return None
+        return {"suggestions": review.get("suggestions") or {}, "run_dir": review.get("run_dir")}
+
+    def answer(job: dict) -> dict:
+        """A job as every endpoint answers it: public_job, and whether it waits at the lr_find gate."""
+        return {**public_job(job, settings), "lr_review": lr_review(job)}
+
     # --- health -------------------------------------------------------------------------------------------
 
     @app.get("/health")
@@ -142,7 +160,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
         job = store.add_job(checked.command, checked.recipe, checked.options, checked.data, checked.dataset,
                             checked.nproc, owner)
         runner.wake.set()
-        return public_job(job, settings)
+        return answer(job)
 
     @app.post("/jobs/check")
     def check(body: dict[str, Any], _owner: str = Depends(authorized)):
@@ -164,12 +182,13 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
         if state is not None and state not in S.STATES:
             raise Refused(422, f"unknown state '{state}'; use one of {', '.join(S.STATES)}")
         found, total = store.list_jobs(state, recipe, limit, offset)
-        return {"jobs": [public_job(j, settings) for j in found], "total": total, "limit": limit, "offset": offset}
+        return {"jobs": [answer(j) for j in found], "total": total, "limit": limit, "offset": offset}
 
     @app.get("/jobs/{job_id}")
     def show(job_id: int, _owner: str = Depends(authorized)):
-        """One job, with its last epoch's metrics row."""
-        job = public_job(job_or_404(job_id), settings)
+        """One job, with its last epoch's metrics row, and lr_find's suggestions while it waits at the lr_find
+        gate (`lr_review`)."""
+        job = answer(job_or_404(job_id))
         last = store.latest_event(job_id, "epoch")
         job["last_epoch"] = {"row": last["row"], "epochs_total": last.get("epochs_total")} if last else None
         return job
@@ -182,7 +201,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             raise Refused(409, f"job {job_id} already {job['state']}; nothing to cancel")
         job = store.request_stop(job_id, "cancel")
         runner.wake.set()
-        return public_job(job, settings)
+        return answer(job)
 
     @app.post("/jobs/{job_id}/resume")
     def resume(job_id: int, _owner: str = Depends(authorized)):
@@ -192,7 +211,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             raise Refused(409, f"job {job_id} is {job['state']}; only a cancelled, interrupted or failed job can "
                                f"be resumed")
         runner.wake.set()
-        return public_job(store.job(job_id), settings)
+        return answer(store.job(job_id))
 
     @app.delete("/jobs/{job_id}")
     def remove(job_id: int, _owner: str = Depends(authorized)):
@@ -312,6 +331,34 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                 quiet_since = asyncio.get_running_loop().time()
                 yield format_sse_event(comment="keepalive")
             await asyncio.sleep(EVENT_POLL)
+
+    # --- the lr_find gate ---------------------------------------------------------------------------------
+
+    @app.post("/jobs/{job_id}/lr")
+    def choose_lr(job_id: int, body: dict[str, Any], owner: str = Depends(authorized)):
+        """Answer a job waiting at the lr_find gate (submitted with options.lr "review"): {"lr": 0.002}, or
+        {"lr": "valley"} (one of its lr_review's suggestions). Writes RUN_DIR/lr_choice.json; the job trains on
+        with that rate. Answers the job, with the `lr_choice` written."""
+        job = job_or_404(job_id)
+        gate = lr_review(job)
+        if gate is None:
+            raise Refused(409, f"job {job_id} is not waiting at the lr_find gate (it is {job['state']}): only a "
+                               f"running job submitted with options.lr \"review\" waits there, once its lr_find "
+                               f"is done (GET /jobs/{job_id} shows lr_review then)")
+        unknown = sorted(set(body) - {"lr"})
+        if unknown:
+            raise Refused(422, f"unknown field '{unknown[0]}'; give {{\"lr\": 0.002}} or {{\"lr\": \"valley\"}}")
+        lr, suggestion = chosen_lr(body.get("lr"), gate["suggestions"])  # a bad rate: BadInput, 422
+        run_dir = Path(gate["run_dir"] or "")
+        if not gate["run_dir"] or not runner.inside_runs(run_dir) or not run_dir.is_dir():
+            raise Refused(409, f"job {job_id}'s run directory is not under the service's runs; it cannot be "
+                               f"answered here")
+        given, _ = rundir.read_json(run_dir / rundir.LR_CHOICE)
+        if given is not None:
+            raise Refused(409, f"job {job_id} has its learning rate already (lr {given.get('lr')}, by "
+                               f"{given.get('by')}); it goes on with it")
+        choice = rundir.write_lr_choice(run_dir, lr, suggestion, owner)
+        return {**answer(store.job(job_id)), "lr_choice": choice}
 
     # --- datasets -----------------------------------------------------------------------------------------
 

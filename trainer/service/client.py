@@ -76,6 +76,14 @@ class Client:
     def jobs(self, **query) -> dict:
         return self.request("GET", "/jobs", query=query)
 
+    def choose_lr(self, job_id: int, rate: str | float) -> dict:
+        """Answer a job waiting at the lr_find gate: a number, or a suggestion's name (as given)."""
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            pass  # a suggestion's name, or something the service refuses with its own line
+        return self.request("POST", f"/jobs/{job_id}/lr", {"lr": rate})
+
     def upload(self, archive: Path, recipe: str) -> dict:
         """An archive as the body of POST /datasets, streamed from the file."""
         size = archive.stat().st_size

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import BadInput, did_you_mean
-from trainer.options import LR_FIND_OPTIONS, NUM_IT_MAX, OPTIONS, as_args
+from trainer.options import LR_FIND_OPTIONS, LR_FIND_TAKES_NO_LR, NUM_IT_MAX, OPTIONS, as_args, check_lr_processes
 
 COMMANDS = ("fit", "lr-find")
 # lr-find's own options (trainer.cli.train's lr-find), with their ranges
@@ -48,7 +48,7 @@ def typed(name: str, kind: type, value):
         if name == "lr" and isinstance(value, str):
             from trainer.options import parse_lr
 
-            return parse_lr(value)  # 'auto', or a number as the CLI passes it on
+            return parse_lr(value)  # 'auto', 'review' (the lr_find gate), or a number as the CLI passes it on
         raise BadInput(f"{flag} must be a number, got {value!r}")
     if not isinstance(value, str):
         raise BadInput(f"{flag} must be text, got {value!r}")
@@ -75,6 +75,8 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
     if not isinstance(options, dict):
         raise BadInput("options must be an object of option names and values, e.g. {\"epochs\": 2}")
     allowed = tuple(OPTIONS) if command == "fit" else (*LR_FIND_OPTIONS, *LR_FIND_EXTRA)
+    if command == "lr-find" and options.get("lr") is not None:
+        raise BadInput(LR_FIND_TAKES_NO_LR)
     for name in ("data", "weights"):  # paths on the server: only through the data root or an upload
         if name in options:
             raise BadInput(f"a job cannot name a server path in options.{name}; give \"dataset\" (an uploaded "
@@ -104,6 +106,7 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
             raise BadInput(f"--nproc must be a whole number of at least 1, got {nproc}")
         if command == "lr-find" and nproc > 1:
             raise BadInput("lr-find runs in one process: drop --nproc")
+        check_lr_processes(checked.get("lr"), nproc)  # --lr auto/review: lr_find in one process
     needs = nproc or 1
     if needs > devices_total:
         raise BadInput(f"the job asks for {needs} devices (--nproc {needs}) but this service has {devices_total} "

@@ -30,7 +30,7 @@ from pathlib import Path
 from trainer.runs import rundir
 from trainer.service import store as S
 from trainer.service.jobs import command_line
-from trainer.training.events import EVENT_LOG
+from trainer.training.events import EVENT_LOG, JOB_ID
 
 TICK = 0.25  # seconds between two passes of the loop (a submission or a cancel wakes it at once)
 HEARTBEAT = S.LEASE_SECONDS / 3
@@ -200,8 +200,8 @@ class Runner:
             elif self.inside_runs(run_dir):  # stopped before its first checkpoint: start it again, afresh
                 shutil.rmtree(run_dir, ignore_errors=True)
         command = command_line(job, self.settings.runs, resume_dir)
-        env = {**os.environ, EVENT_LOG: str(log), "TRAINER_DATA": str(self.settings.data_root),
-               "PYTHONUNBUFFERED": "1",
+        env = {**os.environ, EVENT_LOG: str(log), JOB_ID: str(job["id"]),
+               "TRAINER_DATA": str(self.settings.data_root), "PYTHONUNBUFFERED": "1",
                "CUDA_VISIBLE_DEVICES": ",".join(self.settings.units[i] for i in units) if self.settings.gpus else ""}
         env.pop("TRAINER_TOKEN", None)  # the job never needs the service's token
         output = open(folder / OUTPUT_FILE, "ab")

@@ -320,7 +320,7 @@ class Store:
             for item in lines:
                 kind, at = item.pop("kind"), item.pop("at", time.time())
                 self._event(db, job_id, kind, item, at)
-                if kind == "run_started" and item.get("run_dir"):
+                if kind in ("run_started", "lr_review") and item.get("run_dir"):  # lr_review: before training
                     db.execute(update(jobs).where(jobs.c.id == job_id).values(run_dir=str(item["run_dir"])))
             db.execute(update(jobs).where(jobs.c.id == job_id).values(events_read=read_to))
 

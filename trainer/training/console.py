@@ -1,8 +1,12 @@
 """The terminal display, as a subscriber to training's events: rich bars on a terminal, one plain line per
-epoch (and a line at each quarter of a long epoch) elsewhere, only warnings with quiet."""
+epoch (and a line at each quarter of a long epoch) elsewhere, only warnings (and what the lr_find gate needs a
+person to do) with quiet."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from trainer.runs.rundir import LR_FIND_PNG
 from trainer.training.events import Event
 
 
@@ -13,6 +17,7 @@ class ConsoleDisplay:
         self.live = (console.is_terminal if live is None else live) and not quiet
         self.bars = None
         self.epochs_total = 1
+        self.at_gate = False  # --lr review waits for a person: its instructions show even when quiet
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"on_{event.kind}", None)
@@ -28,6 +33,8 @@ class ConsoleDisplay:
             self.errors.print(f"warning: {text}", highlight=False, markup=False, emoji=False)
         elif not self.quiet:
             self.print(text)
+        elif self.at_gate:
+            self.errors.print(text, highlight=False, markup=False, emoji=False)
 
     def on_run_started(self, epochs_total: int | None = None, **_) -> None:
         self.epochs_total = epochs_total or 1
@@ -64,6 +71,21 @@ class ConsoleDisplay:
             values = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "phase", "seconds"))
             phase = " (frozen body)" if row["phase"] == "frozen" else ""
             self.print(f"epoch {row['epoch']}/{epochs_total}{phase}  {values}  {row['seconds']:.1f}s")
+
+    def on_lr_review(self, run_dir: str, suggestions: dict, **_) -> None:
+        """--lr review waits at the lr_find gate: what lr_find suggests, and its curve (the next note, or the
+        terminal's question, says how to answer)."""
+        self.close()
+        self.at_gate = True
+        if not self.quiet:
+            values = ", ".join(f"{name} {value:.2e}" for name, value in suggestions.items())
+            self.print(f"lr_find suggests {values}: the run waits for a learning rate (the curve: "
+                       f"{Path(run_dir) / LR_FIND_PNG})")
+
+    def on_lr_chosen(self, lr: float, suggestion: str | None, **_) -> None:
+        self.at_gate = False
+        if not self.quiet:
+            self.print(f"learning rate {lr:.2e} chosen ({suggestion or 'typed'}): training goes on")
 
     def on_finished(self, **_) -> None:
         self.close()

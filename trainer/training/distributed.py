@@ -196,9 +196,11 @@ def check_launch(nproc: int, cfg) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # num_distrib(), read before torch loads: instant refusal
         raise BadInput("--nproc inside torchrun or accelerate launch: drop --nproc, the launcher starts the processes")
     if cfg is not None:
+        from trainer.options import check_lr_processes
         from trainer.recipes import get_recipe
 
         cfg.resolve(get_recipe(cfg.recipe))
+        check_lr_processes(cfg.lr, nproc)  # --lr auto/review: lr_find in one process
     import torch
 
     device = cfg.device if cfg is not None else "auto"

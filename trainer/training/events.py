@@ -13,6 +13,9 @@ A subscriber is any callable taking an Event: the terminal display (training.con
                                                              epochs_total
   checkpoint    last.pth holds that epoch                    epoch, path, best
   lr_find       lr_find's curve is read                      suggestions, points
+  lr_review     --lr review: the run waits at the lr_find    run_dir, suggestions, points
+                gate for a person's choice (lr_choice.json)
+  lr_chosen     the gate's rate is chosen: training goes on  lr, suggestion (its name, or None for a number)
   finished      summary.json is written: the run is done     run_dir, summary
   failed        training raised; error.log has the traceback run_dir, error
   interrupted   a signal stopped the run                     run_dir, message, signum
@@ -25,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-KINDS = ("run_started", "note", "batch", "epoch", "checkpoint", "lr_find", "finished", "failed", "interrupted")
+KINDS = ("run_started", "note", "batch", "epoch", "checkpoint", "lr_find", "lr_review", "lr_chosen", "finished",
+         "failed", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class MetricsFile:
 
 
 EVENT_LOG = "TRAINER_EVENT_LOG"  # set by the service for a job's process: where it writes its events
+JOB_ID = "TRAINER_JOB_ID"  # set by the service too: the job's id, for the lines that name it (`trainer jobs lr ID`)
 
 
 class JsonLinesLog:

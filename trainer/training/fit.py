@@ -1,8 +1,9 @@
 """`trainer fit`, `trainer fit --resume` and `trainer lr-find` as library calls that publish events.
 
-Read top to bottom: prepare (options, data, learner; nothing written yet), start the run directory, train,
-write what the run leaves behind. Every function takes an `Events` and never a console: the caller
-subscribes whatever should see the run (the terminal, a test, the service).
+Read top to bottom: prepare (options, data, learner; nothing written yet), start the run directory, with
+--lr review wait at the lr_find gate for a person's choice (training.gate), train, write what the run leaves
+behind. Every function takes an `Events` and never a console: the caller subscribes whatever should see the
+run (the terminal, a test, the service); only the gate's terminal question reads stdin.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from trainer.data.cache import swapped_dls
 from trainer.data.images import forget_presized_copies
 from trainer.errors import BadInput, CannotWrite, TrainingFailed, TrainingInterrupted
 from trainer.inspection.plots import save_batch
+from trainer.options import LR_FIND_TAKES_NO_LR
 from trainer.runs import rundir, store
 from trainer.runs.report import write_report
 from trainer.runs.split import check_split, split_rows, split_sha256, write_split
-from trainer.training import checkpoint
+from trainer.training import checkpoint, gate
 from trainer.training.distributed import world_from_env
 from trainer.training.events import Events, MetricsFile
 from trainer.training.loop import epochs_total, follow, run_training, schedule_of, schedule_reason, tensorboard_callback
@@ -61,6 +63,8 @@ def fit(cfg: FitConfig, events: Events) -> tuple[Path | None, dict | None]:
             return follow(p)
         run_dir, config = start_run(p, "fit", stop, schedule=schedule_of(p.cfg), schedule_reason=schedule_reason(p.cfg))
         with failures_logged(run_dir, events):
+            if p.cfg.lr == "review":  # the lr_find gate: the rate a person chooses, recorded in config.json
+                p = gate.review(p, run_dir, config, events)
             return run_dir, train(p, run_dir, events, stop)
 
 
@@ -99,6 +103,8 @@ def lr_find(cfg: FitConfig, events: Events, start_lr=1e-7, end_lr=10.0, num_it=1
         raise BadInput(f"--start-lr ({start_lr:g}) must be positive and below --end-lr ({end_lr:g})")
     if num_it < 10:
         raise BadInput(f"--num-it must be at least 10 (fastai drops the first and last points), got {num_it}")
+    if cfg.lr is not None:
+        raise BadInput(LR_FIND_TAKES_NO_LR)
     if world_from_env().size > 1:
         raise BadInput("lr-find runs in one process: start it without torchrun or --nproc")
     with stopping("lr-find", events) as stop:
@@ -168,7 +174,9 @@ def start_run(p: Prepared, command: str, stop: Stop, **extra) -> tuple[Path, dic
     write_split(run_dir, rows)
     if p.lr_found:
         write_lr_find(p.lr_found, run_dir, f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch} · lr_find")
-        extra["lr_find"] = {"suggestions": p.lr_found["suggestions"], "chosen": "valley"}
+        # --lr review: chosen at the gate, which rewrites config.json with the rate and who chose it
+        extra["lr_find"] = {"suggestions": p.lr_found["suggestions"],
+                            "chosen": None if p.cfg.lr == "review" else "valley"}
     config = run_config(p, run_dir, command, split_sha256(rows), **extra)
     files.write_json(run_dir / rundir.CONFIG, config)
     return run_dir, config

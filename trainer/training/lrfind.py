@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.runs import rundir
 from trainer.files import save_figure, write_json
-
-SUGGESTIONS = ("minimum", "steep", "valley", "slide")
+from trainer.options import LR_SUGGESTIONS as SUGGESTIONS
+from trainer.runs import rundir
 
 
 def find_lr(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> dict:

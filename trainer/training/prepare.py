@@ -1,5 +1,6 @@
 """Everything a run needs before its run directory exists: the options resolved once, the data checked and
-loaded, the learner built, and with --lr auto the rate found. Bad input fails here and leaves nothing behind."""
+loaded, the learner built, and with --lr auto the rate found (with --lr review, lr_find's suggestions for the
+gate, training.gate). Bad input fails here and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from trainer.data.source import locate
 from trainer.device import default_workers, resolve_device, resolve_precision
 from trainer.errors import BadInput
 from trainer.model.learner import apply_precision, create_learner
+from trainer.options import LR_WORDS, check_lr_processes
 from trainer.recipes import Recipe, get_recipe
 from trainer.runs.store import check_writable
 from trainer.training.distributed import join, world_from_env
@@ -47,20 +49,20 @@ class Prepared:
     learn: object
     world: object  # distributed.World: this process's rank among how many
     precision: object  # device.Precision: how the model computes, and why
-    lr_found: dict | None = None  # --lr auto: lr_find's curve and suggestions
+    lr_found: dict | None = None  # --lr auto or review: lr_find's curve and suggestions
 
 
 def prepare(asked: FitConfig, events: Events) -> Prepared:
     """Resolve the options (recipe defaults, then what was asked, then this machine and its data), build the data
-    and the learner, and with --lr auto run lr_find. Every check happens here, before a run directory exists."""
+    and the learner, and with --lr auto or review run lr_find. Every check happens here, before a run directory
+    exists. With --lr review cfg.lr stays "review": the gate (training.gate) resolves it once a person chose."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     recipe = get_recipe(asked.recipe)
     defaults = asked.resolve(recipe)  # what was asked over the recipe's defaults; the machine comes next
     check_writable(Path(defaults.out))
     data_path = locate(recipe, defaults.data)
     world = world_from_env()
-    if world.size > 1 and defaults.lr == "auto":
-        raise BadInput("--lr auto runs lr_find in one process: run `trainer lr-find` first, then pass --lr")
+    check_lr_processes(defaults.lr, world.size)
     device = resolve_device(defaults.device, world.local_rank if world.launched else None)
     resolve_precision(defaults.precision, device)  # a precision this device cannot run fails before the data is read
     world = join(world, device)
@@ -78,9 +80,10 @@ def prepare(asked: FitConfig, events: Events) -> Prepared:
                     f"({cfg.bs * world.size} per step), lr {cfg.lr} as given")
     data, learn = load(recipe, cfg, data_path, device, precision, skipped, events)
     lr_found = None
-    if cfg.lr == "auto":
-        lr_found = auto_lr(learn, data.fast_dls, recipe, events)
-        cfg = asked.resolve(recipe, machine, lr=lr_found["suggestions"]["valley"])
+    if cfg.lr in LR_WORDS:
+        lr_found = auto_lr(learn, data.fast_dls, recipe, events, cfg.lr)
+        if cfg.lr == "auto":
+            cfg = asked.resolve(recipe, machine, lr=lr_found["suggestions"]["valley"])
     return Prepared(recipe, cfg, asked, data, learn, world, precision, lr_found)
 
 
@@ -127,10 +130,11 @@ def input_side(recipe: Recipe, cfg: FitConfig, data_path: Path, skipped: list) -
         return max(image.size)
 
 
-def auto_lr(learn, fast_dls, recipe: Recipe, events: Events) -> dict:
+def auto_lr(learn, fast_dls, recipe: Recipe, events: Events, mode: str = "auto") -> dict:
     """--lr auto: lr_find, whose valley suggestion becomes the learning rate (before any run directory exists,
-    so config.json is written once, with the rate used)."""
-    events.note("--lr auto: running lr_find first")
+    so config.json is written once, with the rate used). --lr review: the same lr_find, whose suggestions the
+    gate shows a person (training.gate)."""
+    events.note(f"--lr {mode}: running lr_find first")
     with swapped_dls(learn, fast_dls):
         found = find_lr(learn)
     events.publish("lr_find", suggestions=found["suggestions"], points=len(found["losses"]))
@@ -138,8 +142,9 @@ def auto_lr(learn, fast_dls, recipe: Recipe, events: Events) -> dict:
         raise BadInput(f"lr_find's loss diverged after {len(found['losses'])} points, too early for a valley "
                        f"suggestion; pass --lr, or see the curve with `trainer lr-find {recipe.name}` (a lower "
                        f"--end-lr ramps up more slowly)")
-    events.note(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
-                f"training with valley")
+    if mode == "auto":  # review: the lr_review event shows them, with the question
+        events.note(f"lr_find suggests {', '.join(f'{k} {v:.2e}' for k, v in found['suggestions'].items())}: "
+                    f"training with valley")
     return found
 
 
