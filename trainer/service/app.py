@@ -425,7 +425,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
 
     from trainer.service.pages import add_pages
 
-    add_pages(app, store=store, settings=settings, token=token, public_job=lambda job: public_job(job, settings),
+    add_pages(app, store=store, settings=settings, token=token, public_job=answer,
               dataset_view=DatasetView(store))
     return app
 

@@ -163,20 +163,12 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         metric = recipe.main_metric if recipe else None
         row = (epoch or {}).get("row") or {}
         view["metric"] = (metric, number(row[metric])) if metric in row else None
-        view["stage"] = stage_of(job)
+        view["stage"] = "waiting for a learning rate" if view.get("lr_review") else None
         end = job["ended_at"] or (time.time() if job["started_at"] else None)
         view["duration"] = duration(end - job["started_at"]) if job["started_at"] and end else "–"
         view["created"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"]))
         view["dataset_label"] = dataset_label(job)
         return view
-
-    def stage_of(job: dict) -> str | None:
-        """A running job's step a person should know of: waiting at the lr_find gate."""
-        if job["state"] != S.RUNNING:
-            return None
-        review = store.latest_event(job["id"], "lr_review")
-        chosen = store.latest_event(job["id"], "lr_chosen")
-        return "waiting for a learning rate" if review and (not chosen or chosen["id"] < review["id"]) else None
 
     def dataset_label(job: dict) -> str | None:
         if job["dataset"]:
