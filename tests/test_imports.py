@@ -16,7 +16,8 @@ LIGHT = ["trainer", "trainer.cli", "trainer.config", "trainer.recipes", "trainer
          "trainer.runs.split", "trainer.runs.report", "trainer.data", "trainer.data.locations", "trainer.data.source",
          # the service answers from its store and starts jobs as processes: it never loads torch itself
          "trainer.service.store", "trainer.service.jobs", "trainer.service.runner", "trainer.service.app",
-         "trainer.service.main", "trainer.service.client", "trainer.service.datasets"]
+         "trainer.service.main", "trainer.service.client", "trainer.service.datasets",
+         "trainer.service.versions", "trainer.service.losses", "trainer.service.tasks"]
 PACKAGE = Path(trainer.__file__).parent
 
 

@@ -145,7 +145,7 @@ def trained(browser, site, archive):
     seen["form_error"] = page.text_content("#form-error")
     assert page.is_disabled("#submit")
     page.fill("input[name=epochs]", EPOCHS)
-    for name, value in (("size", "32"), ("arch", "resnet18"), ("bs", "8"), ("lr", "review")):
+    for name, value in (("size", "32"), ("arch", "test_resnet"), ("bs", "8"), ("lr", "review")):
         page.fill(f"input[name={name}]", value)
     page.select_option("select[name=pretrained]", "false")
     page.wait_for_selector("#form-error[hidden]", state="attached")
@@ -217,7 +217,7 @@ def test_a_person_trains_cleans_and_trains_again_from_the_pages(trained, site):
     assert trained["errors"] == [], "the pages raised script errors"
     assert trained["upload_status"].startswith("Uploaded: shapes.zip") or os.environ.get("TRAINER_PAGES_DATA")
     assert trained["form_error"] == "--epochs must be a whole number of at least 1, got 0"  # the CLI's own line
-    assert trained["command_line"].startswith("trainer fit folder --size 32 --arch resnet18 --no-pretrained")
+    assert trained["command_line"].startswith("trainer fit folder --size 32 --arch test_resnet --no-pretrained")
     assert "--lr review" in trained["command_line"] and trained["command_line"].endswith("--data shapes.zip") \
         or os.environ.get("TRAINER_PAGES_DATA")
     assert sorted(trained["suggestions"]) == ["minimum", "slide", "steep", "valley"]

@@ -20,6 +20,9 @@ def interpret(
     top_k: Annotated[int, typer.Option(min=1, max=TOP_K_MAX,
                                        help="How many of the highest-loss validation images to show.")] = TOP_K,
     data: Annotated[Optional[str], typer.Option(help="Where the run's data is now, if it moved.")] = None,
+    losses: Annotated[bool, typer.Option("--losses", help="Also write losses.csv: every training and validation "
+                                                          "image's loss, highest first (to find mislabelled "
+                                                          "images).")] = False,
     bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS, trust_pickle: TrustPickle = False,
 ):
     """Where the model fails: confusion matrices, top losses, most confused pairs, per-class report."""
@@ -27,12 +30,14 @@ def interpret(
     from trainer.runs.store import resolve_run
 
     run_dir = resolve_run(target, out)
-    report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle)
+    report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle,
+                           losses=losses)
     console().print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images")
     print_confused(report["most_confused"])
+    also = f", losses.csv ({report['losses']} images)" if losses else ""
     console().print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
                     f"most_confused.csv{'/.png' if (run_dir / 'most_confused.png').is_file() else ''}, "
-                    "per_class.csv/.json")
+                    f"per_class.csv/.json{also}")
     print(run_dir)
 
 

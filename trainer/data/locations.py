@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# A dataset version's record (written by the service's trainer/service/versions.py) at the top of the version's
+# folder: a dotfile, so no listing ever takes it for an image or a class.
+DATASET_MANIFEST = ".trainer-dataset.json"
 
 
 def data_root() -> Path:
@@ -25,3 +28,18 @@ def fastai_data_dir() -> Path:
     parser.read(home / "config.ini")
     data = Path(parser.get("DEFAULT", "data", fallback="data")).expanduser()
     return data if data.is_absolute() else home / data
+
+
+def dataset_version(folder: Path) -> dict | None:
+    """The dataset version `folder` is, from its manifest: {dataset, version, parent, changes: how many}; None
+    for a folder that is no dataset version (or whose manifest is unreadable: it only informs)."""
+    import json
+
+    try:
+        manifest = json.loads((Path(folder) / DATASET_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("changes"), list):
+        return None
+    return {"dataset": manifest.get("dataset"), "version": manifest.get("version"), "parent": manifest.get("parent"),
+            "changes": len(manifest["changes"])}

@@ -107,8 +107,10 @@ def write_confusion(cm: torch.Tensor, classes: list[str], title: str, run_dir: P
 
 
 def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto",
-                  trust_pickle: bool = False) -> dict:
-    """Rebuild a run's validation set from its config.json and write the interpretation into the run."""
+                  trust_pickle: bool = False, losses: bool = False) -> dict:
+    """Rebuild a run's validation set from its config.json and write the interpretation into the run.
+    `losses`: also losses.csv, every training and validation image's loss (one more inference pass, over the
+    training set, with the validation transforms: no augmentation)."""
     from trainer.errors import BadInput
     from trainer.device import resolve_device
     from trainer.serving.inference import add_normalize
@@ -134,16 +136,43 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     analysis = analyse(learn, dl, items, class_names(run_dir, classes))
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
     written = write_interpretation(analysis, run_dir, title, top_k)
+    if losses:
+        train_items = list(split.train_ds.items)
+        source = learn.dls if trust_pickle else split  # test_dl: the validation pipeline, normalisation included
+        train_dl = source.test_dl(train_items, with_labels=True, bs=bs, num_workers=0)
+        train = analyse(learn, train_dl, train_items, classes)
+        written["losses"] = write_losses(run_dir, build_split.root, {"train": train, "valid": analysis}, classes)
     from trainer.runs.report import write_report
 
     write_report(run_dir)  # the page shows the new interpretation
     return written
 
 
+def write_losses(run_dir: Path, root: Path, parts: dict[str, Analysis], classes: list[str]) -> int:
+    """losses.csv: one row per image of each split (`parts`: split name -> its analysis), the path as split.csv
+    writes it (under `root`), the label and prediction as the model's vocab (`classes`) names them, highest loss
+    first (a NaN loss first of all). How many rows it holds."""
+    import math
+
+    from trainer.runs.split import relative
+
+    rows = []
+    for name, analysis in parts.items():
+        predicted = analysis.predicted.tolist()
+        chosen = analysis.probs.gather(1, analysis.predicted[:, None]).squeeze(1).tolist()
+        for item, target, guess, p, loss in zip(analysis.items, analysis.targets.tolist(), predicted, chosen,
+                                                analysis.losses.tolist()):
+            rows.append([name, relative(Path(item), root), classes[target], classes[guess], round(p, 6),
+                         round(loss, 6) + 0.0])  # + 0.0: no -0.0
+    rows.sort(key=lambda r: (-r[5] if not math.isnan(r[5]) else -math.inf, r[0], r[1]))
+    write_csv(run_dir / rundir.LOSSES, rundir.LOSSES_HEADER, rows)
+    return len(rows)
+
+
 def run_data(run_dir: Path, data: str | None):
     """(recipe, options, data path, split(bs, device)): the run's own train/valid split, rebuilt from its
-    config.json when called (same seed, same unreadable files left out). The data's presence is checked
-    now, before anything costly is loaded."""
+    config.json when called (same seed, same unreadable files left out; `split.root` is then the dataset
+    folder its items are under). The data's presence is checked now, before anything costly is loaded."""
     from dataclasses import replace
 
     from trainer.config import FitConfig
@@ -168,6 +197,7 @@ def run_data(run_dir: Path, data: str | None):
         readable_or_refuse(total, bad, str(root), "check the files or pass --data with the run's dataset")
         dls = build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
         check_split(run_dir, config, dls, root)  # the run's own validation set, or a clear refusal
+        split.root = root
         return dls
 
     return recipe, cfg, data_path, split

@@ -25,6 +25,8 @@ instant). Written atomically by trainer.runs.store (temporary file, then rename)
   confusion_matrix*.png/.csv,   fit, interpret                  the validation set's interpretation
   most_confused.*, top_losses.*,
   per_class.csv/.json
+  losses.csv                    interpret --losses              every training and validation image: split, path, label,
+                                                                predicted, p_predicted, loss; highest loss first
   test_metrics.json,            evaluate                        the same on a separate test set
   test_confusion_matrix.png/.csv
   report.html                   fit, lr-find, interpret, ...    one self-contained page of all the above
@@ -53,6 +55,8 @@ ACTIVATIONS_PNG, ACTIVATIONS_JSON = "activations.png", "activations.json"
 SUMMARY = "summary.json"
 CONFUSION, CONFUSION_NORMALIZED = "confusion_matrix", "confusion_matrix_normalized"  # .png and .csv
 MOST_CONFUSED, TOP_LOSSES, PER_CLASS = "most_confused", "top_losses", "per_class"  # .png/.csv, .png/.csv, .csv/.json
+LOSSES = "losses.csv"
+LOSSES_HEADER = ["split", "path", "label", "predicted", "p_predicted", "loss"]  # path as split.csv writes it
 TEST_METRICS, TEST_CONFUSION = "test_metrics.json", "test_confusion_matrix"  # and .png/.csv
 REPORT = "report.html"
 EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}  # trainer export --format; FILE.json beside
@@ -64,7 +68,7 @@ TENSORBOARD = "tensorboard"  # a folder, with --tensorboard
 # never the checkpoints (last.pth, best.pth: the run's internal state) or anything not in this schema.
 PUBLIC = (CONFIG, SPLIT, SKIPPED, LR_FIND_JSON, LR_FIND_PNG, LR_CHOICE, BATCH, METRICS, CHECKPOINT, WEIGHTS,
           MODEL_META, MODEL_PICKLE, HISTORY, RESULTS, ACTIVATIONS_PNG, ACTIVATIONS_JSON, SUMMARY, REPORT, ERROR_LOG,
-          TEST_METRICS, *EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values()),
+          TEST_METRICS, LOSSES, *EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values()),
           *(f"{stem}.{ext}" for stem in (CONFUSION, CONFUSION_NORMALIZED, MOST_CONFUSED, TOP_LOSSES,
                                                         PER_CLASS, TEST_CONFUSION) for ext in ("png", "csv", "json")))
 
@@ -273,6 +277,30 @@ def last_metrics(run_dir: Path) -> dict:
     """The last epoch's values (for a run that stopped before summary.json); {} when there are none."""
     header, rows = read_metrics_or_empty(run_dir)
     return {k: v for k, v in zip(header, rows[-1]) if k not in ("epoch", "phase", "seconds")} if rows else {}
+
+
+def read_losses(run_dir: Path) -> list[dict] | None:
+    """losses.csv as rows {split, path, label, predicted, p_predicted, loss} (numbers as floats), in the file's
+    order (highest loss first); None when the run has none. BadInput when it is not a losses file."""
+    from trainer.errors import BadInput
+
+    path = run_dir / LOSSES
+    try:
+        with open(path, newline="") as f:
+            header, *rows = list(csv.reader(f))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # an empty file raises ValueError when unpacked
+        raise BadInput(f"{path} is unreadable ({e}); compute it again with `trainer interpret RUN --losses`") from None
+    if header != LOSSES_HEADER or any(len(r) != len(LOSSES_HEADER) for r in rows):
+        raise BadInput(f"{path} is damaged (expected the columns {','.join(LOSSES_HEADER)}); compute it again with "
+                       f"`trainer interpret RUN --losses`")
+    try:
+        return [{"split": s, "path": p, "label": label, "predicted": predicted, "p_predicted": float(prob),
+                 "loss": float(loss)} for s, p, label, predicted, prob, loss in rows]
+    except ValueError:
+        raise BadInput(f"{path} is damaged (a p_predicted or loss that is not a number); compute it again with "
+                       f"`trainer interpret RUN --losses`") from None
 
 
 def has_model(run_dir: Path) -> bool:

@@ -58,7 +58,8 @@ def public_job(job: dict, settings: Settings) -> dict:
     elif job["dataset"] is not None:
         data = None
     return {"id": job["id"], "state": job["state"], "command": job["command"], "recipe": job["recipe"],
-            "options": job["options"], "data": data, "dataset": job["dataset"], "nproc": job["nproc"],
+            "options": job["options"], "data": data, "dataset": job["dataset"],
+            "dataset_version": job.get("dataset_version"), "nproc": job["nproc"],
             "run_dir": job["run_dir"], "created_at": job["created_at"], "started_at": job["started_at"],
             "ended_at": job["ended_at"], "attempts": job["attempts"], "error": job["error"],
             "devices": job["devices"], "pid": job["pid"], "events": job["last_seq"]}
@@ -359,6 +360,173 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                                f"{given.get('by')}); it goes on with it")
         choice = rundir.write_lr_choice(run_dir, lr, suggestion, owner)
         return {**answer(store.job(job_id)), "lr_choice": choice}
+
+    # --- cleaning -----------------------------------------------------------------------------------------
+    # "Clean the data and train again" (fastai's ImageClassifierCleaner, as a service): every image's loss
+    # (losses.csv), the images themselves, dataset versions (trainer/service/versions.py: relabel or delete
+    # images, never changing the originals) and a job again on a version.
+
+    from trainer.service import versions
+    from trainer.service.losses import Losses, run_classes, run_image
+
+    losses = Losses(settings)
+
+    @app.exception_handler(versions.Refusal)
+    async def cleaning_refused(_request, error: versions.Refusal):
+        return one_line(error.status, str(error))
+
+    def fields(body: dict, allowed: tuple[str, ...]) -> None:
+        unknown = sorted(set(body) - set(allowed))
+        if unknown:
+            raise Refused(422, f"unknown field '{unknown[0]}'; this takes {', '.join(allowed)}")
+
+    def finished_fit(job_id: int) -> Path:
+        """The run directory of a fit job that succeeded (409 for any other job)."""
+        job = job_or_404(job_id)
+        run_dir = Path(job["run_dir"]) if job["run_dir"] else None
+        if job["command"] != "fit" or job["state"] != S.SUCCEEDED or run_dir is None or not run_dir.is_dir():
+            what = "an lr-find job" if job["command"] != "fit" else job["state"]
+            raise Refused(409, f"job {job_id} is {what}; losses are computed for a fit job that succeeded")
+        return run_dir
+
+    def dataset_or_404(dataset_id: str) -> dict:
+        found = store.dataset(dataset_id)
+        if found is None:
+            raise Refused(404, f"no dataset '{dataset_id}'; GET /datasets lists them")
+        return found
+
+    def version_or_404(dataset_id: str, number: Optional[int]) -> dict:
+        dataset_or_404(dataset_id)
+        number = store.latest_version(dataset_id) if number is None else number
+        found = store.version(dataset_id, number)
+        if found is None:
+            raise Refused(404, f"dataset {dataset_id} has no version {number}; GET /datasets/{dataset_id}/versions "
+                               f"lists them")
+        return found
+
+    @app.post("/jobs/{job_id}/losses")
+    def compute_losses(job_id: int, _owner: str = Depends(authorized)):
+        """Start computing every image's loss (losses.csv) for a fit job that succeeded, once: {"state":
+        "computing" | "ready" | "failed", "error"}. A second request while it computes starts nothing."""
+        state, error = losses.start(finished_fit(job_id))
+        return {"state": state, "error": error}
+
+    @app.get("/jobs/{job_id}/losses")
+    def read_losses(job_id: int, split: Optional[str] = None, label: Optional[str] = None,
+                    limit: int = Query(48, ge=1, le=PAGE_MAX), offset: int = Query(0, ge=0),
+                    _owner: str = Depends(authorized)):
+        """The training and validation images by loss, highest first, filtered by split and label: {"state",
+        "error", "classes", "total", "rows": [{"split", "path", "label", "predicted", "p_predicted", "loss"}]}."""
+        run_dir = finished_fit(job_id)
+        classes = run_classes(run_dir)
+        if split is not None and split not in ("train", "valid"):
+            raise Refused(422, f"split must be train or valid, got '{split}'")
+        if label is not None and label not in classes:
+            raise Refused(422, f"label '{label}' is not one of the run's classes ({', '.join(classes)})")
+        state, error = losses.state(run_dir)
+        rows = [r for r in (losses.rows(run_dir) if state == "ready" else [])
+                if (split is None or r["split"] == split) and (label is None or r["label"] == label)]
+        return {"state": state, "error": error, "classes": classes, "total": len(rows),
+                "rows": S.finite(rows[offset:offset + limit])}
+
+    @app.get("/jobs/{job_id}/image")
+    def job_image(job_id: int, path: str = Query(..., description="a path as the run's split.csv writes it"),
+                  _owner: str = Depends(authorized)):
+        """One of the images the job's run trained or validated on (a row of its split.csv)."""
+        job = job_or_404(job_id)
+        found = run_image(Path(job["run_dir"]) if job["run_dir"] else None, path)
+        if found is None:
+            raise Refused(404, f"job {job_id} has no image '{path}'; its split.csv lists the images it trained on")
+        return FileResponse(found)
+
+    @app.post("/jobs/{job_id}/versions", status_code=201)
+    def save_from_job(job_id: int, body: dict[str, Any], owner: str = Depends(authorized)):
+        """A new version of the dataset the job trained on, from the job's own version: {"changes": [...],
+        "note"}. A data-root folder is registered as a dataset by its first version."""
+        fields(body, ("changes", "note"))
+        job = job_or_404(job_id)
+        versions.check_cleanable(job["recipe"])
+        source = versions.job_source(store, job, settings)
+        saved = versions.save_version(store, settings, source, job["recipe"], source.version, body.get("changes"),
+                                      body.get("note"), owner)
+        return versions.detail(store, saved)
+
+    @app.post("/jobs/{job_id}/again", status_code=201)
+    def again(job_id: int, body: Optional[dict[str, Any]] = None, owner: str = Depends(authorized)):
+        """A new job like this one (command, recipe, options, nproc) on a version of its dataset: {"version": N}
+        (default: the newest)."""
+        body = body or {}
+        fields(body, ("version",))
+        job = job_or_404(job_id)
+        number = body.get("version")
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool) or number < 1):
+            raise Refused(422, f"version must be a version number (1, 2, ...), got {number!r}")
+        source = versions.job_source(store, job, settings)
+        registering = None
+        if source.folder is not None:  # a data-root folder never versioned: version 1 of itself, registered now
+            if number not in (None, 1):
+                raise Refused(422, f"the data of job {job_id} has no version {number} (none was saved)")
+            registering = versions.folder_dataset(source.folder, job["recipe"], owner)
+            number, folder = 1, str(source.folder)
+        else:
+            number = store.latest_version(source.dataset) if number is None else number
+            version = store.version(source.dataset, number)
+            if version is None:
+                raise Refused(422, f"dataset {source.dataset} has no version {number}; GET /datasets/"
+                                   f"{source.dataset}/versions lists them")
+            folder = version["path"]
+            if not Path(folder).is_dir():
+                raise Refused(409, f"version {number} of dataset {source.dataset} is gone from disk")
+        checked = check_submission(  # the same checks and limits as POST /jobs
+            {"command": job["command"], "recipe": job["recipe"], "options": job["options"],
+             "dataset": source.dataset, "nproc": job["nproc"]}, data_root=settings.data_root,
+            dataset_path=lambda found: folder if found == source.dataset else None,
+            devices_total=settings.devices_total, device_kind=settings.device_kind)
+        if store.count(S.QUEUED, owner=owner) >= settings.max_queued:
+            raise Refused(429, f"this token already has {settings.max_queued} queued jobs (the service's "
+                               f"--max-queued); wait for some to start, or cancel some")
+        if registering is not None:
+            versions.register(store, registering)
+        new = store.add_job(checked.command, checked.recipe, checked.options, checked.data, checked.dataset,
+                            checked.nproc, owner, dataset_version=number)
+        runner.wake.set()
+        return answer(new)
+
+    @app.get("/datasets/{dataset_id}/versions")
+    def list_versions(dataset_id: str, _owner: str = Depends(authorized)):
+        """Every version of a dataset, version 1 (the dataset itself) first."""
+        dataset_or_404(dataset_id)
+        return {"versions": [versions.summary(v) for v in store.versions(dataset_id)]}
+
+    @app.get("/datasets/{dataset_id}/versions/{number}")
+    def show_version(dataset_id: str, number: int, _owner: str = Depends(authorized)):
+        """One version: its changes, and how many images each class gained or lost from its parent."""
+        return versions.detail(store, version_or_404(dataset_id, number))
+
+    @app.post("/datasets/{dataset_id}/versions", status_code=201)
+    def save_version(dataset_id: str, body: dict[str, Any], owner: str = Depends(authorized)):
+        """A new version: {"parent": N (default: the newest), "changes": [...], "note"}."""
+        fields(body, ("parent", "changes", "note"))
+        found = dataset_or_404(dataset_id)
+        saved = versions.save_version(store, settings, versions.Source(dataset_id, 1), found["recipe"],
+                                      body.get("parent"), body.get("changes"), body.get("note"), owner)
+        return versions.detail(store, saved)
+
+    @app.get("/datasets/{dataset_id}/image")
+    def dataset_image(dataset_id: str, path: str = Query(...), version: Optional[int] = Query(None, ge=1),
+                      _owner: str = Depends(authorized)):
+        """One image of a version of the dataset (default: the newest)."""
+        found = versions.image_file(Path(version_or_404(dataset_id, version)["path"]), path)
+        if found is None:
+            raise Refused(404, f"dataset {dataset_id} has no image '{path}' in that version")
+        return FileResponse(found)
+
+    @app.get("/datasets/{dataset_id}/samples")
+    def samples(dataset_id: str, per_class: int = Query(6, ge=1, le=100), version: Optional[int] = Query(None, ge=1),
+                _owner: str = Depends(authorized)):
+        """A few images of each class of a version (default: the newest), the same ones each time: {class:
+        [paths]}."""
+        return versions.samples(version_or_404(dataset_id, version), per_class)
 
     # --- datasets -----------------------------------------------------------------------------------------
 

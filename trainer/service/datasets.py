@@ -48,11 +48,15 @@ def refuse_links(archive: Path, filename: str) -> None:
                        f"folders: replace the link with the file it points to")
 
 
-def count_classes(folder: Path) -> dict[str, int]:
-    """Images per class of a class-folder dataset (train/ and valid/ together when it is split)."""
+def count_classes(folder: Path, recipe: str | None = None) -> dict[str, int]:
+    """Images per class of a class-folder dataset (train/ and valid/ together when it is split; the split
+    folders of `recipe` when it names them, as mnist's training/ and testing/)."""
     from trainer.data.locations import IMAGE_EXTENSIONS
+    from trainer.recipes import RECIPES
 
-    splits = [folder / s for s in ("train", "valid", "test") if (folder / s).is_dir()] or [folder]
+    rec = RECIPES.get(recipe or "")
+    names = rec.splits if rec is not None and rec.check == "splits" else ("train", "valid", "test")
+    splits = [folder / s for s in names if (folder / s).is_dir()] or [folder]
     counts: dict[str, int] = {}
     for split in splits:
         for klass in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -93,7 +97,7 @@ def add_received(store, root: Path, archive: Path, sha256: str, filename: str, r
             problem = layout_problems(rec, tmp)[0].replace(str(tmp), "the archive")
             raise BadInput(f"'{filename}' is not in the '{recipe}' layout: {problem}; expected {rec.layout}") \
                 from None
-        classes = count_classes(folder)
+        classes = count_classes(folder, recipe)
         inner = folder.relative_to(tmp)
         if target.exists():
             shutil.rmtree(target)  # a dataset whose row was lost: extracted again

@@ -1,4 +1,5 @@
-"""The job store, which is also the queue: one table of jobs, one of their events, one of uploaded datasets.
+"""The job store, which is also the queue: one table of jobs, one of their events, one of uploaded datasets (and
+one of their versions).
 
 A job is claimed by a compare-and-set UPDATE (`WHERE id = ? AND state = 'queued'`: one statement, atomic on
 SQLite and on any other database), and held under a lease its service renews (a heartbeat). A lease that runs
@@ -45,6 +46,7 @@ jobs = Table(
     Column("options", Text, nullable=False),  # JSON: the options by their CLI names, only those set
     Column("data", Text),  # the data folder the job trains on (under the data root, or an uploaded dataset)
     Column("dataset", String(64)),  # an uploaded dataset's id, when it trains on one
+    Column("dataset_version", Integer),  # which version of that dataset (dataset_versions; 1 or null: itself)
     Column("nproc", Integer, nullable=False, default=1),  # devices (GPUs, or CPU slots) it needs at once
     Column("owner", String(32), nullable=False),  # which token submitted it (a hash prefix)
     Column("run_dir", Text),  # set from the job's run_started event
@@ -87,6 +89,24 @@ datasets = Table(
     Column("sha256", String(64), nullable=False),
     Column("owner", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# A dataset's versions after its first: each is its parent plus a list of changes (relabel or delete an image),
+# materialised as a folder of its own (trainer/service/versions.py). Version 1 is the `datasets` row itself.
+dataset_versions = Table(
+    "dataset_versions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),  # 2, 3, ...
+    Column("parent", Integer, nullable=False),  # the version it was made from
+    Column("changes", Text, nullable=False),  # JSON [{"path", "action": "relabel" | "delete", "to"}]
+    Column("path", Text, nullable=False),  # the materialised folder
+    Column("classes", Text, nullable=False),  # JSON {class: images}
+    Column("images", Integer, nullable=False),
+    Column("owner", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("note", Text),
+    UniqueConstraint("dataset_id", "version"),
 )
 
 
@@ -164,17 +184,46 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         self.engine = engine_for(url)
-        metadata.create_all(self.engine)
+        metadata.create_all(self.engine)  # the tables that are missing; never a column of an existing one
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> list[str]:
+        """ALTER TABLE ... ADD COLUMN for each nullable column of the metadata that an existing table lacks (a
+        database made by an older version); the "table.column" names added. SQLite and PostgreSQL both take it.
+        A second service doing the same at the same moment is no error: its column is there, as wanted."""
+        from sqlalchemy import inspect, text
+        from sqlalchemy.exc import DBAPIError
+
+        added = []
+        quote = self.engine.dialect.identifier_preparer.quote
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                if not column.nullable or column.primary_key:
+                    raise RuntimeError(f"the store's table {table.name} lacks the column {column.name}, which cannot "
+                                       f"be added to existing rows (it is not nullable); migrate the database")
+                kind = column.type.compile(dialect=self.engine.dialect)
+                try:
+                    with self.engine.begin() as db:
+                        db.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}"))
+                except DBAPIError:
+                    if column.name not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
+                        raise
+                added.append(f"{table.name}.{column.name}")
+        return added
 
     # --- jobs ---------------------------------------------------------------------------------------------
 
     def add_job(self, command: str, recipe: str, options: dict, data: str | None, dataset: str | None, nproc: int,
-                owner: str) -> dict:
+                owner: str, dataset_version: int | None = None) -> dict:
         now = time.time()
         with self.engine.begin() as db:
             job_id = db.execute(insert(jobs).values(
                 state=QUEUED, command=command, recipe=recipe, options=dumps(options), data=data, dataset=dataset,
-                nproc=nproc, owner=owner, created_at=now, attempts=0, failures=0, events_read=0, last_seq=0,
+                dataset_version=dataset_version, nproc=nproc, owner=owner, created_at=now, attempts=0, failures=0,
+                events_read=0, last_seq=0,
             )).inserted_primary_key[0]
             self._event(db, job_id, "state", {"state": QUEUED}, now)
         return self.job(job_id)
@@ -356,6 +405,43 @@ class Store:
             return [dataset_dict(r) for r in db.execute(select(datasets).order_by(datasets.c.created_at.desc()))
                     .mappings()]
 
+    # --- dataset versions ---------------------------------------------------------------------------------
+
+    def add_version(self, dataset_id: str, version: int, parent: int, changes: list, path: str, classes: dict,
+                    owner: str, note: str | None) -> dict:
+        """A new version (IntegrityError if that number is taken)."""
+        with self.engine.begin() as db:
+            db.execute(insert(dataset_versions).values(
+                dataset_id=dataset_id, version=version, parent=parent, changes=dumps(changes), path=path,
+                classes=dumps(classes), images=sum(classes.values()), owner=owner, created_at=time.time(), note=note))
+        return self.version(dataset_id, version)
+
+    def versions(self, dataset_id: str) -> list[dict]:
+        """Every version of a dataset, version 1 (the dataset itself) first; [] when there is no such dataset."""
+        first = self.dataset(dataset_id)
+        if first is None:
+            return []
+        with self.engine.connect() as db:
+            rows = db.execute(select(dataset_versions).where(dataset_versions.c.dataset_id == dataset_id)
+                              .order_by(dataset_versions.c.version)).mappings().all()
+        return [first_version(first), *(version_dict(r) for r in rows)]
+
+    def version(self, dataset_id: str, version: int) -> dict | None:
+        if version == 1:
+            first = self.dataset(dataset_id)
+            return first_version(first) if first else None
+        with self.engine.connect() as db:
+            row = db.execute(select(dataset_versions).where(dataset_versions.c.dataset_id == dataset_id,
+                                                            dataset_versions.c.version == version)).mappings().first()
+        return version_dict(row) if row else None
+
+    def latest_version(self, dataset_id: str) -> int:
+        """The newest version's number (1 when the dataset has no other)."""
+        with self.engine.connect() as db:
+            newest = db.execute(select(func.max(dataset_versions.c.version))
+                                .where(dataset_versions.c.dataset_id == dataset_id)).scalar_one()
+        return newest or 1
+
 
 def job_dict(row) -> dict:
     job = dict(row)
@@ -367,3 +453,18 @@ def dataset_dict(row) -> dict:
     dataset = dict(row)
     dataset["classes"] = loads(dataset["classes"]) or {}
     return dataset
+
+
+def first_version(dataset: dict) -> dict:
+    """A dataset as its own version 1, shaped like the versions after it."""
+    return {"dataset_id": dataset["id"], "version": 1, "parent": None, "changes": [], "path": dataset["path"],
+            "classes": dataset["classes"], "images": dataset["images"], "owner": dataset["owner"],
+            "created_at": dataset["created_at"], "note": None}
+
+
+def version_dict(row) -> dict:
+    version = dict(row)
+    version.pop("id", None)
+    version["changes"] = loads(version["changes"]) or []
+    version["classes"] = loads(version["classes"]) or {}
+    return version

@@ -19,6 +19,7 @@ from trainer import files
 from trainer.config import FitConfig
 from trainer.data.cache import swapped_dls
 from trainer.data.images import forget_presized_copies
+from trainer.data.locations import dataset_version
 from trainer.errors import BadInput, CannotWrite, TrainingFailed, TrainingInterrupted
 from trainer.inspection.plots import save_batch
 from trainer.options import LR_FIND_TAKES_NO_LR
@@ -195,7 +196,8 @@ def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **ex
         "data": {"path": str(p.data.path.resolve()), "classes": [str(c) for c in p.data.dls.vocab],
                  "n_train": len(p.data.dls.train_ds), "n_valid": len(p.data.dls.valid_ds),
                  "n_skipped": len(p.data.skipped), "split_sha256": split_digest,
-                 "decoded_cache": getattr(p.data.fast_dls, "cache_info", None), "resized_cache": p.data.presized},
+                 "decoded_cache": getattr(p.data.fast_dls, "cache_info", None), "resized_cache": p.data.presized,
+                 "version": dataset_version(p.data.path)},  # a version of a dataset the service cleaned, or None
         "device": {"name": str(device), "precision": p.cfg.precision, "channels_last": p.precision.channels_last,
                    "precision_reason": p.precision.reason, **device_info(device)},
         "distributed": p.world.to_dict(),
