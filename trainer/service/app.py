@@ -584,6 +584,22 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             if root.is_dir() else []
         return {"datasets": [public_dataset(d) for d in store.list_datasets()], "folders": folders}
 
+    @app.delete("/datasets/{dataset_id}")
+    def delete_dataset(dataset_id: str, _owner: str = Depends(authorized)):
+        """Delete an uploaded dataset and its versions (the files under the service's state). Jobs trained on it
+        keep their runs; a queued or running one on it must end first (409). A data-root folder that was
+        registered by cleaning keeps its own files: only its versions go."""
+        found = store.dataset(dataset_id)
+        if found is None:
+            raise Refused(404, f"no dataset '{dataset_id}'; GET /datasets lists them")
+        if not store.delete_dataset(dataset_id):
+            raise Refused(409, f"dataset {dataset_id} is used by a queued or running job; cancel it or wait until "
+                               f"it has ended")
+        owned = (settings.state / "datasets" / dataset_id).resolve()
+        if owned.is_relative_to((settings.state / "datasets").resolve()):
+            shutil.rmtree(owned, ignore_errors=True)  # the upload and its .versions/; never a data-root folder
+        return {"deleted": dataset_id}
+
     @app.get("/datasets/{dataset_id}")
     def show_dataset(dataset_id: str, _owner: str = Depends(authorized)):
         found = store.dataset(dataset_id)
@@ -599,22 +615,27 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
 
 
 class DatasetView:
-    """What the pages read of a dataset's versions (version 1: the dataset as uploaded)."""
+    """What the pages read of a dataset's versions (trainer/service/versions.py; version 1: as uploaded)."""
 
     def __init__(self, store: S.Store):
         self.store = store
 
     def versions(self, dataset_id: str) -> list[dict]:
-        found = self.store.dataset(dataset_id)
-        return [{"version": 1, "parent": None, "images": found["images"], "classes": found["classes"],
-                 "changes": 0, "note": None}] if found else []
+        from trainer.service import versions
+
+        return [versions.summary(v) for v in self.store.versions(dataset_id)]
 
     def version(self, dataset_id: str, number: int) -> dict | None:
-        found = self.versions(dataset_id)
-        return {**found[0], "changes": [], "class_changes": {}} if found and number == 1 else None
+        from trainer.service import versions
+
+        found = self.store.version(dataset_id, number)
+        return versions.detail(self.store, found) if found else None
 
     def samples(self, dataset_id: str, number: int, per_class: int) -> dict:
-        return {}
+        from trainer.service import versions
+
+        found = self.store.version(dataset_id, number)
+        return versions.samples(found, per_class) if found and Path(found["path"]).is_dir() else {}
 
 
 def public_dataset(dataset: dict) -> dict:

@@ -435,6 +435,18 @@ class Store:
                                                             dataset_versions.c.version == version)).mappings().first()
         return version_dict(row) if row else None
 
+    def delete_dataset(self, dataset_id: str) -> bool:
+        """The dataset and its versions gone from the store, unless a queued or running job trains on it (then
+        False, nothing deleted): one transaction, so no job can claim it half-deleted."""
+        with self.engine.begin() as db:
+            busy = db.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.dataset == dataset_id, jobs.c.state.in_(ACTIVE))).scalar_one()
+            if busy:
+                return False
+            db.execute(delete(dataset_versions).where(dataset_versions.c.dataset_id == dataset_id))
+            db.execute(delete(datasets).where(datasets.c.id == dataset_id))
+        return True
+
     def latest_version(self, dataset_id: str) -> int:
         """The newest version's number (1 when the dataset has no other)."""
         with self.engine.connect() as db:
