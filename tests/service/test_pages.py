@@ -59,7 +59,9 @@ LAYOUT_PROBE = """() => {
   return problems;
 }"""
 
-IMAGES_LOADED = """(selector) => [...document.querySelectorAll(selector)].filter(i => i.complete && i.naturalWidth > 0).length"""
+def images_loaded(selector: str) -> str:
+    """A script's expression: how many of the images `selector` finds have loaded."""
+    return f"[...document.querySelectorAll({json.dumps(selector)})].filter(i => i.complete && i.naturalWidth > 0).length"
 
 
 def digest(folder: Path) -> dict:
@@ -159,7 +161,7 @@ def trained(browser, site, archive):
     # the lr_find gate: the curve and the four suggestions; the person picks valley
     page.wait_for_selector("#lr-gate:not([hidden]) button[data-suggestion=valley]", timeout=LONG)
     seen["suggestions"] = page.eval_on_selector_all("#lr-suggestions button", "bs => bs.map(b => b.dataset.suggestion)")
-    page.wait_for_function(IMAGES_LOADED + "('#lr-find-plot') === 1")
+    page.wait_for_function(images_loaded("#lr-find-plot") + " === 1")
     shoot(page, "lr-gate-1280")
     page.click("button[data-suggestion=valley]")
 
@@ -170,8 +172,8 @@ def trained(browser, site, archive):
     shoot(page, "job-live-1280")
     wait_for_results(page)
     seen["no_reload_to_results"] = page.evaluate("window.sameDocument === true")
-    page.wait_for_function(IMAGES_LOADED + "('#confusion-matrix') === 1")
-    page.wait_for_function(IMAGES_LOADED + "('#top-losses img') === document.querySelectorAll('#top-losses img').length")
+    page.wait_for_function(images_loaded("#confusion-matrix") + " === 1")
+    page.wait_for_function(images_loaded("#top-losses img") + " === document.querySelectorAll('#top-losses img').length")
     seen["top_losses"] = page.eval_on_selector_all("#top-losses img", "images => images.length")
     seen["per_class_rows"] = page.eval_on_selector_all("#per-class tbody tr", "rows => rows.length")
     seen["state"] = page.text_content("#job-state")
@@ -264,17 +266,18 @@ def test_the_originals_are_never_changed(trained, site, archive):
 @pytest.mark.parametrize("width", WIDTHS)
 def test_every_page_fits_a_laptop_and_a_phone(trained, browser, site, width):
     page = new_page(browser, site, width)
-    for path, ready in ((f"/ui/jobs/{trained['second']}", "body[data-results]"),
-                        (f"/ui/jobs/{trained['first']}/clean", "#clean-grid .tile"),
-                        ("/ui/jobs", "#job-rows tr"), ("/ui/new", "#command-line"),
-                        (f"/ui/datasets/{trained['dataset_id']}", "#class-counts"), ("/ui/datasets", "#datasets")):
+    for name, path, ready in (("job", f"/ui/jobs/{trained['second']}", "body[data-results]"),
+                              ("cleaner", f"/ui/jobs/{trained['first']}/clean", "#clean-grid .tile"),
+                              ("jobs", "/ui/jobs", "#job-rows tr"), ("new-job", "/ui/new", "#command-line"),
+                              ("dataset", f"/ui/datasets/{trained['dataset_id']}", "#class-counts"),
+                              ("datasets", "/ui/datasets", "#datasets")):
         page.goto(path)
         page.wait_for_selector(ready, state="attached", timeout=LONG)
         page.wait_for_load_state("networkidle")
         problems = page.evaluate(LAYOUT_PROBE)
         assert problems == [], f"{path} at {width} px: {problems[:5]}"
-        name = path.strip("/").replace("ui/", "").replace("/", "-").replace(str(trained["second"]), "job") \
-            .replace(str(trained["first"]), "job") or "jobs"
+        broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
+        assert broken == [], f"{path}: images that did not load: {broken[:3]}"
         shoot(page, f"{name}-{width}")
     assert page.errors == []
     page.context.close()

@@ -64,7 +64,7 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         if not given:
             return None, None
         if not auth.matches(given, token):
-            return None, "That token is not this service's (it may have been changed): log in with the current one."
+            return None, "That is not this service's token (it may have been changed): log in with the current one."
         return auth.owner_of(given), None
 
     def page(name: str, request: Request, status: int = 200, **context) -> HTMLResponse:

@@ -415,7 +415,6 @@ function cleanPage() {
     figure.className = "tile"; figure.dataset.path = row.path;
     const image = document.createElement("img");
     image.src = `/jobs/${id}/image?path=${encodeURIComponent(row.path)}`; image.alt = row.path; image.width = 128; image.height = 128;
-    image.loading = "lazy";
     const caption = document.createElement("figcaption");
     caption.innerHTML = `<b></b> → <span></span><br><span class="sub"></span>`;
     caption.children[0].textContent = row.label;
