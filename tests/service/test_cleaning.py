@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from helpers import Service
 
-OPTIONS = {"arch": "resnet18", "pretrained": False, "epochs": 1, "bs": 8, "interpret": False}  # test_jobs.py's run
+OPTIONS = {"arch": "test_resnet", "pretrained": False, "epochs": 1, "bs": 8, "interpret": False}  # a tiny timm model
 RELABELLED, DELETED = "train/3/0_0.png", "train/3/0_1.png"  # of the fixture's mnist_sample: 12+4 images of 3 and 7
 CHANGES = [{"path": RELABELLED, "action": "relabel", "to": "7"}, {"path": DELETED, "action": "delete"}]
 

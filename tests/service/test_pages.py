@@ -199,10 +199,22 @@ def trained(browser, site, archive):
     page.wait_for_url(lambda url: url.rstrip("/").split("/")[-1].isdigit() and not url.endswith(f"/{first}"))
     second = int(page.url.rsplit("/", 1)[1])
 
-    # the same job on the new version: at the gate this time the person types a rate
+    # the same job on the new version; the person stops it at the gate, resumes it, and types a rate
     page.wait_for_selector("#lr-gate:not([hidden])", timeout=LONG)
+    page.click("#stop")
+    page.wait_for_selector("#job-state.cancelled", timeout=LONG)
+    seen["resume_shown"] = page.is_visible("#resume") and not page.is_visible("#stop")
+    resumed_from = site.job(second)["events"]
+    page.click("#resume")
+    site.events(second, resumed_from, until=lambda event: event["kind"] == "lr_review")  # the new attempt's gate
+    page.wait_for_selector("#lr-gate:not([hidden])", timeout=LONG)  # the page reloaded: the gate again
+    page.fill("#lr-typed", "fast")
+    page.click("#lr-form button")
+    page.wait_for_selector("#lr-error:not([hidden])")
+    seen["typed_error"] = page.text_content("#lr-error")
     page.fill("#lr-typed", "2e-3")
     page.click("#lr-form button")
+    page.wait_for_selector("#lr-gate[hidden]", state="attached", timeout=LONG)
     wait_for_results(page)
     seen["errors"] = page.errors
     page.context.close()
@@ -224,10 +236,14 @@ def test_a_person_trains_cleans_and_trains_again_from_the_pages(trained, site):
         or os.environ.get("TRAINER_PAGES_DATA")
     assert sorted(trained["suggestions"]) == ["minimum", "slide", "steep", "valley"]
     assert trained["live_without_reload"] and trained["no_reload_to_results"] and trained["epoch_rows"] >= 1
-    assert trained["state"] == "succeeded" and trained["top_losses"] >= 1 and trained["per_class_rows"] == 3
+    assert trained["state"] == "succeeded" and trained["top_losses"] >= 1
+    assert trained["per_class_rows"] == len(trained["dataset"]["classes"])
+    assert trained["resume_shown"] and trained["typed_error"].startswith("the learning rate must be a number") \
+        and "got 'fast'" in trained["typed_error"]
 
     first, second = site.job(trained["first"]), site.job(trained["second"])
     assert second["state"] == "succeeded" and second["dataset"] == first["dataset"] == trained["dataset_id"]
+    assert second["attempts"] == 2  # stopped at the gate, resumed
     assert (first["dataset_version"], second["dataset_version"]) == (None, 2) or first["dataset_version"] == 1
 
     # the gate's choices are in each run's config.json
@@ -273,6 +289,8 @@ def test_every_page_fits_a_laptop_and_a_phone(trained, browser, site, width):
                               ("datasets", "/ui/datasets", "#datasets")):
         page.goto(path)
         page.wait_for_selector(ready, state="attached", timeout=LONG)
+        if name == "jobs":  # the list re-reads its rows by itself
+            page.wait_for_selector("body[data-refreshed]", state="attached")
         page.wait_for_load_state("networkidle")
         problems = page.evaluate(LAYOUT_PROBE)
         assert problems == [], f"{path} at {width} px: {problems[:5]}"

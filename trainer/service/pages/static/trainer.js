@@ -306,6 +306,7 @@ function jobPage() {
   stream.addEventListener("state", (message) => {
     const event = JSON.parse(message.data);
     setState(event.state);
+    show($("#lr-gate"), false);  // a gate belongs to one attempt: a new state closes it (the next lr_review reopens it)
     if (event.state === "running") { clock.started = event.at; clock.ended = null; if (event.devices) text($("#job-devices"), event.devices); }
     if (["succeeded", "failed", "cancelled", "interrupted"].includes(event.state)) clock.ended = event.at;
     tick();
