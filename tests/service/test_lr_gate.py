@@ -97,10 +97,10 @@ def test_the_service_refuses_them_at_submission(body, words, tmp_path):
     from trainer.service.jobs import check_submission
 
     with pytest.raises(BadInput) as refused:
-        check_submission(body, data_root=tmp_path, dataset_path=lambda _: None, devices_total=2, device_kind="cpu")
+        check_submission(body, data_root=tmp_path, dataset_path=lambda *_: None, devices_total=2, device_kind="cpu")
     assert words in str(refused.value)
     accepted = check_submission({"recipe": "digits", "options": {"lr": "review"}}, data_root=tmp_path,
-                                dataset_path=lambda _: None, devices_total=1, device_kind="cpu")
+                                dataset_path=lambda *_: None, devices_total=1, device_kind="cpu")
     assert accepted.options == {"lr": "review"}
 
 

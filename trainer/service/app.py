@@ -159,7 +159,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             raise Refused(429, f"this token already has {settings.max_queued} queued jobs (the service's "
                                f"--max-queued); wait for some to start, or cancel some")
         job = store.add_job(checked.command, checked.recipe, checked.options, checked.data, checked.dataset,
-                            checked.nproc, owner)
+                            checked.nproc, owner, dataset_version=checked.dataset_version)
         runner.wake.set()
         return answer(job)
 
@@ -171,9 +171,11 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                                    devices_total=settings.devices_total, device_kind=settings.device_kind)
         return {"ok": True, "command": checked.command, "recipe": checked.recipe, "options": checked.options}
 
-    def dataset_path(dataset_id: str) -> Optional[str]:
-        found = store.dataset(dataset_id)
-        return found["path"] if found and Path(found["path"]).is_dir() else None
+    def dataset_path(dataset_id: str, version: Optional[int] = None) -> Optional[tuple[str, int]]:
+        """(the folder of a version of an uploaded dataset, its number): the newest when none is asked."""
+        number = store.latest_version(dataset_id) if version is None else version
+        found = store.version(dataset_id, number)
+        return (found["path"], number) if found and Path(found["path"]).is_dir() else None
 
     @app.get("/jobs")
     def list_jobs(state: Optional[str] = None, recipe: Optional[str] = None,
@@ -480,7 +482,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
         checked = check_submission(  # the same checks and limits as POST /jobs
             {"command": job["command"], "recipe": job["recipe"], "options": job["options"],
              "dataset": source.dataset, "nproc": job["nproc"]}, data_root=settings.data_root,
-            dataset_path=lambda found: folder if found == source.dataset else None,
+            dataset_path=lambda found, _version: (folder, number) if found == source.dataset else None,
             devices_total=settings.devices_total, device_kind=settings.device_kind)
         if store.count(S.QUEUED, owner=owner) >= settings.max_queued:
             raise Refused(429, f"this token already has {settings.max_queued} queued jobs (the service's "

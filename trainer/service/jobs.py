@@ -29,6 +29,7 @@ class Submission:
     data: str | None  # the folder it trains on, or None for the recipe's own data
     dataset: str | None
     nproc: int
+    dataset_version: int | None = None  # the version of `dataset` it trains on
 
 
 def typed(name: str, kind: type, value):
@@ -56,14 +57,15 @@ def typed(name: str, kind: type, value):
 
 
 def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total: int, device_kind: str) -> Submission:
-    """A submission checked, or BadInput with one line (HTTP 422). `dataset_path(id)`: an uploaded dataset's
-    folder, or None if there is none with that id."""
+    """A submission checked, or BadInput with one line (HTTP 422). `dataset_path(id, version)`: (the folder of that
+    version of an uploaded dataset, its number; the newest when version is None), or None if there is none."""
     from trainer.api import fit_config
     from trainer.recipes import get_recipe
 
-    unknown = sorted(set(body) - {"command", "recipe", "options", "data", "dataset", "nproc"})
+    unknown = sorted(set(body) - {"command", "recipe", "options", "data", "dataset", "dataset_version", "nproc"})
     if unknown:
-        raise BadInput(f"unknown field '{unknown[0]}'; a job has command, recipe, options, data, dataset, nproc")
+        raise BadInput(f"unknown field '{unknown[0]}'; a job has command, recipe, options, data, dataset, "
+                       f"dataset_version, nproc")
     command = body.get("command") or "fit"
     if command not in COMMANDS:
         raise BadInput(f"unknown command '{command}'{did_you_mean(str(command), COMMANDS)}; use fit or lr-find")
@@ -115,13 +117,20 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
     data, dataset = body.get("data"), body.get("dataset")
     if data is not None and dataset is not None:
         raise BadInput("give either \"data\" (a folder under the data root) or \"dataset\" (an upload), not both")
+    version = body.get("dataset_version")
+    if version is not None:
+        version = typed("dataset_version", int, version)
+        if version < 1 or dataset is None:
+            raise BadInput("dataset_version must be a version (1, 2, ...) of the job's \"dataset\"")
     folder = None
     if dataset is not None:
-        folder = dataset_path(str(dataset))
-        folder = Path(folder) if folder is not None else None
-        if folder is None:
+        found = dataset_path(str(dataset), version)
+        if found is None:
             raise BadInput(f"no uploaded dataset '{dataset}'; upload it with POST /datasets (or `trainer submit "
-                           f"--data ARCHIVE`) and use the id it returns")
+                           f"--data ARCHIVE`) and use the id it returns" if version is None else
+                           f"dataset '{dataset}' has no version {version}; GET /datasets/{dataset}/versions "
+                           f"lists them")
+        folder, version = Path(found[0]), found[1]
     elif data is not None:
         folder = under_root(data_root, data)
     if folder is not None:
@@ -138,7 +147,7 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
             raise BadInput(f"{shown} does not fit recipe {recipe}: {problems[0].replace(str(folder), 'it')}; "
                            f"expected {rec.layout}")
     return Submission(command, recipe, checked, str(folder) if folder else None,
-                      str(dataset) if dataset is not None else None, needs)
+                      str(dataset) if dataset is not None else None, needs, version)
 
 
 def under_root(data_root: Path, name) -> Path:

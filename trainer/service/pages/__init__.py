@@ -262,8 +262,8 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         if earlier and earlier.isdigit() and (job := store.job(int(earlier))) is not None:
             chosen.update(recipe=job["recipe"], command=job["command"], nproc=job["nproc"] if job["nproc"] > 1
                           else None, options={k: v for k, v in job["options"].items() if k in OPTIONS},
-                          source=f"dataset:{job['dataset']}" if job["dataset"] else
-                          f"data:{Path(job['data']).name}" if job["data"] else "")
+                          source=f"dataset:{job['dataset']}:{job.get('dataset_version') or 1}" if job["dataset"]
+                          else f"data:{Path(job['data']).name}" if job["data"] else "")
         shown = [o for o in OPTIONS.values() if o.name not in SERVER_CHOSEN]
         panels = {}
         for o in shown:
@@ -271,7 +271,11 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         root = settings.data_root
         folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if root.is_dir() else []
-        uploaded = [{**d, "classes": d["classes"]} for d in store.list_datasets()]
+        # every version of every upload, newest first; the command names version 1 by its archive (what
+        # `trainer fit --data` takes) and a later one by its folder on the service
+        uploaded = [{"id": d["id"], "name": d["name"], "version": v["version"], "images": v["images"],
+                     "classes": v["classes"], "shown_as": d["name"] if v["version"] == 1 else v["path"]}
+                    for d in store.list_datasets() for v in reversed(store.versions(d["id"]))]
         recipes = [{"name": r.name, "summary": recipe_summary(r)} for r in RECIPES.values()]
         defs = {o["name"]: o for fields in panels.values() for o in fields}
         return page("new.html", request, page="new", title="New job", panels=list(panels.items()),

@@ -67,7 +67,11 @@ function newJobPage() {
     const job = {recipe: value("recipe").value, command: value("command").value, options};
     const source = value("source").value;
     if (source.startsWith("data:")) job.data = source.slice(5);
-    if (source.startsWith("dataset:")) job.dataset = source.slice(8);
+    if (source.startsWith("dataset:")) {
+      const [id, version] = source.slice(8).split(":");
+      job.dataset = id;
+      if (version) job.dataset_version = Number(version);
+    }
     const nproc = value("nproc").value.trim();
     if (nproc !== "") job.nproc = isNaN(Number(nproc)) ? nproc : Number(nproc);
     return job;
@@ -131,13 +135,14 @@ function newJobPage() {
       if (request.status >= 400) { text(status, answer.error || `upload failed (${request.status})`); return; }
       bar.firstElementChild.style.width = "100%";
       const label = `${answer.name} (${answer.images} images, ${Object.keys(answer.classes).length} classes)`;
-      let option = form.querySelector(`option[value="dataset:${answer.id}"]`);
+      // a new upload is its version 1; an archive uploaded before keeps its versions: train on its newest
+      let option = form.querySelector(`option[value^="dataset:${answer.id}:"]`);
       if (!option) {
-        option = new Option(label, `dataset:${answer.id}`);
+        option = new Option(label, `dataset:${answer.id}:1`);
         $("#uploaded").appendChild(option);
       }
       option.dataset.path = answer.name;
-      value("source").value = `dataset:${answer.id}`;
+      value("source").value = option.value;
       text(status, `${answer.new ? "Uploaded" : "Already here"}: ${label}.`);
       document.body.dataset.uploaded = answer.id;
       update();
