@@ -27,30 +27,25 @@ class Losses:
         self.failed: dict[str, str] = {}
         self.cache: dict[str, tuple[tuple, list[dict]]] = {}
 
-    def state(self, run_dir: Path) -> tuple[str, str | None]:
-        """(computing | ready | failed | absent, the failure's line or None)."""
+    def state(self, run_dir: Path, start: bool = False) -> tuple[str, str | None]:
+        """(computing | ready | failed | absent, the failure's line or None); with `start`, a run with no
+        losses.csv and nothing computing it starts computing (a failed one tries again)."""
         key = str(run_dir)
         with self.lock:
             if key in self.computing:
                 return COMPUTING, None
             if (run_dir / rundir.LOSSES).is_file():
                 return READY, None
-            if key in self.failed:
-                return FAILED, self.failed[key]
-            return ABSENT, None
-
-    def start(self, run_dir: Path) -> tuple[str, str | None]:
-        """Start computing losses.csv unless it is there or being computed; the state then."""
-        key = str(run_dir)
-        with self.lock:
-            if key in self.computing:
-                return COMPUTING, None
-            if (run_dir / rundir.LOSSES).is_file():
-                return READY, None
+            if not start:
+                return (FAILED, self.failed[key]) if key in self.failed else (ABSENT, None)
             self.computing.add(key)
             self.failed.pop(key, None)
         threading.Thread(target=self._compute, args=(run_dir,), name=f"losses-{run_dir.name}", daemon=True).start()
         return COMPUTING, None
+
+    def start(self, run_dir: Path) -> tuple[str, str | None]:
+        """Start computing losses.csv unless it is there or being computed; the state then."""
+        return self.state(run_dir, start=True)
 
     def _compute(self, run_dir: Path) -> None:
         error = None
