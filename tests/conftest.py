@@ -7,8 +7,15 @@ class gets a bright band in its own place, so even a few images are learnable.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test workers share the 2 cores: one thread each (and in every process they start), or torch's
+    # OpenMP threads oversubscribe the cores and every test runs several times slower.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 import pytest
 from helpers import CAT_BREEDS, CIFAR_CLASSES, DOG_BREEDS, Trainer, class_folders, draw, offline_data, run_dir_of
