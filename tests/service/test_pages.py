@@ -181,6 +181,20 @@ def trained(browser, site, archive):
     seen["state"] = page.text_content("#job-state")
     shoot(page, "job-finished-1280")
 
+    # try it: one of the dataset's own images, predicted by this run's model
+    with zipfile.ZipFile(archive) as zf:
+        member = next(name for name in sorted(zf.namelist()) if name.endswith(".png"))
+        sample = Path(site.root) / Path(member).name
+        sample.write_bytes(zf.read(member))
+    page.set_input_files("#try-file", str(sample))
+    page.click("#try-form button")
+    page.wait_for_selector("#try-result li", timeout=LONG)
+    seen["tried"] = page.eval_on_selector_all("#try-result li", "items => items.map(i => i.textContent)")
+    # the model as ONNX: exported (and checked against PyTorch) on the service, then downloaded
+    with page.expect_download(timeout=LONG) as exported:
+        page.click("#export-onnx")
+    seen["onnx"] = (exported.value.suggested_filename, Path(exported.value.path()).read_bytes()[:2])
+
     # the cleaner: relabel the validation image with the highest loss, delete the next one
     page.click("text=Clean the data…")
     page.wait_for_url(f"**/ui/jobs/{first}/clean")
@@ -240,6 +254,9 @@ def test_a_person_trains_cleans_and_trains_again_from_the_pages(trained, site):
     assert trained["live_without_reload"] and trained["no_reload_to_results"] and trained["epoch_rows"] >= 1
     assert trained["state"] == "succeeded" and trained["top_losses"] >= 1
     assert trained["per_class_rows"] == len(trained["dataset"]["classes"])
+    labels = set(trained["dataset"]["classes"])
+    assert len(trained["tried"]) == min(3, len(labels)) and all(t.split(" · ")[0] in labels for t in trained["tried"])
+    assert trained["onnx"][0] == "model.onnx" and trained["onnx"][1][:1] == b"\x08"  # ONNX: ir_version, field 1
     assert trained["resume_shown"] and trained["typed_error"].startswith("the learning rate must be a number") \
         and "got 'fast'" in trained["typed_error"]
 
