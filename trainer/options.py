@@ -83,17 +83,17 @@ class Option:
             return "a positive number"
         closed = not self.low_open and not self.high_open
         if closed and self.low is not None and self.high is not None and value is not None and math.isfinite(value):
-            return f"{number} of at least {_number(self.low)}" if value < self.low else \
-                f"{number} of at most {_number(self.high)}"
+            return f"{number} of at least {number_text(self.low)}" if value < self.low else \
+                f"{number} of at most {number_text(self.high)}"
         if self.low is not None and self.high is not None:
             if self.low_open and self.high_open:
-                return f"between {_number(self.low)} and {_number(self.high)}"
+                return f"between {number_text(self.low)} and {number_text(self.high)}"
             if not self.low_open and self.high_open:
-                return f"at least {_number(self.low)} and below {_number(self.high)}"
-            return f"{number} from {_number(self.low)} to {_number(self.high)}"
+                return f"at least {number_text(self.low)} and below {number_text(self.high)}"
+            return f"{number} from {number_text(self.low)} to {number_text(self.high)}"
         if self.low is not None:
-            return "0 or a positive number" if self.kind is float and self.low == 0 else f"{number} of at least {_number(self.low)}"
-        return f"{number} of at most {_number(self.high)}"
+            return "0 or a positive number" if self.kind is float and self.low == 0 else f"{number} of at least {number_text(self.low)}"
+        return f"{number} of at most {number_text(self.high)}"
 
     def example_text(self) -> str:
         return f" (e.g. {self.example})" if self.example else ""
@@ -108,7 +108,8 @@ class Option:
         return bounds
 
 
-def _number(x: float) -> str:
+def number_text(x: float) -> str:
+    """A bound as people write it: 1, not 1.0."""
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 

@@ -28,7 +28,7 @@ from trainer.options import chosen_lr
 from trainer.runs import rundir
 from trainer.service import auth, datasets, tasks
 from trainer.service import store as S
-from trainer.service.jobs import check_submission
+from trainer.service.jobs import Submission, check_submission, trained_run
 from trainer.service.runner import OUTPUT_FILE, Runner, Settings, job_folder
 
 EVENT_POLL = 0.2  # seconds between two looks at the store for a live event stream
@@ -36,6 +36,7 @@ KEEPALIVE = 15.0  # a comment line this often, so proxies keep an idle stream op
 PAGE_MAX = 500
 PREDICT_MAX = 32 * 2**20  # bytes: one image to try a model on
 PREDICT_TIMEOUT = 300.0
+LOSSES_FOR = "losses are computed for"  # the 409's words for the cleaning endpoints
 
 
 class Refused(HTTPException):
@@ -153,8 +154,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     def submit(body: dict[str, Any], owner: str = Depends(authorized)):
         """A new job: {"recipe": "digits", "command": "fit" | "lr-find", "options": {"epochs": 2, ...},
         "data": "a folder under the data root" | "dataset": "an uploaded dataset's id", "nproc": 1}."""
-        checked = check_submission(body, data_root=settings.data_root, dataset_path=dataset_path,
-                                   devices_total=settings.devices_total, device_kind=settings.device_kind)
+        checked = checked_body(body)
         if store.count(S.QUEUED, owner=owner) >= settings.max_queued:
             raise Refused(429, f"this token already has {settings.max_queued} queued jobs (the service's "
                                f"--max-queued); wait for some to start, or cancel some")
@@ -167,9 +167,12 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     def check(body: dict[str, Any], _owner: str = Depends(authorized)):
         """What POST /jobs would answer, without queueing anything: the form checks each edit with it, so a
         person sees the CLI's own error line while typing."""
-        checked = check_submission(body, data_root=settings.data_root, dataset_path=dataset_path,
-                                   devices_total=settings.devices_total, device_kind=settings.device_kind)
+        checked = checked_body(body)
         return {"ok": True, "command": checked.command, "recipe": checked.recipe, "options": checked.options}
+
+    def checked_body(body: dict) -> Submission:
+        return check_submission(body, data_root=settings.data_root, dataset_path=dataset_path,
+                                devices_total=settings.devices_total, device_kind=settings.device_kind)
 
     def dataset_path(dataset_id: str, version: Optional[int] = None) -> Optional[tuple[str, int]]:
         """(the folder of a version of an uploaded dataset, its number): the newest when none is asked."""
@@ -255,20 +258,20 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
 
     # --- a finished job's model: try it, export it -------------------------------------------------------
 
-    def finished_run(job_id: int, what: str) -> Path:
+    def finished_fit(job_id: int, purpose: str) -> Path:
+        """The run directory of a fit job that succeeded, with its model (409 for any other job)."""
         job = job_or_404(job_id)
-        run_dir = Path(job["run_dir"]) if job["run_dir"] else None
-        if job["command"] != "fit" or job["state"] != S.SUCCEEDED or run_dir is None or \
-                not (run_dir / rundir.WEIGHTS).is_file():
-            raise Refused(409, f"job {job_id} is a {job['command']} job, {job['state']}; {what} needs a fit job that "
-                               f"succeeded (its run holds the model)")
+        run_dir = trained_run(job)
+        if run_dir is None:
+            what = "an lr-find job" if job["command"] != "fit" else job["state"]
+            raise Refused(409, f"job {job_id} is {what}; {purpose} a fit job that succeeded")
         return run_dir
 
     @app.post("/jobs/{job_id}/predict")
     async def predict(job_id: int, request: Request, top_k: int = Query(3, ge=1, le=20),
                       _owner: str = Depends(authorized)):
         """The classes of one image (the request's body) by this job's model: [{"label", "probability"}, ...]."""
-        run_dir = await run_in_threadpool(finished_run, job_id, "predicting")
+        run_dir = await run_in_threadpool(finished_fit, job_id, "predicting needs")
         folder = job_folder(settings, job_id)
         image, _digest = await receive(request, folder / ".predict", "image", PREDICT_MAX,
                                        f"an image to try is at most {PREDICT_MAX // 2**20} MiB; send a smaller one")
@@ -291,7 +294,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     async def export(job_id: int, format: str = Query("onnx", pattern="^(onnx|torchscript)$"),
                      _owner: str = Depends(authorized)):
         """Export the model (`trainer export --format`) once; the file is then GET /jobs/{id}/files/model.onnx."""
-        run_dir = await run_in_threadpool(finished_run, job_id, "exporting")
+        run_dir = await run_in_threadpool(finished_fit, job_id, "exporting needs")
         name = rundir.EXPORTS[format]
         async with exporting.setdefault((job_id, format), asyncio.Lock()):  # two clicks: one export
             if not (run_dir / name).is_file():
@@ -382,15 +385,6 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
         if unknown:
             raise Refused(422, f"unknown field '{unknown[0]}'; this takes {', '.join(allowed)}")
 
-    def finished_fit(job_id: int) -> Path:
-        """The run directory of a fit job that succeeded (409 for any other job)."""
-        job = job_or_404(job_id)
-        run_dir = Path(job["run_dir"]) if job["run_dir"] else None
-        if job["command"] != "fit" or job["state"] != S.SUCCEEDED or run_dir is None or not run_dir.is_dir():
-            what = "an lr-find job" if job["command"] != "fit" else job["state"]
-            raise Refused(409, f"job {job_id} is {what}; losses are computed for a fit job that succeeded")
-        return run_dir
-
     def dataset_or_404(dataset_id: str) -> dict:
         found = store.dataset(dataset_id)
         if found is None:
@@ -410,7 +404,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     def compute_losses(job_id: int, _owner: str = Depends(authorized)):
         """Start computing every image's loss (losses.csv) for a fit job that succeeded, once: {"state":
         "computing" | "ready" | "failed", "error"}. A second request while it computes starts nothing."""
-        state, error = losses.start(finished_fit(job_id))
+        state, error = losses.start(finished_fit(job_id, LOSSES_FOR))
         return {"state": state, "error": error}
 
     @app.get("/jobs/{job_id}/losses")
@@ -419,7 +413,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
                     _owner: str = Depends(authorized)):
         """The training and validation images by loss, highest first, filtered by split and label: {"state",
         "error", "classes", "total", "rows": [{"split", "path", "label", "predicted", "p_predicted", "loss"}]}."""
-        run_dir = finished_fit(job_id)
+        run_dir = finished_fit(job_id, LOSSES_FOR)
         classes = run_classes(run_dir)
         if split is not None and split not in ("train", "valid"):
             raise Refused(422, f"split must be train or valid, got '{split}'")
@@ -581,10 +575,7 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     @app.get("/datasets")
     def list_datasets(_owner: str = Depends(authorized)):
         """Uploaded datasets with their class counts, and the folders under the data root a job may name."""
-        root = settings.data_root
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if root.is_dir() else []
-        return {"datasets": [public_dataset(d) for d in store.list_datasets()], "folders": folders}
+        return {"datasets": [public_dataset(d) for d in store.list_datasets()], "folders": settings.data_folders()}
 
     @app.delete("/datasets/{dataset_id}")
     def delete_dataset(dataset_id: str, _owner: str = Depends(authorized)):
@@ -611,33 +602,8 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
 
     from trainer.service.pages import add_pages
 
-    add_pages(app, store=store, settings=settings, token=token, public_job=answer,
-              dataset_view=DatasetView(store))
+    add_pages(app, store=store, settings=settings, token=token, public_job=answer)
     return app
-
-
-class DatasetView:
-    """What the pages read of a dataset's versions (trainer/service/versions.py; version 1: as uploaded)."""
-
-    def __init__(self, store: S.Store):
-        self.store = store
-
-    def versions(self, dataset_id: str) -> list[dict]:
-        from trainer.service import versions
-
-        return [versions.summary(v) for v in self.store.versions(dataset_id)]
-
-    def version(self, dataset_id: str, number: int) -> dict | None:
-        from trainer.service import versions
-
-        found = self.store.version(dataset_id, number)
-        return versions.detail(self.store, found) if found else None
-
-    def samples(self, dataset_id: str, number: int, per_class: int) -> dict:
-        from trainer.service import versions
-
-        found = self.store.version(dataset_id, number)
-        return versions.samples(found, per_class) if found and Path(found["path"]).is_dir() else {}
 
 
 def public_dataset(dataset: dict) -> dict:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import BadInput, did_you_mean
+from trainer.runs import rundir
+from trainer.service import store as S
 from trainer.options import LR_FIND_OPTIONS, LR_FIND_TAKES_NO_LR, NUM_IT_MAX, OPTIONS, as_args, check_lr_processes
 
 COMMANDS = ("fit", "lr-find")
@@ -181,3 +183,11 @@ def command_line(job: dict, runs: Path, resume_dir: Path | None) -> list[str]:
     if job["data"]:
         words += ["--data", job["data"]]
     return [*words, *nproc, "--out", str(runs)]
+
+
+def trained_run(job: dict) -> Path | None:
+    """The run directory of a fit job that succeeded and holds its model; None for any other job."""
+    run_dir = Path(job["run_dir"]) if job["run_dir"] else None
+    if job["command"] != "fit" or job["state"] != S.SUCCEEDED or run_dir is None:
+        return None
+    return run_dir if (run_dir / rundir.WEIGHTS).is_file() else None

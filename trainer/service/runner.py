@@ -58,6 +58,20 @@ class Settings:
     def devices_total(self) -> int:
         return len(set(self.units)) if self.gpus else len(self.units)
 
+    def data_folders(self) -> list[str]:
+        """The folders under the data root a job may name."""
+        root = self.data_root
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
+
+    def child_environment(self, units: list[int], **extra: str) -> dict:
+        """The environment of a `trainer` process the service starts (a job, or a request's task): the data
+        root, only the GPUs of `units` (none on a CPU service), never the service's token."""
+        env = {**os.environ, **extra, "TRAINER_DATA": str(self.data_root), "PYTHONUNBUFFERED": "1",
+               "CUDA_VISIBLE_DEVICES": ",".join(self.units[i] for i in units) if self.gpus else ""}
+        env.pop("TRAINER_TOKEN", None)
+        return env
+
 
 @dataclass
 class Child:
@@ -200,10 +214,7 @@ class Runner:
             elif self.inside_runs(run_dir):  # stopped before its first checkpoint: start it again, afresh
                 shutil.rmtree(run_dir, ignore_errors=True)
         command = command_line(job, self.settings.runs, resume_dir)
-        env = {**os.environ, EVENT_LOG: str(log), JOB_ID: str(job["id"]),
-               "TRAINER_DATA": str(self.settings.data_root), "PYTHONUNBUFFERED": "1",
-               "CUDA_VISIBLE_DEVICES": ",".join(self.settings.units[i] for i in units) if self.settings.gpus else ""}
-        env.pop("TRAINER_TOKEN", None)  # the job never needs the service's token
+        env = self.settings.child_environment(units, **{EVENT_LOG: str(log), JOB_ID: str(job["id"])})
         output = open(folder / OUTPUT_FILE, "ab")
         output.write(f"$ trainer {' '.join(command[3:])}\n".encode())
         output.flush()

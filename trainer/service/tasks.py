@@ -4,12 +4,12 @@ write into a run is written atomically by the command itself."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from trainer.errors import BadInput
+from trainer.training.events import EVENT_LOG
 
 TASK_TIMEOUT = 600.0  # seconds: a task longer than this is refused, not left hanging
 
@@ -20,12 +20,9 @@ class TaskFailed(BadInput):
 
 def run_trainer(args: list[str], settings, timeout: float = TASK_TIMEOUT, device: str | None = None) -> str:
     """`trainer ARGS` in a child on the service's machine; its stdout. The child sees the service's data root
-    and, on a GPU service, its first device; it never sees the service's token."""
-    env = {**os.environ, "TRAINER_DATA": str(settings.data_root), "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINER_TOKEN", None)
-    env.pop("TRAINER_EVENT_LOG", None)
-    if settings.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = settings.units[0]
+    and, on a GPU service, its first device (Settings.child_environment); it publishes no job's events."""
+    env = settings.child_environment([0])
+    env.pop(EVENT_LOG, None)
     words = [sys.executable, "-m", "trainer", *args, *(["--device", device] if device else [])]
     try:
         done = subprocess.run(words, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,

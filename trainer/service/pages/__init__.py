@@ -23,8 +23,11 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from trainer.runs import rundir
-from trainer.service import auth
+from trainer.options import number_text
+from trainer.recipes import lower_is_better
+from trainer.service import auth, versions
 from trainer.service import store as S
+from trainer.service.jobs import trained_run
 
 HERE = Path(__file__).parent
 ROWS_SHOWN = 100  # jobs on the list page (the API pages through the rest)
@@ -52,8 +55,8 @@ templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=
 templates.filters.update(num=number, duration=duration)
 
 
-def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, public_job, dataset_view) -> None:
-    """`public_job(job)`: a job as the API shows it; `dataset_view`: the versions/samples reader (versions.py)."""
+def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, public_job) -> None:
+    """`public_job(job)`: a job as the API shows it."""
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def viewer(request: Request) -> tuple[str | None, str | None]:
@@ -247,8 +250,7 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
                 "top_losses": [dict(row, path=relative(row.get("path", ""), data_path), loss=to_float(row.get("loss")),
                                     p_predicted=to_float(row.get("p_predicted")))
                                for row in read_rows(run_dir / f"{rundir.TOP_LOSSES}.csv")[:TOP_LOSSES_SHOWN]],
-                "can_predict": job["command"] == "fit" and job["state"] == S.SUCCEEDED and
-                (run_dir / rundir.WEIGHTS).is_file()}
+                "can_predict": trained_run(job) is not None}
 
     # --- new job ---------------------------------------------------------------------------------------------
 
@@ -268,9 +270,6 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         panels = {}
         for o in shown:
             panels.setdefault(o.panel, []).append(option_field(o, o.name in LR_FIND_OPTIONS))
-        root = settings.data_root
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if root.is_dir() else []
         # every version of every upload, newest first; the command names version 1 by its archive (what
         # `trainer fit --data` takes) and a later one by its folder on the service
         uploaded = [{"id": d["id"], "name": d["name"], "version": v["version"], "images": v["images"],
@@ -279,7 +278,8 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         recipes = [{"name": r.name, "summary": recipe_summary(r)} for r in RECIPES.values()]
         defs = {o["name"]: o for fields in panels.values() for o in fields}
         return page("new.html", request, page="new", title="New job", panels=list(panels.items()),
-                    recipes=recipes, folders=folders, datasets=uploaded, data_root=str(root),
+                    recipes=recipes, folders=settings.data_folders(), datasets=uploaded,
+                    data_root=str(settings.data_root),
                     devices_total=settings.devices_total, chosen=chosen, option_defs=script_json(defs))
 
     app.get("/ui/new", include_in_schema=False)(guarded(new_page))
@@ -291,8 +291,7 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         job = store.job(job_id)
         if job is None:
             return message(request, 404, f"No job {job_id}", f"There is no job {job_id} on this service.")
-        if job["command"] != "fit" or job["state"] != S.SUCCEEDED or not job["run_dir"] or \
-                not (Path(job["run_dir"]) / rundir.WEIGHTS).is_file():
+        if trained_run(job) is None:
             return message(request, 409, "Nothing to clean with yet",
                            f"Job {job_id} is a {job['command']} job, {job['state']}: the cleaner needs a fit job that "
                            f"succeeded, whose model ranks the images.", (f"/ui/jobs/{job_id}", f"Job {job_id}"))
@@ -311,14 +310,12 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
     async def datasets_page(request: Request, _owner: str):
         shown = []
         for d in store.list_datasets():
-            versions = dataset_view.versions(d["id"])
-            latest = versions[-1] if versions else {"images": d["images"], "classes": d["classes"]}
-            shown.append({**d, "versions": len(versions), "images": latest["images"], "classes": latest["classes"],
+            every = store.versions(d["id"])
+            latest = every[-1] if every else {"images": d["images"], "classes": d["classes"]}
+            shown.append({**d, "versions": len(every), "images": latest["images"], "classes": latest["classes"],
                           "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created_at"]))})
-        root = settings.data_root
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if root.is_dir() else []
-        return page("datasets.html", request, page="datasets", title="Datasets", datasets=shown, folders=folders)
+        return page("datasets.html", request, page="datasets", title="Datasets", datasets=shown,
+                    folders=settings.data_folders())
 
     app.get("/ui/datasets", include_in_schema=False)(guarded(datasets_page))
 
@@ -328,16 +325,16 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         if found is None:
             return message(request, 404, "No such dataset", f"There is no dataset '{dataset_id}' on this service: "
                                                             f"it may have been deleted.", ("/ui/datasets", "Datasets"))
-        versions = dataset_view.versions(dataset_id)
+        every = store.versions(dataset_id)
         asked = request.query_params.get("version", "")
-        number_asked = int(asked) if asked.isdigit() else versions[-1]["version"]
-        version = dataset_view.version(dataset_id, number_asked)
-        if version is None:
+        found_version = store.version(dataset_id, int(asked) if asked.isdigit() else every[-1]["version"])
+        if found_version is None:
             return message(request, 404, "No such version", f"Dataset {found['name']} has no version {asked}.",
                            (f"/ui/datasets/{dataset_id}", found["name"]))
-        samples = dataset_view.samples(dataset_id, version["version"], SAMPLES_PER_CLASS)
-        return page("dataset.html", request, page="dataset", title=found["name"], dataset=found, versions=versions,
-                    version=version, samples=samples)
+        samples = versions.samples(found_version, SAMPLES_PER_CLASS) if Path(found_version["path"]).is_dir() else {}
+        return page("dataset.html", request, page="dataset", title=found["name"], dataset=found,
+                    versions=[versions.summary(v) for v in every], version=versions.detail(store, found_version),
+                    samples=samples)
 
     app.get("/ui/datasets/{dataset_id}", include_in_schema=False)(guarded(dataset_page))
 
@@ -358,14 +355,10 @@ def option_field(option, for_lr_find: bool) -> dict:
     closed_high = option.high is not None and not option.high_open
     return {"name": option.name, "flag": option.flag, "kind": kind, "switch": option.switch,
             "choices": list(option.choices), "default": option.default, "help": option.help,
-            "min": number_attr(option.low) if closed_low else None,
-            "max": number_attr(option.high) if closed_high else None,
+            "min": number_text(option.low) if closed_low else None,
+            "max": number_text(option.high) if closed_high else None,
             "range": option.range_text() if option.low is not None or option.high is not None else "",
             "lr_find": for_lr_find}
-
-
-def number_attr(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def recipe_summary(recipe) -> str:
@@ -414,8 +407,7 @@ def verdict_of(summary: dict | None) -> dict | None:
     baseline = (summary or {}).get("baseline")
     if not isinstance(baseline, dict) or "status" not in baseline:
         return None
-    better = "at most" if "error" in str(baseline.get("metric")) or "loss" in str(baseline.get("metric")) else \
-        "at least"
+    better = "at most" if lower_is_better(str(baseline.get("metric"))) else "at least"
     setting = f"{baseline.get('epochs')} epoch(s), {baseline.get('arch')}, " \
               f"{'pretrained' if baseline.get('pretrained') else 'from scratch'}"
     text = f"{baseline.get('metric')} {number(baseline.get('actual'))}, expected {better} " \
