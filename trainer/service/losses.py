@@ -114,15 +114,26 @@ def split_paths(run_dir: Path) -> frozenset:
     return paths
 
 
+def run_data_path(run_dir: Path) -> Path | None:
+    """The folder the run trained on (config.json's data.path), or None when config.json does not say."""
+    config, _ = rundir.read_json(run_dir / rundir.CONFIG)
+    data = ((config or {}).get("data") or {}).get("path")
+    return Path(data) if isinstance(data, str) else None
+
+
+def file_inside(folder: Path, rel: str) -> Path | None:
+    """The file `rel` names under `folder`, if it stays inside it once links are resolved; else None."""
+    if Path(rel).is_absolute():
+        return None
+    root = folder.resolve()
+    found = (root / rel).resolve()
+    return found if found.is_relative_to(root) and found.is_file() else None
+
+
 def run_image(run_dir: Path | None, rel: str) -> Path | None:
     """The image file `rel` names, when it is a row of the run's split.csv and, under the run's data folder
     (config.json's data.path), stays inside it; None for anything else."""
     if run_dir is None or not rel or rel not in split_paths(run_dir):
         return None
-    config, _ = rundir.read_json(run_dir / rundir.CONFIG)
-    data = ((config or {}).get("data") or {}).get("path")
-    if not isinstance(data, str) or Path(rel).is_absolute():
-        return None
-    root = Path(data).resolve()
-    found = (root / rel).resolve()
-    return found if found.is_relative_to(root) and found.is_file() else None
+    data = run_data_path(run_dir)
+    return file_inside(data, rel) if data is not None else None

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from trainer.data.listing import list_images
 from trainer.data.locations import DATASET_MANIFEST, IMAGE_EXTENSIONS
+from trainer.service.losses import file_inside
 from trainer.errors import BadInput
 
 # The recipes whose label is the image's parent folder (fastai's parent_label), checked in trainer/recipes.py
@@ -321,9 +322,7 @@ def image_file(folder: Path, rel: str) -> Path | None:
         return None
     if PurePosixPath(rel).suffix.lower() not in IMAGE_EXTENSIONS:
         return None
-    root = folder.resolve()
-    found = (root / rel).resolve()
-    return found if found.is_relative_to(root) and found.is_file() else None
+    return file_inside(folder, rel)
 
 
 @lru_cache(maxsize=16)

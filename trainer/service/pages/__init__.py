@@ -28,6 +28,7 @@ from trainer.recipes import lower_is_better
 from trainer.service import auth, versions
 from trainer.service import store as S
 from trainer.service.jobs import trained_run
+from trainer.service.losses import run_data_path
 
 HERE = Path(__file__).parent
 ROWS_SHOWN = 100  # jobs on the list page (the API pages through the rest)
@@ -234,7 +235,7 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
             problems.append(f"{rundir.SUMMARY} is damaged; the metrics are in {rundir.METRICS}.")
         lr_found, _ = rundir.read_json(run_dir / rundir.LR_FIND_JSON)
         per_class, _ = rundir.read_json(run_dir / f"{rundir.PER_CLASS}.json")
-        data_path = config_data_path(run_dir)
+        data_path = run_data_path(run_dir)
         has = {"report": (run_dir / rundir.REPORT).is_file(),
                "confusion": (run_dir / f"{rundir.CONFUSION}.png").is_file(),
                "onnx": (run_dir / rundir.EXPORTS["onnx"]).is_file()}
@@ -368,14 +369,6 @@ def recipe_summary(recipe) -> str:
 def script_json(value) -> str:
     """JSON to put inside <script type="application/json">: '</' cannot end the element early."""
     return json.dumps(value, default=str).replace("</", "<\\/")
-
-
-def config_data_path(run_dir: Path) -> Path | None:
-    config, _ = rundir.read_json(run_dir / rundir.CONFIG)
-    try:
-        return Path(config["data"]["path"])
-    except (TypeError, KeyError):
-        return None
 
 
 def relative(path: str, data_path: Path | None) -> str:
