@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from trainer.errors import BadInput
-from trainer.options import LR_WORDS, OPTIONS, TOP_K, as_flag, check_device, lr_refusal
-from trainer.recipes import Recipe
+from trainer.options import AUG_DEFAULTS, LR_WORDS, OPTIONS, TOP_K, as_flag, check_device, lr_refusal
+from trainer.recipes import Recipe, presized
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,14 @@ class FitConfig:
     save_best: bool | None = None  # export the best epoch's weights instead of the last
     activation_stats: bool | None = None  # fastai's ActivationStats -> activations.png
     seed: int | None = None
+    # Augmentation (training batches only): None where not set, so the recipe decides (options.AUG_DEFAULTS)
+    aug: bool | None = None
+    min_scale: float | None = None
+    flip_vert: bool | None = None
+    max_rotate: float | None = None
+    max_lighting: float | None = None
+    mixup: float | None = None  # MixUp's alpha
+    label_smoothing: float | None = None  # LabelSmoothingCrossEntropyFlat's eps
     out: str = "runs"
     # What the run writes besides the model (not how it trains): recorded, so --resume and the report's
     # repeat command see them too.
@@ -91,8 +99,26 @@ class FitConfig:
             interpret=self.interpret is not False,
             top_k=self.top_k or TOP_K,
             tensorboard=bool(self.tensorboard),
+            **self.augmentation(recipe),
             **machine_values,
         )
+
+    def augmentation(self, recipe: Recipe) -> dict:
+        """aug and its parameters, resolved: any parameter given turns --aug on (a contradiction with --no-aug is
+        refused); unset, the recipe's own choice; off, the parameters stay None (config.json shows none applied)."""
+        given = [name for name in AUG_DEFAULTS if getattr(self, name) is not None and getattr(self, name) is not False]
+        if self.aug is False and given:
+            raise BadInput(f"--no-aug and {OPTIONS[given[0]].flag} contradict each other: drop one of them")
+        presizes = recipe.transforms is presized
+        if self.min_scale is not None and not presizes:
+            raise BadInput(f"--min-scale sizes the random crop of the presizing recipes (folder, pets_breeds); recipe "
+                           f"'{recipe.name}' does not crop: drop --min-scale (--aug still flips, rotates, zooms and "
+                           f"lights its images)")
+        aug = self.aug if self.aug is not None else bool(given) or recipe.aug
+        if not aug:
+            return dict(aug=False, **{name: None for name in AUG_DEFAULTS})
+        chosen = {name: AUG_DEFAULTS[name] if getattr(self, name) is None else getattr(self, name) for name in AUG_DEFAULTS}
+        return dict(aug=True, **{**chosen, **({} if presizes else {"min_scale": None})})
 
     def check(self) -> None:
         """Each value set against its definition (options.py): the CLI, the API and the service refuse alike."""

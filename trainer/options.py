@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from trainer.errors import BadInput, did_you_mean
 
-DATA, MODEL, TRAINING, HARDWARE, OUTPUTS = "Data", "Model", "Training", "Hardware", "Outputs"  # --help panels
+DATA, MODEL, TRAINING, AUGMENTATION, HARDWARE, OUTPUTS = ("Data", "Model", "Training", "Augmentation", "Hardware",
+                                                         "Outputs")  # --help panels
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "lamb", "ranger")
@@ -31,6 +32,8 @@ WORKERS_MAX = 256  # DataLoader or server worker processes
 NUM_IT_MAX = 100_000  # lr-find's mini-batches
 MAX_BYTES_MAX = 2**31  # serve --max-bytes: one image file
 MAX_PIXELS_MAX = 2**34  # serve --max-pixels: one image
+# aug_transforms' parameters that --aug uses unless given: the course's min_scale, fastai's own defaults otherwise
+AUG_DEFAULTS = {"min_scale": 0.75, "flip_vert": False, "max_rotate": 10.0, "max_lighting": 0.2}
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class Option:
                 return f"between {number_text(self.low)} and {number_text(self.high)}"
             if not self.low_open and self.high_open:
                 return f"at least {number_text(self.low)} and below {number_text(self.high)}"
+            if self.low_open and not self.high_open:
+                return f"above {number_text(self.low)} and at most {number_text(self.high)}"
             return f"{number} from {number_text(self.low)} to {number_text(self.high)}"
         if self.low is not None:
             return "0 or a positive number" if self.kind is float and self.low == 0 else f"{number} of at least {number_text(self.low)}"
@@ -152,6 +157,24 @@ OPTIONS = _options(
            TRAINING, switch=True),
     Option("seed", int, "Random seed for the split, initial weights and shuffling", TRAINING, "42", low=0,
            high=SEED_MAX),
+    # Augmentation: fastai's presizing + aug_transforms (training batches only), MixUp, label smoothing
+    Option("aug", bool, "Augment training batches with fastai's aug_transforms (flips, rotation, zoom, warp, "
+                        "lighting; folder and pets_breeds: a random crop of the presized image); validation and "
+                        "inference never are", AUGMENTATION,
+           "on for folder and pets_breeds, off for the course's other recipes"),
+    Option("min_scale", float, "Smallest fraction of the image the random crop keeps (folder, pets_breeds); "
+                               "implies --aug", AUGMENTATION, str(AUG_DEFAULTS["min_scale"]), low=0, high=1, low_open=True,
+           example="0.75"),
+    Option("flip_vert", bool, "Also flip vertically and rotate by 90 degrees, for images with no up (microscopy, "
+                              "satellite); implies --aug", AUGMENTATION, switch=True),
+    Option("max_rotate", float, "Largest random rotation, in degrees; implies --aug", AUGMENTATION,
+           number_text(AUG_DEFAULTS["max_rotate"]), low=0, high=180, example="10"),
+    Option("max_lighting", float, "Largest random change of brightness and contrast; implies --aug", AUGMENTATION,
+           str(AUG_DEFAULTS["max_lighting"]), low=0, high=1, high_open=True, example="0.2"),
+    Option("mixup", float, "Train on MixUp blends of image pairs (fastai's MixUp), with this Beta(alpha, alpha)",
+           AUGMENTATION, low=0, low_open=True, example="0.4"),
+    Option("label_smoothing", float, "Label smoothing epsilon (fastai's LabelSmoothingCrossEntropyFlat)", AUGMENTATION,
+           low=0, high=1, low_open=True, high_open=True, example="0.1"),
     # Hardware
     Option("device", str, "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", HARDWARE, "auto"),
     Option("precision", str, "auto: mixed on CUDA, fp32 on CPU", HARDWARE, "auto", choices=PRECISIONS),

@@ -37,6 +37,16 @@ class Recipe:
     baselines: tuple = ()  # Baseline per (epochs, pretrained) setting: what such a run is expected to reach
     made_from: str | None = None  # a recipe whose data is written here, from this package, when none is found
     labels: dict | None = field(default=None, hash=False)  # vocab -> the name people read (pets: "True" -> "cat"); the vocab stays
+    aug: bool = False  # train with aug_transforms unless --no-aug (see `pipeline`)
+
+    def pipeline(self, cfg) -> dict:
+        """item_tfms and batch_tfms of the run: the recipe's `transforms`, and with cfg.aug fastai's aug_transforms
+        (cfg's min_scale, flip_vert, max_rotate, max_lighting). Their random parts run on training batches only
+        (fastai's split_idx): validation and inference see the same pipeline with or without them, and TTA
+        (fastai's Learner.tta) switches them back on."""
+        if not getattr(cfg, "aug", False):
+            return self.transforms(cfg)
+        return augmented(self, cfg)
 
     @property
     def main_metric(self) -> str:
@@ -108,11 +118,28 @@ def resized(cfg) -> dict:
 
 
 def presized(cfg) -> dict:
-    """The course's presizing: Resize(460) per item, then augment and crop to 224 per batch."""
-    from fastai.vision.all import Resize, aug_transforms
+    """fastbook chapter 5's presizing: Resize to 460 per item (for --size 224), then one crop of the whole batch
+    down to the size: the entire image without --aug (and at validation), a random part of it with --aug."""
+    from fastai.vision.all import RandomResizedCropGPU, Resize
 
     return dict(item_tfms=Resize(round(cfg.size * 460 / 224)),
-                batch_tfms=aug_transforms(size=cfg.size, min_scale=0.75))
+                batch_tfms=[RandomResizedCropGPU(cfg.size, min_scale=1.0, ratio=(1, 1))])
+
+
+TRANSFORMS = {f.__name__: f for f in (native_size, resized, presized)}  # model.json names the one a run used
+
+
+def augmented(recipe: Recipe, cfg) -> dict:
+    """The recipe's pipeline plus fastai's aug_transforms (flip, rotate, zoom, warp, lighting) on the whole batch;
+    a presizing recipe's final crop becomes aug_transforms' random one (--min-scale). Only batch transforms are
+    added, each applied to training batches only: the validation batch is the same with or without --aug."""
+    from fastai.vision.all import aug_transforms
+
+    presizes = recipe.transforms is presized
+    batch_tfms = aug_transforms(size=cfg.size if presizes else None, min_scale=cfg.min_scale if presizes else 1.0,
+                                flip_vert=bool(cfg.flip_vert), max_rotate=cfg.max_rotate,
+                                max_lighting=cfg.max_lighting)
+    return {**recipe.transforms(cfg), "batch_tfms": batch_tfms}
 
 
 def register(**spec):
@@ -224,7 +251,7 @@ def pets(path, cfg, loader, skip):
 
 @register(url="PETS", folder="oxford-iiit-pet", check="pets",
           layout="images/<breed>_<n>.jpg: 37 breeds, annotations/",
-          epochs=2, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, valid_pct=0.2, transforms=presized,
+          epochs=2, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, valid_pct=0.2, transforms=presized, aug=True,
           baselines=(Baseline("error_rate", 0.08, 2, True, "fastai book chapter 5: presizing + fine_tune(2), about 7% error"),))
 def pets_breeds(path, cfg, loader, skip):
     """Oxford-IIIT Pet: the 37 breeds, with the course's presizing."""
@@ -246,7 +273,7 @@ def digits(path, cfg, loader, skip):
 
 @register(check="folder",
           layout="<class>/*.jpg, or train/<class>/ with valid/<class>/ (or test/<class>/)",
-          epochs=1, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, transforms=resized)
+          epochs=1, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, transforms=presized, aug=True)
 def folder(path, cfg, loader, skip):
     """Your own images in ImageNet-style class folders (--data required)."""
     valid = next((v for v in ("valid", "test") if (path / v).is_dir()), None)

@@ -45,7 +45,8 @@ def test_fit_help_groups_the_options(trainer, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     out = trainer("fit", "--help").stdout
     panels = re.findall(r"^╭─ (\w+) ", out, flags=re.MULTILINE)
-    assert panels == ["Arguments", "Options", "Data", "Model", "Training", "Hardware", "Outputs"]
+    assert panels == ["Arguments", "Options", "Data", "Model", "Training", "Augmentation", "Hardware",
+                      "Outputs"]
     assert "adam|sgd|rmsprop|lamb|ranger" in out and "auto|fp32|fp16|bf16" in out
 
 

@@ -8,9 +8,12 @@ from typing import Annotated, List, Optional
 import typer
 
 from trainer.cli.app import app, console
-from trainer.cli.options import RUNS, AsJson, Device, InferenceBs, RunsRoot, TrustPickle
+from trainer.cli.options import RUNS, AsJson, Device, InferenceBs, RunsRoot, TrustPickle, Tta
 from trainer.cli.train import print_confused
 from trainer.options import TOP_K, TOP_K_MAX
+
+
+WITH_TTA = {True: " (with TTA)", False: ""}
 
 
 @app.command()
@@ -23,7 +26,8 @@ def interpret(
     losses: Annotated[bool, typer.Option("--losses", help="Also write losses.csv: every training and validation "
                                                           "image's loss, highest first (to find mislabelled "
                                                           "images).")] = False,
-    bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS, trust_pickle: TrustPickle = False,
+    tta: Tta = False, bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
+    trust_pickle: TrustPickle = False,
 ):
     """Where the model fails: confusion matrices, top losses, most confused pairs, per-class report."""
     from trainer.inspection.interpret import interpret_run
@@ -31,8 +35,8 @@ def interpret(
 
     run_dir = resolve_run(target, out)
     report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle,
-                           losses=losses)
-    console().print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images")
+                           losses=losses, tta=tta)
+    console().print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images{WITH_TTA[tta]}")
     print_confused(report["most_confused"])
     also = f", losses.csv ({report['losses']} images)" if losses else ""
     console().print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
@@ -47,16 +51,17 @@ def evaluate(
                                           show_default=False)],
     data: Annotated[str, typer.Option(help="Labelled test images: <class>/ folders, or a folder with a test/ of them.",
                                       show_default=False)],
-    bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
+    tta: Tta = False, bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
 ):
     """A trained run's metrics on a separate labelled test set: test_metrics.json and its confusion matrix."""
     from trainer.inspection.evaluate import evaluate_run
     from trainer.runs.store import resolve_run
 
     run_dir = resolve_run(target, out)
-    result = evaluate_run(run_dir, data, bs=bs, device=device)
+    result = evaluate_run(run_dir, data, bs=bs, device=device, tta=tta)
     console().print(f"test set {result['data']}: accuracy {result['accuracy']:.4f}, error_rate "
-                    f"{result['error_rate']:.4f}, loss {result['loss']:.4f} on {result['n']} images", markup=False)
+                    f"{result['error_rate']:.4f}, loss {result['loss']:.4f} on {result['n']} images{WITH_TTA[tta]}",
+                    markup=False)
     print_confused(result["most_confused"][:5])
     console().print("wrote test_metrics.json, test_confusion_matrix.png/.csv")
     print(run_dir)
@@ -69,7 +74,7 @@ def predict(
     images: Annotated[List[Path], typer.Argument(help="Image files and/or folders (every image in a folder).",
                                                  show_default=False)],
     top_k: Annotated[int, typer.Option(min=1, max=TOP_K_MAX, help="Classes to show per image, most probable first.")] = 1,
-    as_json: AsJson = False, bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
+    tta: Tta = False, as_json: AsJson = False, bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
     trust_pickle: TrustPickle = False,
 ):
     """Predict the class of images with a trained run's model."""
@@ -77,7 +82,7 @@ def predict(
     from trainer.serving.inference import predict_images
 
     results = predict_images(resolve_run(target, out), images, top_k=top_k, bs=bs, device=device,
-                             trust_pickle=trust_pickle)
+                             trust_pickle=trust_pickle, tta=tta)
     if as_json:
         import json
 

@@ -88,3 +88,6 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Load fastai's model.pkl instead of model.safetensors. Unpickling runs code: only for runs "
                            "you trust.")]
+Tta = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation (fastai's Learner.tta): average 4 passes with the run's training "
+                  "augmentation, blended with the plain pass. Seeded: the same images give the same figures.")]

@@ -128,7 +128,7 @@ def resize_target(recipe, cfg) -> int | None:
     """The side a recipe's per-item Resize produces (pets 224, pets_breeds' presizing 460), if any."""
     from fastai.vision.augment import Resize
 
-    item_tfms = recipe.transforms(cfg).get("item_tfms")
+    item_tfms = recipe.pipeline(cfg).get("item_tfms")
     return max(item_tfms.size) if isinstance(item_tfms, Resize) else None
 
 

@@ -17,7 +17,7 @@ def build_dls(recipe: Recipe, path: Path, cfg, device, skip=frozenset()):
 
     loader = dict(bs=cfg.bs, num_workers=cfg.workers, device=device, img_cls=RGBImage,
                   pin_memory=pin_memory(torch.device("cpu"), device),  # PIL decodes each batch in host memory
-                  **recipe.transforms(cfg))  # the one declaration inference rebuilds too (inputs.py)
+                  **recipe.pipeline(cfg))  # the one declaration inference rebuilds too (serving/inference.py)
     return recipe.build(path, cfg, loader, frozenset(skip))
 
 

@@ -14,9 +14,10 @@ from trainer.inspection.interpret import analyse, write_confusion
 from trainer.files import write_json
 
 
-def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -> dict:
+def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", tta: bool = False) -> dict:
     """Metrics of a trained run on a separate labelled test set (class folders, or a test/ subfolder of
-    them), written into the run as test_metrics.json and test_confusion_matrix.png/.csv."""
+    them), written into the run as test_metrics.json and test_confusion_matrix.png/.csv. `tta`: of fastai's
+    test-time-augmented predictions (test_metrics.json records it)."""
     from trainer.errors import BadInput
     from trainer.data.images import image_files, readable_or_refuse, scan
     from trainer.device import resolve_device
@@ -40,11 +41,11 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto") -
         raise BadInput(f"{test}: folder(s) {', '.join(unknown[:5])} are not classes of this model "
                        f"({', '.join(meta['classes'][:10])}); each test image must sit in its class's folder")
     dls = inference_dls(meta, items, bs, torch_device, labelled=True)
-    analysis = analyse(inference_learner(dls, model), dls.valid, items, class_names(run_dir, meta["classes"]))
+    analysis = analyse(inference_learner(dls, model), dls.valid, items, class_names(run_dir, meta["classes"]), tta=tta)
     classes, cm = analysis.classes, analysis.confusion()
-    title = f"{meta['recipe']} · run {run_dir.name} · test set {test}"
+    title = f"{meta['recipe']} · run {run_dir.name} · test set {test}{' · with TTA' if tta else ''}"
     write_confusion(cm, classes, title, run_dir, rundir.TEST_CONFUSION)
-    result = {"data": str(test.resolve()), "n": len(items), "n_skipped": len(bad),
+    result = {"data": str(test.resolve()), "n": len(items), "n_skipped": len(bad), "tta": tta,
               "accuracy": round(analysis.accuracy, 6), "error_rate": round(1 - analysis.accuracy, 6),
               "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class(),
               "most_confused": analysis.most_confused()[:10]}

@@ -64,15 +64,35 @@ class Analysis:
                 for loss, i in zip(losses.tolist(), order.tolist())]
 
 
-def analyse(learn, dl, items, names: list[str]) -> Analysis:
-    """`names`: the display name of each class of the model's vocab, in its order."""
-    probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+def analyse(learn, dl, items, names: list[str], tta: bool = False) -> Analysis:
+    """`names`: the display name of each class of the model's vocab, in its order. `tta`: the probabilities of
+    fastai's test-time augmentation, and each image's loss computed from them."""
+    if tta:
+        from trainer.serving.inference import tta_predictions
+
+        probs, targets = tta_predictions(learn, dl)
+        losses = losses_of(probs, targets)
+    else:
+        probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
     return Analysis(classes=list(names), items=list(items), probs=probs.float(), targets=targets.long(),
                     losses=losses.float())
 
 
-def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: int = 9) -> dict:
-    """Every table and plot, into the run directory; returns what it printed about."""
+def losses_of(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each image's loss from probabilities (TTA gives no logits): cross-entropy of its class, or for multi-hot
+    targets the binary cross-entropy averaged over the labels, as fastai's losses average them."""
+    import torch.nn.functional as F
+
+    probs = probs.float().clamp(1e-7, 1 - 1e-7)
+    if targets.ndim == 2:
+        return F.binary_cross_entropy(probs, targets.float(), reduction="none").mean(dim=1)
+    return F.nll_loss(probs.log(), targets.long(), reduction="none")
+
+
+def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: int = 9, tta: bool = False) -> dict:
+    """Every table and plot, into the run directory; returns what it printed about. `tta`: the analysis is of
+    test-time-augmented predictions (per_class.json and the titles say so)."""
+    title = f"{title} · with TTA" if tta else title
     from trainer.inspection.interpret_plots import (MOST_CONFUSED_FROM, plot_confusion, plot_most_confused, plot_top_losses)
 
     classes = analysis.classes
@@ -89,12 +109,12 @@ def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: i
     report = analysis.per_class()
     write_csv(run_dir / f"{rundir.PER_CLASS}.csv", list(report[0]), [list(r.values()) for r in report])
     write_json(run_dir / f"{rundir.PER_CLASS}.json", {"accuracy": round(analysis.accuracy, 6), "n": len(analysis.targets),
-                                             "classes": report})
+                                                      "tta": tta, "classes": report})
     top = analysis.top_losses(top_k)
     write_csv(run_dir / f"{rundir.TOP_LOSSES}.csv", ["path", "actual", "predicted", "loss", "p_actual", "p_predicted"],
               [list(r.values()) for r in top])
     plot_top_losses(top, f"{title} · top {len(top)} losses", run_dir / f"{rundir.TOP_LOSSES}.png")
-    return {"accuracy": analysis.accuracy, "n": len(analysis.targets), "most_confused": pairs[:5]}
+    return {"accuracy": analysis.accuracy, "n": len(analysis.targets), "most_confused": pairs[:5], "tta": tta}
 
 
 def write_confusion(cm: torch.Tensor, classes: list[str], title: str, run_dir: Path, name: str) -> None:
@@ -107,8 +127,9 @@ def write_confusion(cm: torch.Tensor, classes: list[str], title: str, run_dir: P
 
 
 def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto",
-                  trust_pickle: bool = False, losses: bool = False) -> dict:
+                  trust_pickle: bool = False, losses: bool = False, tta: bool = False) -> dict:
     """Rebuild a run's validation set from its config.json and write the interpretation into the run.
+    `tta`: of fastai's test-time-augmented predictions (the run's training augmentation, Learner.tta).
     `losses`: also losses.csv, every training and validation image's loss (one more inference pass, over the
     training set, with the validation transforms: no augmentation)."""
     from trainer.errors import BadInput
@@ -133,9 +154,9 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     else:  # the recipe's pipeline, plus the normalisation the model was trained with
         add_normalize(split, meta)
         learn, dl = inference_learner(split, model), split.valid
-    analysis = analyse(learn, dl, items, class_names(run_dir, classes))
+    analysis = analyse(learn, dl, items, class_names(run_dir, classes), tta=tta)
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
-    written = write_interpretation(analysis, run_dir, title, top_k)
+    written = write_interpretation(analysis, run_dir, title, top_k, tta=tta)
     if losses:
         train_items = list(split.train_ds.items)
         source = learn.dls if trust_pickle else split  # test_dl: the validation pipeline, normalisation included

@@ -10,6 +10,7 @@ import torch
 from trainer.runs import rundir
 from trainer.model.arch import resolve_arch
 from trainer.errors import BadInput
+from trainer.options import AUG_DEFAULTS
 
 
 def weights_cached(arch) -> bool:
@@ -66,7 +67,7 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     try:
         learn = vision_learner(dls, arch, pretrained=cfg.pretrained, metrics=[metrics[m] for m in recipe.metrics],
                                path=run_dir, model_dir=".", opt_func=optimizer(cfg.opt), wd=cfg.wd, ps=cfg.dropout,
-                               **timm_args)
+                               **loss_function(cfg), **timm_args)
     except OSError as e:  # urllib's URLError is an OSError: the weights could not be fetched
         raise BadInput(no_weights_message(cfg, f"{type(e).__name__}: {e}")) from None
     except (RuntimeError, KeyError, ValueError) as e:
@@ -78,6 +79,16 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     # --init: the head always starts fresh; the body too when it has no pretrained weights
     initialise(learn.model if not cfg.pretrained else learn.model[-1], cfg.init)
     return learn
+
+
+def loss_function(cfg) -> dict:
+    """vision_learner's loss_func: fastai's choice for the data (cross-entropy for single labels), or with
+    --label-smoothing fastai's LabelSmoothingCrossEntropyFlat. (--mixup is a training callback: loop.py.)"""
+    if not cfg.label_smoothing:
+        return {}
+    from fastai.losses import LabelSmoothingCrossEntropyFlat
+
+    return {"loss_func": LabelSmoothingCrossEntropyFlat(eps=cfg.label_smoothing)}
 
 
 def apply_precision(learn, precision) -> None:
@@ -117,6 +128,10 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
         "size": cfg.size,  # the recipe's transforms(size) rebuild the input pipeline
         "native_size": native_size(learn.dls) if cfg.size is None else None,  # [h, w] inputs are brought to
         "dropout": cfg.dropout,  # the head's layout depends on it (no Dropout module at 0)
+        # the recipe's transforms and the training augmentation (None: off): inference rebuilds the pipeline, TTA
+        # its random part
+        "pipeline": recipe.transforms.__name__,
+        "augmentation": {name: getattr(cfg, name) for name in AUG_DEFAULTS} if cfg.aug else None,
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
                                                 "std": norm.std.flatten().tolist()},
     })

@@ -137,8 +137,11 @@ def build_report(run_dir: Path) -> str:
     if command:
         parts.append(f"<h2>Command</h2><pre>{esc(command)}</pre>")
     parts += [result_section(recipe, config, summary), *table_sections(run_dir), *figure_sections(run_dir)]
-    for name, title in ((f"{rundir.PER_CLASS}.csv", "Per-class report"),
-                        (f"{rundir.MOST_CONFUSED}.csv", "Most confused pairs"), (f"{rundir.TOP_LOSSES}.csv", "Top losses")):
+    interpretation, _ = read_json(run_dir / f"{rundir.PER_CLASS}.json")
+    tta = " (with test-time augmentation)" if (interpretation or {}).get("tta") else ""
+    for name, title in ((f"{rundir.PER_CLASS}.csv", f"Per-class report{tta}"),
+                        (f"{rundir.MOST_CONFUSED}.csv", f"Most confused pairs{tta}"),
+                        (f"{rundir.TOP_LOSSES}.csv", f"Top losses{tta}")):
         header, rows = read_csv(run_dir / name)
         if header:
             parts.append(f"<h2>{title}</h2>" + table(header, rows))
@@ -168,7 +171,8 @@ def table_sections(run_dir: Path) -> list[str]:
     parts = []
     test, _ = read_json(run_dir / rundir.TEST_METRICS)
     if test:
-        parts.append(f"<h2>Test set</h2><p>{esc(test.get('data'))}: {test.get('n')} images</p>"
+        tta = " (with test-time augmentation)" if test.get("tta") else ""
+        parts.append(f"<h2>Test set</h2><p>{esc(test.get('data'))}: {test.get('n')} images{tta}</p>"
                      + table(["metric", "value"], [[k, test.get(k)] for k in ("accuracy", "error_rate", "loss")]))
     header, rows = rundir.read_metrics_or_empty(run_dir)
     if header:  # the values as metrics.csv holds them, not rounded for display

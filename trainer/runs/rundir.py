@@ -218,7 +218,7 @@ def read_lr_choice(run_dir: Path, suggestions: dict) -> dict | None:
 def read_model_meta(run_dir: Path) -> dict:
     """model.json, validated: every field inference reads, of the type and range it must have."""
     from trainer.errors import BadInput
-    from trainer.options import OPTIONS
+    from trainer.options import AUG_DEFAULTS, OPTIONS
     from trainer.recipes import RECIPES
 
     path = run_dir / MODEL_META
@@ -247,6 +247,18 @@ def read_model_meta(run_dir: Path) -> dict:
                 for v in values)):
             raise damaged(path, f"normalize.{key}", "a list of 3 numbers" + (" above 0" if key == "std" else ""),
                           values)
+    from trainer.recipes import TRANSFORMS
+
+    pipeline = field(meta, path, "pipeline", str, f"one of {', '.join(TRANSFORMS)}", optional=True)
+    if pipeline is not None and pipeline not in TRANSFORMS:
+        raise damaged(path, "pipeline", f"one of {', '.join(TRANSFORMS)}", pipeline)
+    aug = field(meta, path, "augmentation", dict, "null or {min_scale, flip_vert, max_rotate, max_lighting}",
+                optional=True)
+    for name in AUG_DEFAULTS if aug is not None else ():
+        try:
+            OPTIONS[name].check(aug.get(name))
+        except BadInput as e:
+            raise BadInput(f"{path} is damaged: augmentation: {e}; {RECOVER}") from None
     side = meta.get("native_size")  # the training images' own [height, width], for recipes that do not resize
     if side is not None and not (isinstance(side, list) and len(side) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in side)):

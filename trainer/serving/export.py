@@ -95,7 +95,7 @@ def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tens
             "recipe": meta["recipe"], "arch": meta["arch"], "classes": class_names(run_dir, meta["classes"]),
             "vocab": meta["classes"],
             "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
-                      "size": [height, width], "resize": resize_of(recipe, meta["size"], height, width),
+                      "size": [height, width], "resize": resize_of(recipe, meta, height, width),
                       "pixels": "RGB, scaled to 0..1 (value / 255), then (x - mean) / std per channel",
                       "mean": norm["mean"], "std": norm["std"]},
             "output": {"name": "logits", "shape": ["batch", len(meta["classes"])],
@@ -103,11 +103,11 @@ def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tens
             "torch": torch.__version__}
 
 
-def resize_of(recipe, size, height: int, width: int) -> str:
+def resize_of(recipe, meta: dict, height: int, width: int) -> str:
     """What the recipe's validation transforms do to an image's size, in words."""
-    from types import SimpleNamespace
+    from trainer.serving.inference import run_pipeline
 
-    resize = recipe.transforms(SimpleNamespace(size=size)).get("item_tfms")
+    resize = run_pipeline(meta).get("item_tfms")
     if resize is None:
         return (f"none for images of the training size ({height}x{width}); others are brought to it as fastai's "
                 f"Resize does (scale the shorter side, centre-crop)")

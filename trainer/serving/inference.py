@@ -33,14 +33,42 @@ def input_size(meta: dict) -> list[int] | None:
     return [int(native[0]), int(native[1])] if native else None
 
 
-def recipe_transforms(meta: dict) -> dict:
-    """The recipe's inference transforms; a native-size recipe's inputs resized to the training images' size
-    (a no-op for images of that size, so predictions on them are unchanged)."""
+# model.json from before it named its pipeline and augmentation: what each recipe then did, where it changed since
+LEGACY_PIPELINES = {"pets_breeds": ("presized", True), "folder": ("resized", False)}  # (transforms, augmented)
+
+
+def pipeline_options(meta: dict):
+    """What the recipe's pipeline reads of a run's options, from its model.json: the size and the augmentation."""
     from types import SimpleNamespace
 
-    from trainer.recipes import get_recipe
+    from trainer.options import AUG_DEFAULTS
 
-    tfms = get_recipe(meta["recipe"]).transforms(SimpleNamespace(size=meta["size"]))
+    if "augmentation" in meta:
+        aug = meta["augmentation"]
+    else:
+        aug = AUG_DEFAULTS if LEGACY_PIPELINES.get(meta.get("recipe"), (None, False))[1] else None
+    return SimpleNamespace(size=meta["size"], aug=aug is not None, **(aug or dict.fromkeys(AUG_DEFAULTS)))
+
+
+def run_pipeline(meta: dict) -> dict:
+    """The item and batch transforms the run's model was trained with, from its model.json (the recipe's
+    declaration, with the transforms model.json names): the one pipeline inference, export and TTA rebuild."""
+    from dataclasses import replace
+
+    from trainer.recipes import TRANSFORMS, get_recipe
+
+    recipe = get_recipe(meta["recipe"])
+    named = meta.get("pipeline") or LEGACY_PIPELINES.get(recipe.name, (None,))[0]
+    if named in TRANSFORMS:
+        recipe = replace(recipe, transforms=TRANSFORMS[named])
+    return recipe.pipeline(pipeline_options(meta))
+
+
+def recipe_transforms(meta: dict) -> dict:
+    """The run's pipeline (its augmentation idle outside training batches and TTA); a native-size recipe's
+    inputs resized to the training images' size (a no-op for images of that size, so predictions on them are
+    unchanged)."""
+    tfms = run_pipeline(meta)
     native = None if meta["size"] else input_size(meta)
     if native and "item_tfms" not in tfms:
         from fastai.vision.all import Resize
@@ -72,19 +100,45 @@ def input_batches(meta: dict, items: list, bs: int, device):
         yield x.as_subclass(torch.Tensor)
 
 
-def predict_probabilities(model, meta: dict, items: list, bs: int, device) -> torch.Tensor:
-    """N x C probabilities of `items`, in order. A recipe that uses images at their own size (no resize)
-    of unknown training size gets one batch per image size, since a batch holds one size. `bs` bounds the
-    images run at once."""
+def predict_probabilities(model, meta: dict, items: list, bs: int, device, tta: bool = False) -> torch.Tensor:
+    """N x C probabilities of `items`, in order; `tta`: fastai's test-time augmentation (see `tta_probabilities`).
+    A recipe that uses images at their own size (no resize) of unknown training size gets one batch per image
+    size, since a batch holds one size. `bs` bounds the images run at once."""
+    def of(group: list) -> torch.Tensor:
+        if tta:
+            from trainer.model.learner import inference_learner
+
+            dls = inference_dls(meta, group, bs, device)
+            return tta_predictions(inference_learner(dls, model), dls.valid)[0]
+        return probabilities(model, input_batches(meta, group, bs, device))
+
     if input_size(meta):
-        return probabilities(model, input_batches(meta, items, bs, device))
+        return of(items)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(items):
         groups.setdefault(image_size(item), []).append(index)
     probs = torch.empty(len(items), len(meta["classes"]))
     for indices in groups.values():
-        probs[indices] = probabilities(model, input_batches(meta, [items[i] for i in indices], bs, device))
+        probs[indices] = of([items[i] for i in indices])
     return probs
+
+
+TTA_SEED = 0  # TTA's random augmentations, drawn the same way every time: the same images, the same answer
+
+
+def tta_predictions(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, targets) of fastai's Learner.tta over `dl`: the mean of 4 passes with the training
+    augmentation, blended 3:1 with the plain pass (fastai's beta 0.25). Its random draws are seeded (TTA_SEED)
+    and the caller's random state restored after (fastai's no_random), so a prediction is reproducible and
+    changes nothing else. The model.pkl path and the safetensors path draw alike: the same images give the same
+    probabilities on both."""
+    from fastai.callback.progress import ProgressCallback
+    from fastai.torch_core import no_random
+
+    learn.remove_cb(ProgressCallback)  # no bars on stdout (predict --json)
+    with no_random(TTA_SEED, reproducible=False):
+        probs, targets = learn.tta(dl=dl)
+    return probs.float(), targets
 
 
 def image_size(item) -> tuple[int, int]:
@@ -134,8 +188,9 @@ def image_items(paths: list[Path]) -> list[Path]:
 
 
 def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto",
-                   trust_pickle: bool = False) -> list[dict]:
-    """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
+                   trust_pickle: bool = False, tta: bool = False) -> list[dict]:
+    """Top-k labels and probabilities for each image (folders expand to every image in them), batched;
+    `tta`: with fastai's test-time augmentation."""
     from trainer.device import resolve_device
     from trainer.serving.inference import image_items, predict_probabilities, top_predictions
     from trainer.model.learner import class_names, load_pickled, load_weights
@@ -150,11 +205,12 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
     if trust_pickle:
         learn = load_pickled(run_dir, torch_device)
         classes = [str(c) for c in learn.dls.vocab]
-        probs, _ = learn.get_preds(dl=learn.dls.test_dl(items, bs=bs, num_workers=0))
+        dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
+        probs = tta_predictions(learn, dl)[0] if tta else learn.get_preds(dl=dl)[0]
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
-        probs = predict_probabilities(model, meta, items, bs, torch_device)
+        probs = predict_probabilities(model, meta, items, bs, torch_device, tta=tta)
     classes = class_names(run_dir, classes)
     predicted = dict(zip(items, top_predictions(classes, probs, top_k)))
     return [{"path": str(path), "predictions": predicted[path]} if path in predicted else

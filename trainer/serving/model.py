@@ -25,21 +25,21 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({str(self.run_dir)!r})"
 
-    def predict(self, images, top_k: int = 1, bs: int = 64) -> list[dict]:
+    def predict(self, images, top_k: int = 1, bs: int = 64, tta: bool = False) -> list[dict]:
         """Labels and probabilities for image files and folders: [{"path", "predictions": [{"label",
         "probability"}, ...]}], as `trainer predict --json` prints them."""
         paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
         return predict_images(self.run_dir, paths, top_k=top_k, bs=bs, device=self.device,
-                              trust_pickle=self.trust_pickle)
+                              trust_pickle=self.trust_pickle, tta=tta)
 
-    def interpret(self, top_k: int = 9, data: str | None = None, bs: int = 64) -> dict:
+    def interpret(self, top_k: int = 9, data: str | None = None, bs: int = 64, tta: bool = False) -> dict:
         """The interpretation of the run's validation set, written into the run: accuracy, most confused pairs."""
         return interpret_run(self.run_dir, top_k=top_k, data=data, bs=bs, device=self.device,
-                             trust_pickle=self.trust_pickle)
+                             trust_pickle=self.trust_pickle, tta=tta)
 
-    def evaluate(self, data: str, bs: int = 64) -> dict:
-        """Metrics on a separate labelled test set (test_metrics.json)."""
-        return evaluate_run(self.run_dir, str(data), bs=bs, device=self.device)
+    def evaluate(self, data: str, bs: int = 64, tta: bool = False) -> dict:
+        """Metrics on a separate labelled test set (test_metrics.json); `tta`: with test-time augmentation."""
+        return evaluate_run(self.run_dir, str(data), bs=bs, device=self.device, tta=tta)
 
     def export(self, fmt: str = "onnx", out: str | Path | None = None, data: str | None = None) -> Path:
         """The model as ONNX or TorchScript, checked against PyTorch before it is written; the file's path."""

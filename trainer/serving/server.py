@@ -48,12 +48,12 @@ class Predictor:
         self.labels = class_names(run_dir, self.meta["classes"])  # display names (pets: cat, dog), as predict
         self.lock = threading.Lock()  # one forward pass at a time: fastai's pipeline and the model are shared
 
-    def predict(self, images: list, top_k: int, max_batch: int) -> list[list[dict]]:
+    def predict(self, images: list, top_k: int, max_batch: int, tta: bool = False) -> list[list[dict]]:
         from trainer.serving.inference import predict_probabilities, top_predictions
 
         try:
             with self.lock:
-                probs = predict_probabilities(self.model, self.meta, images, max_batch, self.device)
+                probs = predict_probabilities(self.model, self.meta, images, max_batch, self.device, tta=tta)
         except Exception as e:  # MemoryError included: this request fails, the server goes on
             raise Rejected(500, f"inference failed ({type(e).__name__}: {first_line(e)}); the server goes on "
                                 f"serving: try fewer or smaller images") from None
@@ -156,11 +156,11 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
         return page_html.replace("{{title}}", html.escape(title))
 
     @app.post("/predict")
-    def predict(files: list[UploadFile] | None = File(None), top_k: int = 1):
+    def predict(files: list[UploadFile] | None = File(None), top_k: int = 1, tta: bool = False):
         # a plain `def`: FastAPI runs it in its thread pool, so decoding and the model never block the event loop
         names, images = read_request(files, top_k, max_bytes, max_pixels, max_request_pixels)
-        predictions = predictor.predict(images, top_k, max_batch)
-        return {"run": run_dir.resolve().name, "model": meta["arch"],
+        predictions = predictor.predict(images, top_k, max_batch, tta)  # tta: 5 passes, seeded (inference.py)
+        return {"run": run_dir.resolve().name, "model": meta["arch"], "tta": tta,
                 "results": [{"file": name, "predictions": p} for name, p in zip(names, predictions)]}
 
     return app

@@ -35,7 +35,7 @@ def run_training(p, run_dir: Path, run_log, events: Events, resumed: dict | None
     stats = activation_stats(p)
     callbacks = [run_log, checkpoints, *early_stopping(p.cfg, p.recipe, run_log.header, run_log.rows), *extra,
                  *([tensorboard_callback(run_dir / rundir.TENSORBOARD)] if p.cfg.tensorboard else []),
-                 *([stats] if stats else [])]
+                 *([stats] if stats else []), *mixup(p.cfg)]
     start = time.perf_counter()
     # A signal raises checkpoint.Interrupted at a batch boundary; training.stopping says what it left on disk.
     with p.learn.added_cbs(callbacks), stop_on_signals(flag), \
@@ -55,7 +55,7 @@ def follow(p, resumed: dict | None = None) -> tuple[None, None]:
     flag = signal_sync()
     history = (resumed["metrics"]["header"], resumed["metrics"]["rows"]) if resumed else ([], [])
     try:
-        with p.learn.added_cbs([*early_stopping(p.cfg, p.recipe, *history), flag]), stop_on_signals(flag), \
+        with p.learn.added_cbs([*early_stopping(p.cfg, p.recipe, *history), flag, *mixup(p.cfg)]), stop_on_signals(flag), \
                 swapped_dls(p.learn, p.data.fast_dls), distributed(p.learn, p.world, p.data.dls.device):
             if resumed:
                 restore_rng(resumed, p.learn.dls.train)
@@ -115,6 +115,16 @@ def early_stopping(cfg: FitConfig, recipe: Recipe, header: list[str] = (), rows:
     # comp=None: fastai's own direction for the metric, the rule recipes.lower_is_better states
     return [ResumableEarlyStopping(monitor=recipe.main_metric, comp=None, min_delta=0.0, patience=cfg.early_stop,
                                    history=history)]
+
+
+def mixup(cfg: FitConfig) -> list:
+    """fastai's MixUp with --mixup's alpha: each training batch blended with a shuffled copy of itself (images
+    and targets alike); validation batches are left alone."""
+    if not cfg.mixup:
+        return []
+    from fastai.callback.mixup import MixUp
+
+    return [MixUp(alpha=cfg.mixup)]
 
 
 def activation_stats(p):
