@@ -11,8 +11,8 @@ from trainer.config import FitConfig
 from trainer.options import OPTIONS, as_args
 
 # A value for every option, none of them a default, so a dropped or misspelt flag shows
-EVERY = dict(data="somewhere", size=96, valid_pct=0.25, cache=False, arch="resnet18", pretrained=True,
-             weights="w.pth", dropout=0.3, init="kaiming", epochs=3, lr=0.002, bs=16, opt="sgd", wd=0.001,
+EVERY = dict(data="somewhere", data_sha256="ab" * 32, size=96, valid_pct=0.25, cache=False, arch="resnet18",
+             pretrained=True, weights="w.pth", dropout=0.3, init="kaiming", epochs=3, lr=0.002, bs=16, opt="sgd", wd=0.001,
              early_stop=2, save_best=True, seed=7, device="cpu", precision="fp32", workers=1, interpret=False,
              top_k=4, tensorboard=True, activation_stats=True)
 
