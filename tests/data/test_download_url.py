@@ -115,6 +115,16 @@ def test_a_wrong_sha256_is_refused_and_nothing_is_kept(trainer, site, leaves, on
     assert len(site.requests) == 2
     assert locate(get_recipe("folder"), url, sha256=actual) == folder and len(site.requests) == 2  # reused
 
+    with pytest.raises(BadInput, match="downloaded before was removed; TRAINER_OFFLINE"):  # offline: not again
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TRAINER_OFFLINE", "1")
+            locate(get_recipe("folder"), url, sha256=wrong)
+    assert kept(isolated) == [] and len(site.requests) == 2
+    locate(get_recipe("folder"), url, sha256=actual)
+    with pytest.raises(BadInput, match="--data-sha256 expects"):  # a copy that does not match: downloaded again
+        locate(get_recipe("folder"), url, sha256=wrong)
+    assert kept(isolated) == [] and len(site.requests) == 4
+
 
 def test_a_dropped_connection_leaves_nothing_and_a_second_try_succeeds(trainer, site, leaves, online, isolated):
     from trainer.data.source import locate

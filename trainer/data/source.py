@@ -321,6 +321,9 @@ def fetch(url: str, sha256: str | None, note: Callable[[str], None], progress: b
     if archive.is_file():
         if not sha256 or known_digest(archive) == sha256.lower():
             return archive
+        if offline():
+            check_digest(archive, sha256, url, "the copy downloaded before was removed; TRAINER_OFFLINE is set, so "
+                                               "it is not downloaded again: check the digest", on_mismatch=discard)
         note(f"{archive} (from {url}) does not match --data-sha256: downloading it again")
         discard(archive)
     if offline():
