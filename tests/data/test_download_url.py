@@ -143,6 +143,16 @@ def test_a_dropped_connection_leaves_nothing_and_a_second_try_succeeds(trainer, 
     assert sorted(p.name for p in folder.iterdir()) == ["healthy", "rust"] and len(site.requests) == 2
 
 
+def test_a_damaged_download_is_removed(trainer, site, leaves, online, isolated):
+    """A body cut short where no length told (here: the first half of the archive, served as all of it) fails to
+    extract: one line, and the download goes too, so the next run fetches it again."""
+    site.files["/leaves.tgz"] = leaves[: len(leaves) // 2]
+    url = f"{site.base}/leaves.tgz"
+    line = one_line_error(trainer("fit", "folder", "--data", url, *FAST, expect=2))
+    assert "could not be extracted" in line and f"downloaded from {url}: removed" in line
+    assert kept(isolated) == []
+
+
 def test_http_errors_and_unreachable_servers_are_one_line(trainer, site, online, isolated):
     missing = f"{site.base}/gone.tgz"
     line = one_line_error(trainer("fit", "folder", "--data", missing, *FAST, expect=2))
