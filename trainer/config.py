@@ -9,9 +9,12 @@ frozen; config.json records the resolved values. Each value is checked against i
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
+from trainer.data.locations import is_url
 from trainer.errors import BadInput
-from trainer.options import AUG_DEFAULTS, LR_WORDS, OPTIONS, TOP_K, as_flag, check_device, lr_refusal
+from trainer.options import (AUG_DEFAULTS, LR_WORDS, NO_ARCHIVE_TO_CHECK, OPTIONS, TOP_K, as_flag, check_device,
+                             lr_refusal)
 from trainer.recipes import Recipe, presized
 
 
@@ -39,7 +42,8 @@ class FitConfig:
     arch: str | None = None
     pretrained: bool | None = None
     weights: str | None = None
-    data: str | None = None
+    data: str | None = None  # a folder, an archive or an http(s):// URL, as given
+    data_sha256: str | None = None  # the --data archive's (or URL's download's) SHA-256, checked when it is read
     size: int | None = None
     valid_pct: float | None = None
     device: str = "auto"
@@ -132,6 +136,8 @@ class FitConfig:
                 continue
             option.check(value)
         check_device(self.device)
+        if self.data_sha256 and not self.data:
+            raise BadInput(NO_ARCHIVE_TO_CHECK)
         if self.weights and self.pretrained is False:
             raise BadInput("--weights and --no-pretrained contradict each other: drop one of them")
 
@@ -161,7 +167,10 @@ def resume_config(config: dict, **given) -> FitConfig:
             raise BadInput(f"--resume continues with the run's own options: it has {as_flag(name, options[name])}; "
                            f"drop {as_flag(name, value)}")
         options[name] = value
-    return FitConfig(**{**options, "data": config["data"]["path"]})
+    data, sha256 = config["data"]["path"], None  # the folder it trained on: checked when it was made
+    if is_url(options.get("data")) and not Path(data).is_dir():  # the extracted copy is gone: from the URL again
+        data, sha256 = options["data"], options.get("data_sha256")
+    return FitConfig(**{**options, "data": data, "data_sha256": sha256})
 
 
 def default_wd(opt: str) -> float:

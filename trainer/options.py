@@ -9,6 +9,7 @@ No heavy imports: `trainer --help` reads this.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from trainer.errors import BadInput, did_you_mean
@@ -50,6 +51,7 @@ class Option:
     choices: tuple[str, ...] = ()
     switch: bool = False  # a bool with only the --name form (no --no-name)
     example: str = ""  # a valid value, for the error message's "e.g."
+    pattern: tuple[str, str] = ()  # a str's form: (regular expression, what it says in words)
 
     @property
     def flag(self) -> str:
@@ -64,6 +66,8 @@ class Option:
                 raise BadInput(f"unknown {self.flag} '{value}'{did_you_mean(str(value), self.choices)}; "
                                f"use one of {', '.join(self.choices)}")
             return
+        if self.pattern and (not isinstance(value, str) or not re.fullmatch(self.pattern[0], value)):
+            raise BadInput(f"{self.flag} must be {self.pattern[1]}, got '{value}'")
         if self.kind in (int, float) and (self.low is not None or self.high is not None):
             self.check_number(value)
 
@@ -124,8 +128,11 @@ def _options(*options: Option) -> dict[str, Option]:
 
 OPTIONS = _options(
     # Data
-    Option("data", str, "Dataset folder or .tgz/.tar/.zip archive", DATA,
-           "data root, then FASTAI_HOME, then download"),
+    Option("data", str, "Dataset folder, .tgz/.tar/.zip archive, or an http(s):// URL of one (downloaded once into "
+                        "FASTAI_HOME/archive)", DATA, "data root, then FASTAI_HOME, then download"),
+    Option("data_sha256", str, "SHA-256 the --data URL's download (or --data archive) must have; a mismatch is "
+                               "refused and the download removed", DATA,
+           pattern=(r"[0-9a-fA-F]{64}", "64 hexadecimal digits (what sha256sum prints)")),
     Option("size", int, "Image size for recipes that resize (pets, pets_breeds, folder)", DATA, "224", low=1, high=SIZE_MAX),
     Option("valid_pct", float, "Random validation fraction instead of the folders' split (cifar10, folder)", DATA,
            low=0, high=1, low_open=True, high_open=True, example="0.2"),
@@ -191,8 +198,12 @@ OPTIONS = _options(
 )
 
 # What lr-find takes of them (the data and model options; not the schedule or outputs)
-LR_FIND_OPTIONS = ("data", "size", "valid_pct", "cache", "arch", "pretrained", "weights", "bs", "seed", "device",
-                   "precision", "workers")
+LR_FIND_OPTIONS = ("data", "data_sha256", "size", "valid_pct", "cache", "arch", "pretrained", "weights", "bs", "seed",
+                   "device", "precision", "workers")
+
+
+# --data-sha256 alone: there is no archive to check (the recipes' own downloads are fastai's, checked by it)
+NO_ARCHIVE_TO_CHECK = "--data-sha256 checks the --data archive: give --data URL (or an archive file) with it"
 
 
 def check_device(spec: str) -> None:

@@ -263,7 +263,7 @@ def test_repeat_command_round_trips(trainer, digits_run, monkeypatch, tmp_path):
     assert_same_run(parsed(trainer, monkeypatch, reproduce_command(config)), config)
 
     changed = dict(epochs=2, lr=0.003, bs=16, arch="resnet18", pretrained=True, weights=str(tmp_path / "w 1.pth"),
-                   data=str(tmp_path / "my data"), size=64, valid_pct=0.25, cache=False, opt="sgd", wd=0.05,
+                   data=str(tmp_path / "my data"), data_sha256="ab" * 32, size=64, valid_pct=0.25, cache=False, opt="sgd", wd=0.05,
                    dropout=0.2, init="kaiming", early_stop=2, save_best=True, activation_stats=True, seed=7,
                    out=str(tmp_path / "elsewhere"), interpret=False, top_k=4, tensorboard=True, aug=True,
                    flip_vert=True, max_rotate=20.0, max_lighting=0.3, mixup=0.4, label_smoothing=0.1)

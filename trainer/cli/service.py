@@ -18,6 +18,7 @@ import typer
 from trainer.cli.app import app, console
 from trainer.cli.options import RUNS, AsJson, RecipeName, with_options
 from trainer.cli.runs import ListByDefault
+from trainer.data.locations import is_url
 from trainer.errors import BadInput
 from trainer.options import HARDWARE, OPTIONS
 
@@ -99,6 +100,17 @@ def submit(
                        "locally (`trainer fit ... --weights FILE`)")
     if data and data_name:
         raise BadInput("give --data (uploaded) or --data-name (on the service), not both")
+    if is_url(data):
+        raise BadInput(f"trainer submit uploads --data from this machine: download {data} first and pass the file, "
+                       f"or train here with `trainer fit {recipe} --data {data}`")
+    if sha256 := options.pop("data_sha256"):  # checked here, before the upload: the service gets the data itself
+        OPTIONS["data_sha256"].check(sha256)
+        if not data or not Path(data).is_file():
+            raise BadInput("--data-sha256 checks the --data archive this machine uploads: pass the archive file "
+                           "with it")
+        from trainer.data.source import check_digest
+
+        check_digest(Path(data), sha256, data, "check the file, or the digest you were given")
     api = client(server)
     body = {"recipe": recipe, "command": "lr-find" if lr_find else "fit", "nproc": nproc,
             "options": {k: v for k, v in options.items() if v is not None}, "data": data_name}

@@ -13,6 +13,13 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 DATASET_MANIFEST = ".trainer-dataset.json"
 
 
+URL_SCHEMES = ("http://", "https://")  # --data URL: an archive downloaded once (data/source.py)
+
+
+def is_url(data) -> bool:
+    return isinstance(data, str) and data[:8].lower().startswith(URL_SCHEMES)
+
+
 def data_root() -> Path:
     return Path(os.environ.get("TRAINER_DATA", "datasets")).expanduser()
 
@@ -23,11 +30,21 @@ def offline() -> bool:
 
 def fastai_data_dir() -> Path:
     """Where fastai's untar_data extracts to, read without importing fastai."""
+    return fastai_dir("data")
+
+
+def fastai_archive_dir() -> Path:
+    """Where fastai's untar_data downloads archives to (config.ini's `archive`), and --data URL too."""
+    return fastai_dir("archive")
+
+
+def fastai_dir(key: str) -> Path:
+    """One of the folders of fastai's config.ini ($FASTAI_HOME, default ~/.fastai): `data`, `archive`, ..."""
     home = Path(os.environ.get("FASTAI_HOME", "~/.fastai")).expanduser()
     parser = configparser.ConfigParser()
     parser.read(home / "config.ini")
-    data = Path(parser.get("DEFAULT", "data", fallback="data")).expanduser()
-    return data if data.is_absolute() else home / data
+    folder = Path(parser.get("DEFAULT", key, fallback=key)).expanduser()
+    return folder if folder.is_absolute() else home / folder
 
 
 def dataset_version(folder: Path) -> dict | None:

@@ -1,7 +1,9 @@
 """Find (or fetch) a recipe's data, check its layout, and build its DataLoaders.
 
 Lookup order, first hit wins, so a folder that is already there never needs the network:
-  1. --data PATH (a folder, or a .tgz/.tar/.zip archive, extracted once into the data root)
+  1. --data PATH (a folder, or a .tgz/.tar/.zip archive, extracted once into the data root), or --data URL
+     (an http(s):// archive downloaded once by fastai's download_url into $FASTAI_HOME/archive/, then
+     extracted as a local archive is; --data-sha256 checks it)
   2. the data root: $TRAINER_DATA, else ./datasets, holding <recipe folder>/
   3. fastai's cache: $FASTAI_HOME/data/<recipe folder> (where untar_data extracts)
   4. fastai's untar_data download (skipped when TRAINER_OFFLINE=1)
@@ -11,21 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import shutil
 import tarfile
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable
+from urllib.parse import unquote, urlsplit
 
 from filelock import FileLock
 
 from trainer.errors import BadInput
 from trainer.data.archives import extract_tar, extract_zip
 from trainer.files import write_failure
-from trainer.data.locations import IMAGE_EXTENSIONS, data_root, fastai_data_dir, offline
+from trainer.options import NO_ARCHIVE_TO_CHECK
+from trainer.data.locations import (IMAGE_EXTENSIONS, data_root, fastai_archive_dir, fastai_data_dir, is_url,
+                                     offline)
 from trainer.recipes import Recipe
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
+DOWNLOAD_TIMEOUT = 60  # seconds a download may wait for the server (to connect, or for its next bytes)
 
 
 def local_candidates(recipe: Recipe) -> list[Path]:
@@ -39,14 +47,18 @@ def find_local(recipe: Recipe) -> Path | None:
     return next((p for p in local_candidates(recipe) if p.is_dir()), None)
 
 
-def locate(recipe: Recipe, data: str | None) -> Path:
+def locate(recipe: Recipe, data: str | None, *, sha256: str | None = None, note: Callable[[str], None] | None = None,
+           progress: bool = False) -> Path:
     """The folder holding the recipe's data, in the recipe's layout (checked).
+
+    `sha256` (--data-sha256): the digest the --data URL's download, or the --data archive, must have. `note`
+    hears what a download does; `progress` shows fastai's download bar (a terminal, not --quiet).
 
     One process at a time: the ranks of a distributed job (or two runs started together) would
     otherwise all download or extract the same data at once; the first does it, the others wait for
     the lock and then find it in place."""
     with exclusive(recipe.name):
-        return _locate(recipe, data)
+        return _locate(recipe, data, sha256, note or (lambda text: None), progress)
 
 
 @contextlib.contextmanager
@@ -66,13 +78,21 @@ def exclusive(name: str):
         lock.release()
 
 
-def _locate(recipe: Recipe, data: str | None) -> Path:
+def _locate(recipe: Recipe, data: str | None, sha256: str | None = None,
+            note: Callable[[str], None] = lambda text: None, progress: bool = False) -> Path:
+    if sha256 and not data:
+        raise BadInput(NO_ARCHIVE_TO_CHECK)
     if data:
-        given = Path(data).expanduser()
+        given = extract_download(data, sha256, note, progress) if is_url(data) else Path(data).expanduser()
         if not given.exists():
-            raise BadInput(f"--data {data}: no such file or folder; give an extracted dataset folder "
-                           f"or a .tgz/.tar/.zip archive (layout: {recipe.layout})")
+            raise BadInput(f"--data {data}: no such file or folder; give an extracted dataset folder, "
+                           f"a .tgz/.tar/.zip archive or an http(s):// URL of one (layout: {recipe.layout})")
+        if sha256 and not given.is_file() and not is_url(data):
+            raise BadInput(f"--data-sha256 checks an archive, and --data {data} is a folder: drop --data-sha256, "
+                           f"or pass the archive (or its URL)")
         if given.is_file():
+            if sha256:
+                check_digest(given, sha256, str(given), "check the file, or the digest you were given")
             given = extract_archive(given)
         if recipe.made_from and not any(given.iterdir()):  # an empty folder: write the data there
             return make(recipe, given)
@@ -196,14 +216,11 @@ def extract_archive(archive: Path) -> Path:
     Extraction goes to a temporary folder renamed into place, so a crash or a second
     process never leaves (or sees) a half-extracted dataset.
     """
-    name = archive.name.lower()
-    if not name.endswith(ARCHIVE_SUFFIXES):
+    if not archive.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise BadInput(f"--data {archive} is a file but not a .tgz/.tar/.zip archive; "
                        f"give an archive or an extracted folder")
-    stat = archive.stat()
-    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-    stem = next(archive.name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s))
-    target = data_root() / ".extracted" / f"{stem[:100]}-{key}"  # cut short: a long name still fits
+    target = extracted_target(archive)
+    stem = archive_stem(archive.name)
     if target.is_dir():
         return target
     try:
@@ -218,6 +235,18 @@ def extract_archive(archive: Path) -> Path:
     except OSError:  # another process finished first: use its copy
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def archive_stem(name: str) -> str:
+    """An archive's name without its archive suffix (flowers.tar.gz: flowers)."""
+    return next(name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.lower().endswith(s))
+
+
+def extracted_target(archive: Path) -> Path:
+    """Where extract_archive puts `archive`: <data root>/.extracted/<stem>-<hash of its path, size and mtime>."""
+    stat = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return data_root() / ".extracted" / f"{archive_stem(archive.name)[:100]}-{key}"  # cut short: a long name fits
 
 
 def extract_members(archive: Path, into: Path) -> None:
@@ -253,6 +282,155 @@ def refuse_outside_members(archive: Path, names: list[str]) -> None:
 def outside_member(archive: Path, detail: str) -> BadInput:
     return BadInput(f"--data {archive}: refusing an archive member that points outside the archive ({detail}); "
                     f"extract it yourself if you trust it")
+
+
+# --data URL: an archive on a web server, downloaded by fastai's machinery (fastdownload's download_url: a .part
+# file renamed into place, fastcore's urlretrieve refusing a body shorter than its Content-Length, fastprogress's
+# bar) into fastai's archive folder, then extracted, checked and reused exactly as a local archive is.
+
+def download_path(url: str) -> Path:
+    """Where `url` is downloaded: $FASTAI_HOME/archive/<stem>-<hash of the URL><suffix> (untar_data's folder; the
+    hash keeps two URLs of the same file name apart)."""
+    parts = urlsplit(url)
+    name = PurePosixPath(unquote(parts.path)).name
+    if not parts.hostname or not name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise BadInput(f"--data {url}: a URL must name a .tgz/.tar.gz/.tar/.zip archive (e.g. "
+                       f"https://example.com/flowers.tgz); download other addresses yourself and pass the file")
+    stem = archive_stem(name)
+    key = hashlib.sha1(url.encode()).hexdigest()[:10]
+    return fastai_archive_dir() / f"{stem[:100]}-{key}{name[len(stem):].lower()}"
+
+
+def extract_download(url: str, sha256: str | None, note: Callable[[str], None], progress: bool) -> Path:
+    """`url`'s archive, downloaded once (or found), checked and extracted as a local archive is."""
+    with exclusive("download-" + hashlib.sha1(url.encode()).hexdigest()[:10]):  # two recipes, one URL
+        archive = fetch(url, sha256, note, progress)
+        try:
+            return extract_archive(archive)
+        except BadInput as e:
+            if sha256:  # the very file expected: keep it (a limit to raise, a full disk to free)
+                raise
+            discard(archive)  # most likely cut short by a server that sent no length: fetched again next time
+            raise BadInput(f"{e} (downloaded from {url}: removed, so the next run downloads it again)") from None
+
+
+def fetch(url: str, sha256: str | None, note: Callable[[str], None], progress: bool) -> Path:
+    """The archive of `url` in fastai's archive folder: the copy already there (no network) when it matches
+    `sha256`, else a fresh download, checked."""
+    archive = download_path(url)
+    if archive.is_file():
+        if not sha256 or known_digest(archive) == sha256.lower():
+            return archive
+        if offline():
+            check_digest(archive, sha256, url, "the copy downloaded before was removed; TRAINER_OFFLINE is set, so "
+                                               "it is not downloaded again: check the digest", on_mismatch=discard)
+        note(f"{archive} (from {url}) does not match --data-sha256: downloading it again")
+        discard(archive)
+    if offline():
+        raise BadInput(f"--data {url} is not downloaded yet ({archive} is missing) and TRAINER_OFFLINE is set: "
+                       f"unset TRAINER_OFFLINE to download it, or download the archive yourself and pass the file")
+    note(f"downloading {url} into {archive.parent}")
+    download_archive(url, archive, progress)
+    if sha256:
+        check_digest(archive, sha256, url, "check the URL and the digest (sha256sum prints it); the download "
+                                           "was removed", on_mismatch=discard)
+    return archive
+
+
+def download_archive(url: str, archive: Path, progress: bool) -> None:
+    """fastdownload's download_url into `archive`, atomically: nothing of a failed download is left."""
+    from fastdownload import download_url
+
+    name_short_reads()
+    part = archive.with_name(archive.name + ".part")  # download_url's temporary name
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        # fastprogress writes its bar to stdout (and a first character even without a bar): only when it shows
+        with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
+            download_url(url, archive, timeout=DOWNLOAD_TIMEOUT, show_progress=progress)
+    except BaseException as e:
+        part.unlink(missing_ok=True)
+        if not isinstance(e, Exception):
+            raise
+        if failure := write_failure(part, e):
+            raise BadInput(f"--data {url}: {failure}; nothing was kept: free space, or set FASTAI_HOME "
+                           f"elsewhere") from None
+        raise BadInput(f"--data {url}: the download failed ({download_cause(e)}); nothing was kept: check the "
+                       f"address and the network, then run again") from None
+    finally:
+        if progress:
+            print()  # the bar ends its line without a newline
+
+
+def name_short_reads() -> None:
+    """fastcore.net's urlretrieve (under download_url) refuses a body shorter than its Content-Length, a connection
+    dropped halfway, by raising ContentTooShortError: a name fastcore 2.2 never imports, so it is a NameError
+    there. Give fastcore the name, so a short read is the error it means to be."""
+    import fastcore.net
+    from urllib.error import ContentTooShortError
+
+    if not hasattr(fastcore.net, "ContentTooShortError"):
+        fastcore.net.ContentTooShortError = ContentTooShortError
+
+
+def download_cause(e: Exception) -> str:
+    """What went wrong with a download, in one line: an HTTP status, a refused or dropped connection, DNS."""
+    from urllib.error import ContentTooShortError, HTTPError, URLError
+
+    if isinstance(e, HTTPError):
+        text = f"HTTP {e.code} {e.reason}"
+    elif isinstance(e, ContentTooShortError):
+        text = f"the connection closed early: {e.reason}"
+    elif isinstance(e, URLError):
+        text = str(e.reason)
+    else:
+        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    lines = text.strip().splitlines() or [type(e).__name__]  # fastcore adds the error page's body below the status
+    return " ".join(lines[0].split())[:300]
+
+
+def check_digest(archive: Path, sha256: str, shown: str, fix: str, on_mismatch=None) -> None:
+    actual = known_digest(archive)
+    if actual != sha256.lower():
+        if on_mismatch:
+            on_mismatch(archive)
+        raise BadInput(f"--data {shown}: its SHA-256 is {actual}, not the {sha256.lower()} --data-sha256 expects; "
+                       f"{fix}")
+
+
+def known_digest(archive: Path) -> str:
+    """The archive's SHA-256, read once: a checked download keeps it beside itself (<archive>.sha256, with the size
+    and mtime it is of), so a large archive is not hashed again on every run."""
+    record = archive.with_name(archive.name + ".sha256")
+    stat = archive.stat()
+    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    try:
+        digest, kept = record.read_text().split(" ", 1)
+        if kept.strip() == stamp:
+            return digest
+    except (OSError, ValueError):
+        pass
+    digest = file_sha256(archive)
+    if archive.parent == fastai_archive_dir():  # a download (never written beside the user's own files)
+        with contextlib.suppress(OSError):
+            record.write_text(f"{digest} {stamp}\n")
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def discard(archive: Path) -> None:
+    """A download that is not to be used: the archive, its digest record and its extracted copy."""
+    with contextlib.suppress(OSError):
+        shutil.rmtree(extracted_target(archive), ignore_errors=True)
+    for path in (archive, archive.with_name(archive.name + ".sha256")):
+        path.unlink(missing_ok=True)
 
 
 def make(recipe: Recipe, target: Path) -> Path:

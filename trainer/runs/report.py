@@ -78,7 +78,8 @@ def read_csv(path: Path) -> tuple[list, list[list]]:
 DEFAULTS = {"out": "runs", "cache": True, "interpret": True, "top_k": TOP_K}
 NEGATABLE = ("pretrained", "cache", "interpret", "tensorboard")  # the flags with a --no- form
 # `trainer lr-find` takes the data and model options of fit, not its training or output ones.
-LR_FIND_OPTIONS = ("bs", "arch", "pretrained", "weights", "data", "size", "valid_pct", "cache", "seed", "out")
+LR_FIND_OPTIONS = ("bs", "arch", "pretrained", "weights", "data", "data_sha256", "size", "valid_pct", "cache", "seed",
+                   "out")
 
 
 def reproduce_command(config: dict) -> str:

@@ -60,8 +60,9 @@ def prepare(asked: FitConfig, events: Events) -> Prepared:
     recipe = get_recipe(asked.recipe)
     defaults = asked.resolve(recipe)  # what was asked over the recipe's defaults; the machine comes next
     check_writable(Path(defaults.out))
-    data_path = locate(recipe, defaults.data)
     world = world_from_env()
+    data_path = locate(recipe, defaults.data, sha256=defaults.data_sha256, note=events.note,
+                       progress=world.main and any(getattr(s, "live", False) for s in events.subscribers))
     check_lr_processes(defaults.lr, world.size)
     device = resolve_device(defaults.device, world.local_rank if world.launched else None)
     resolve_precision(defaults.precision, device)  # a precision this device cannot run fails before the data is read

@@ -345,8 +345,9 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
     app.get("/ui/{anything:path}", include_in_schema=False)(guarded(no_page))  # last: after every real page
 
 
-# Options the service decides, never the form: paths on the server and the device (the service assigns GPUs).
-SERVER_CHOSEN = ("data", "weights", "device")
+# Options the service decides, never the form: paths on the server (and the digest of a --data archive, which
+# only the command line downloads or reads) and the device (the service assigns GPUs).
+SERVER_CHOSEN = ("data", "data_sha256", "weights", "device")
 
 
 def option_field(option, for_lr_find: bool) -> dict:
