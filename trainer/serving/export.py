@@ -86,16 +86,14 @@ def sidecar(path: Path) -> Path:
 def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tensor) -> dict:
     """What a program outside trainer needs to use the file: classes and how to make the input."""
     from trainer.model.learner import class_names
-    from trainer.recipes import get_recipe
 
-    recipe = get_recipe(meta["recipe"])
     height, width = images.shape[-2:]
     norm = meta["normalize"] or {"mean": None, "std": None}
     return {"format": fmt, "file": path.name, "run": run_dir.resolve().name, "run_dir": str(run_dir.resolve()),
             "recipe": meta["recipe"], "arch": meta["arch"], "classes": class_names(run_dir, meta["classes"]),
             "vocab": meta["classes"],
             "input": {"name": "image", "shape": ["batch", 3, height, width], "dtype": "float32",
-                      "size": [height, width], "resize": resize_of(recipe, meta, height, width),
+                      "size": [height, width], "resize": resize_of(meta, height, width),
                       "pixels": "RGB, scaled to 0..1 (value / 255), then (x - mean) / std per channel",
                       "mean": norm["mean"], "std": norm["std"]},
             "output": {"name": "logits", "shape": ["batch", len(meta["classes"])],
@@ -103,8 +101,8 @@ def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tens
             "torch": torch.__version__}
 
 
-def resize_of(recipe, meta: dict, height: int, width: int) -> str:
-    """What the recipe's validation transforms do to an image's size, in words."""
+def resize_of(meta: dict, height: int, width: int) -> str:
+    """What the run's validation transforms (model.json's pipeline) do to an image's size, in words."""
     from trainer.serving.inference import run_pipeline
 
     resize = run_pipeline(meta).get("item_tfms")
