@@ -185,8 +185,8 @@ def run_data(run_dir: Path, data: str | None):
     from trainer.runs.split import check_split
 
     config = read_config(run_dir)  # validated: these fields are there, of the right types
-    recipe = get_recipe(config["recipe"]["name"])
     cfg = FitConfig(**config["options"])
+    recipe = get_recipe(config["recipe"]["name"]).configured(cfg)  # --labels, --label-re: their layout
     data_path = Path(data or config["data"]["path"])
     if not data_path.exists():
         raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")

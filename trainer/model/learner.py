@@ -49,6 +49,16 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     from fastai.vision.all import accuracy, error_rate, vision_learner
 
     metrics = {"error_rate": error_rate, "accuracy": accuracy}
+    loss = {}  # fastai's choice from the data: CrossEntropyLossFlat, or BCEWithLogitsLossFlat for multi-label
+    if getattr(cfg, "threshold", None) is not None:  # multi-label: metrics and decoding at the run's threshold
+        from functools import partial
+
+        from fastai.losses import BCEWithLogitsLossFlat
+        from fastai.metrics import F1ScoreMulti, accuracy_multi
+
+        metrics = {"f1_score": F1ScoreMulti(thresh=cfg.threshold, average="macro"),
+                   "accuracy_multi": partial(accuracy_multi, thresh=cfg.threshold)}
+        loss = {"loss_func": BCEWithLogitsLossFlat(thresh=cfg.threshold)}
     arch = resolve_arch(cfg.arch)
     timm_args = {}  # for timm.create_model, through vision_learner
     if cfg.weights:
@@ -66,7 +76,7 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     try:
         learn = vision_learner(dls, arch, pretrained=cfg.pretrained, metrics=[metrics[m] for m in recipe.metrics],
                                path=run_dir, model_dir=".", opt_func=optimizer(cfg.opt), wd=cfg.wd, ps=cfg.dropout,
-                               **timm_args)
+                               **loss, **timm_args)
     except OSError as e:  # urllib's URLError is an OSError: the weights could not be fetched
         raise BadInput(no_weights_message(cfg, f"{type(e).__name__}: {e}")) from None
     except (RuntimeError, KeyError, ValueError) as e:
@@ -117,6 +127,8 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
         "size": cfg.size,  # the recipe's transforms(size) rebuild the input pipeline
         "native_size": native_size(learn.dls) if cfg.size is None else None,  # [h, w] inputs are brought to
         "dropout": cfg.dropout,  # the head's layout depends on it (no Dropout module at 0)
+        "multi_label": getattr(cfg, "threshold", None) is not None,  # sigmoid per label, not a softmax over them
+        "threshold": getattr(cfg, "threshold", None),  # multi-label: the labels above it are predicted
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
                                                 "std": norm.std.flatten().tolist()},
     })
@@ -196,12 +208,15 @@ def load_pickled(run_dir: Path, device):
     return learn
 
 
-def inference_learner(dls, model):
-    """A plain fastai Learner around a loaded model, for get_preds (no progress bars)."""
+def inference_learner(dls, model, meta: dict | None = None):
+    """A plain fastai Learner around a loaded model, for get_preds (no progress bars): the loss of its training,
+    BCEWithLogitsLossFlat for a multi-label model (model.json's multi_label; its probabilities are sigmoids)."""
     from fastai.callback.progress import ProgressCallback
     from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
+    from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
+    multi = bool((meta or {}).get("multi_label"))
+    loss = BCEWithLogitsLossFlat(thresh=meta.get("threshold") or 0.5) if multi else CrossEntropyLossFlat()
+    learn = Learner(dls, model, loss_func=loss)
     learn.remove_cb(ProgressCallback)
     return learn
