@@ -76,14 +76,15 @@ def predict_probabilities(model, meta: dict, items: list, bs: int, device) -> to
     """N x C probabilities of `items`, in order. A recipe that uses images at their own size (no resize)
     of unknown training size gets one batch per image size, since a batch holds one size. `bs` bounds the
     images run at once."""
+    multi = bool(meta.get("multi_label"))  # a sigmoid per label instead of a softmax over them
     if input_size(meta):
-        return probabilities(model, input_batches(meta, items, bs, device))
+        return probabilities(model, input_batches(meta, items, bs, device), multi)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, item in enumerate(items):
         groups.setdefault(image_size(item), []).append(index)
     probs = torch.empty(len(items), len(meta["classes"]))
     for indices in groups.values():
-        probs[indices] = probabilities(model, input_batches(meta, [items[i] for i in indices], bs, device))
+        probs[indices] = probabilities(model, input_batches(meta, [items[i] for i in indices], bs, device), multi)
     return probs
 
 
@@ -101,9 +102,27 @@ def image_size(item) -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def probabilities(model, batches) -> torch.Tensor:
-    """N x C class probabilities: the softmax of the model's outputs, as fastai's get_preds gives them."""
+def probabilities(model, batches, multi_label: bool = False) -> torch.Tensor:
+    """N x C class probabilities: the softmax of the model's outputs, as fastai's get_preds gives them; for a
+    multi-label model each label's own sigmoid (BCEWithLogitsLossFlat's activation)."""
+    if multi_label:
+        return torch.cat([model(x).float().sigmoid().cpu() for x in batches])
     return torch.cat([model(x).float().softmax(dim=-1).cpu() for x in batches])
+
+
+def labels_above(classes: list[str], probs: torch.Tensor, threshold: float) -> list[list[dict]]:
+    """Per image of a multi-label model, every label whose probability is above `threshold`, most probable first
+    (none when no label is: the model sees none of them), rounded as `trainer predict` prints them."""
+    return [[{"label": classes[k], "probability": round(float(row[k]), 6)}
+             for k in row.argsort(descending=True).tolist() if row[k] > threshold] for row in probs]
+
+
+def predictions_of(meta: dict, classes: list[str], probs: torch.Tensor, top_k: int) -> list[list[dict]]:
+    """What predict, the server and the service answer per image: the top_k classes, or for a multi-label model
+    every label above its threshold (model.json's)."""
+    if meta.get("multi_label"):
+        return labels_above(classes, probs, meta.get("threshold") or 0.5)
+    return top_predictions(classes, probs, top_k)
 
 
 def top_predictions(classes: list[str], probs: torch.Tensor, top_k: int) -> list[list[dict]]:
@@ -137,7 +156,7 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
                    trust_pickle: bool = False) -> list[dict]:
     """Top-k labels and probabilities for each image (folders expand to every image in them), batched."""
     from trainer.device import resolve_device
-    from trainer.serving.inference import image_items, predict_probabilities, top_predictions
+    from trainer.serving.inference import image_items, predict_probabilities, predictions_of
     from trainer.model.learner import class_names, load_pickled, load_weights
 
     from trainer.data.images import readable_or_refuse, unreadable
@@ -148,14 +167,18 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
     items = [path for path in given if path not in bad]
     torch_device = resolve_device(device)
     if trust_pickle:
+        from trainer.runs import rundir
+
         learn = load_pickled(run_dir, torch_device)
         classes = [str(c) for c in learn.dls.vocab]
-        probs, _ = learn.get_preds(dl=learn.dls.test_dl(items, bs=bs, num_workers=0))
+        probs, _ = learn.get_preds(dl=learn.dls.test_dl(items, bs=bs, num_workers=0))  # fastai's activation
+        meta = rundir.read_model_meta(run_dir) if (run_dir / rundir.MODEL_META).is_file() else {}
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
         probs = predict_probabilities(model, meta, items, bs, torch_device)
     classes = class_names(run_dir, classes)
-    predicted = dict(zip(items, top_predictions(classes, probs, top_k)))
-    return [{"path": str(path), "predictions": predicted[path]} if path in predicted else
+    predicted = dict(zip(items, predictions_of(meta, classes, probs, top_k)))
+    above = {"threshold": meta.get("threshold") or 0.5} if meta.get("multi_label") else {}  # multi-label: every label above it
+    return [{"path": str(path), "predictions": predicted[path], **above} if path in predicted else
             {"path": str(path), "predictions": [], "unreadable": bad[path]} for path in given]
