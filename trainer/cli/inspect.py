@@ -32,9 +32,15 @@ def interpret(
     run_dir = resolve_run(target, out)
     report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle,
                            losses=losses)
+    also = f", losses.csv ({report['losses']} images)" if losses else ""
+    if report.get("multi_label"):
+        console().print(f"accuracy_multi {report['accuracy']:.4f}, macro F1 {report['f1_macro']:.4f} on "
+                        f"{report['n']} validation images")
+        console().print(f"wrote confusion_per_label.png/.csv, top_losses.png/.csv, per_class.csv/.json{also}")
+        print(run_dir)
+        return
     console().print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images")
     print_confused(report["most_confused"])
-    also = f", losses.csv ({report['losses']} images)" if losses else ""
     console().print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
                     f"most_confused.csv{'/.png' if (run_dir / 'most_confused.png').is_file() else ''}, "
                     f"per_class.csv/.json{also}")
@@ -93,6 +99,14 @@ def print_predictions(results: list[dict], top_k: int) -> None:
     for row in results:
         if "unreadable" in row:
             table.add_row(row["path"], "unreadable", "-", *([row["unreadable"]] if top_k > 1 else []))
+            continue
+        if not row["predictions"]:  # multi-label: no label above the threshold
+            table.add_row(row["path"], "(no label above the threshold)", "-", *([""] if top_k > 1 else []))
+            continue
+        if row.get("threshold") is not None:  # multi-label: every label above the threshold, each with its probability
+            shown = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in row["predictions"])
+            table.add_row(row["path"], " ".join(p["label"] for p in row["predictions"]), shown,
+                          *([""] if top_k > 1 else []))
             continue
         best, *rest = row["predictions"]
         others = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in rest)
