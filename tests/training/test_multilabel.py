@@ -36,7 +36,7 @@ def tags_of(rows, name):
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
-    """A trained multi-label run: 80 images with 1-3 of 4 labels, every fourth for validation."""
+    """A trained multi-label run: 80 images with 1-3 of 4 labels, every fourth for validation, 6 epochs."""
     base = tmp_path_factory.mktemp("multi")
     data = base / "tags"
     rng = np.random.default_rng(0)
@@ -53,7 +53,7 @@ def multi(tmp_path_factory):
 
     with offline_data(base):
         result = Trainer()("fit", "folder", "--data", data, "--labels", "tags.csv", "--label-delim", " ",
-                           "--threshold", THRESHOLD, "--epochs", "4", *TRAIN, "--out", base / "runs")
+                           "--threshold", THRESHOLD, "--epochs", "6", *TRAIN, "--out", base / "runs")
     return run_dir_of(result), data, rows, result
 
 
@@ -186,3 +186,42 @@ def test_lr_find_on_multi_label_data(trainer, multi, isolated):
                                 "--no-pretrained", "--arch", "resnet18", "--size", str(SIDE), "--bs", "8",
                                 "--num-it", "20", "--out", isolated / "runs"))
     assert json.loads((lr_dir / "lr_find.json").read_text())["suggestions"]
+
+
+def test_evaluate_on_a_labelled_test_csv(trainer, multi, isolated):
+    from helpers import one_line_error
+
+    run_dir, data, rows, _ = multi
+    test = isolated / "test"
+    rng = np.random.default_rng(1)
+    with open(test.parent / "test.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "tags"])
+        for i in range(16):
+            labels = sorted(rng.choice(LABELS, int(rng.integers(1, 4)), replace=False).tolist())
+            draw_labels(test / f"t{i}.png", labels, seed=1000 + i)
+            writer.writerow([f"test/t{i}.png", " ".join(labels)])
+    result = trainer("evaluate", run_dir, "--data", isolated, "--labels", "test.csv", "--label-col", "tags")
+    assert "macro F1" in result.stdout
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    assert metrics["multi_label"] is True and metrics["n"] == 16 and metrics["threshold"] == THRESHOLD
+    assert metrics["f1_macro"] >= 0.8 and [c["class"] for c in metrics["per_class"]] == LABELS, metrics
+    with open(run_dir / "test_confusion_per_label.csv") as f:
+        assert [sum(int(v) for k, v in r.items() if k != "label") for r in csv.DictReader(f)] == [16] * 4
+    assert "multi-label: give its test images' labels in a CSV" in one_line_error(
+        trainer("evaluate", run_dir, "--data", test, expect=2))
+    assert "trained this run" in one_line_error(
+        trainer("evaluate", run_dir, "--data", data, "--labels", "tags.csv", expect=2))
+    (isolated / "odd.csv").write_text("image,tags\ntest/t0.png,blue purple\n")
+    assert "line 2: 'purple' is not a class of this model" in one_line_error(
+        trainer("evaluate", run_dir, "--data", isolated, "--labels", "odd.csv", expect=2))
+
+
+def test_the_per_label_grid_is_readable_at_20_labels(tmp_path):
+    from trainer.inspection.interpret_plots import plot_label_confusions
+
+    labels = [f"label_{k}" for k in range(19)] + ["a label with a rather long name indeed"]
+    counts = np.random.default_rng(0).integers(0, 300, (20, 2, 2))
+    plot_label_confusions(counts, labels, "20 labels", tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as image:  # 5 x 4 panels of 2 inches at 100 dpi, no larger
+        assert 900 <= image.width <= 1300 and 800 <= image.height <= 1200, image.size

@@ -53,6 +53,14 @@ def evaluate(
                                           show_default=False)],
     data: Annotated[str, typer.Option(help="Labelled test images: <class>/ folders, or a folder with a test/ of them.",
                                       show_default=False)],
+    labels: Annotated[Optional[str], typer.Option(help="A CSV of the test images (paths relative to --data) and "
+                                                       "their labels, instead of class folders; a multi-label "
+                                                       "model's labels separated as in training.",
+                                                  show_default=False)] = None,
+    fn_col: Annotated[Optional[str], typer.Option(help="--labels: the file-name column (name or 0-based index).",
+                                                  show_default=False)] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="--labels: the label column (name or 0-based index).",
+                                                     show_default=False)] = None,
     bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
 ):
     """A trained run's metrics on a separate labelled test set: test_metrics.json and its confusion matrix."""
@@ -60,7 +68,13 @@ def evaluate(
     from trainer.runs.store import resolve_run
 
     run_dir = resolve_run(target, out)
-    result = evaluate_run(run_dir, data, bs=bs, device=device)
+    result = evaluate_run(run_dir, data, bs=bs, device=device, labels=labels, fn_col=fn_col, label_col=label_col)
+    if result.get("multi_label"):
+        console().print(f"test set {result['labels']}: accuracy_multi {result['accuracy_multi']:.4f}, macro F1 "
+                        f"{result['f1_macro']:.4f}, loss {result['loss']:.4f} on {result['n']} images", markup=False)
+        console().print("wrote test_metrics.json, test_confusion_per_label.png/.csv")
+        print(run_dir)
+        return
     console().print(f"test set {result['data']}: accuracy {result['accuracy']:.4f}, error_rate "
                     f"{result['error_rate']:.4f}, loss {result['loss']:.4f} on {result['n']} images", markup=False)
     print_confused(result["most_confused"][:5])

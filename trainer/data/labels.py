@@ -70,9 +70,10 @@ def column(header: list[str], spec: str | None, default: int | None, flag: str, 
                    f"them, by name or 0-based index")
 
 
-def read_labels(root: Path, cfg, skip=frozenset()) -> LabelTable:
+def read_labels(root: Path, cfg, skip=frozenset(), split: bool = True) -> LabelTable:
     """The --labels CSV, every row checked: each names one readable image under --data once, with a label
-    (with --label-delim: one or more); rows of unreadable images (already reported) are left out."""
+    (with --label-delim: one or more); rows of unreadable images (already reported) are left out.
+    `split`: read the validation column (is_valid, --valid-col); a test set (evaluate) has none."""
     file = labels_path(cfg.labels, root)
     try:
         with open(file, newline="", encoding="utf-8-sig") as f:
@@ -87,8 +88,8 @@ def read_labels(root: Path, cfg, skip=frozenset()) -> LabelTable:
     lc = column(header, cfg.label_col, 1, "--label-col", file)
     if fn == lc:
         raise BadInput(f"--fn-col and --label-col both name column '{header[fn]}' of {file}: give two columns")
-    vc = column(header, cfg.valid_col, None, "--valid-col", file)
-    if vc is None and cfg.valid_col is None and cfg.valid_pct is None and "is_valid" in header:
+    vc = column(header, cfg.valid_col, None, "--valid-col", file) if split else None
+    if split and vc is None and cfg.valid_col is None and cfg.valid_pct is None and "is_valid" in header:
         vc = header.index("is_valid")
     table = LabelTable(file, has_valid=vc is not None)
     base = root.resolve()

@@ -136,22 +136,28 @@ def analyse(learn, dl, items, names: list[str]) -> Analysis | MultiAnalysis:
                     losses=losses.float())
 
 
+def write_label_confusions(analysis: "MultiAnalysis", run_dir: Path, name: str, title: str) -> None:
+    """<name>.csv (per label: true negatives, false positives, false negatives, true positives) and <name>.png
+    (a grid of 2x2 matrices)."""
+    from trainer.inspection.interpret_plots import plot_label_confusions
+
+    cms = analysis.confusions()
+    write_csv(run_dir / f"{name}.csv", ["label", "true_negative", "false_positive", "false_negative", "true_positive"],
+              [[label, *map(int, cm.flatten())] for label, cm in zip(analysis.classes, cms)])
+    plot_label_confusions(cms.numpy(), analysis.classes, f"{title} · one confusion matrix per label "
+                                                         f"(threshold {analysis.threshold:g})", run_dir / f"{name}.png")
+
+
 def write_multi_interpretation(analysis: MultiAnalysis, run_dir: Path, title: str, top_k: int = 9) -> dict:
     """A multi-label model's interpretation: the per-label precision/recall/F1 table, one 2x2 confusion matrix
     per label (a grid), and the top losses; the single-label files (one confusion matrix over the classes,
     most confused pairs) would mean nothing here and are removed if an earlier interpretation left them."""
-    from trainer.inspection.interpret_plots import plot_label_confusions, plot_top_losses
+    from trainer.inspection.interpret_plots import plot_top_losses
 
     for stale in (f"{rundir.CONFUSION}.png", f"{rundir.CONFUSION}.csv", f"{rundir.CONFUSION_NORMALIZED}.png",
                   f"{rundir.MOST_CONFUSED}.csv", f"{rundir.MOST_CONFUSED}.png"):
         (run_dir / stale).unlink(missing_ok=True)
-    cms = analysis.confusions()
-    write_csv(run_dir / f"{rundir.LABEL_CONFUSION}.csv", ["label", "true_negative", "false_positive",
-                                                           "false_negative", "true_positive"],
-              [[name, *map(int, cm.flatten())] for name, cm in zip(analysis.classes, cms)])
-    plot_label_confusions(cms.numpy(), analysis.classes, f"{title} · one confusion matrix per label "
-                                                         f"(threshold {analysis.threshold:g})",
-                          run_dir / f"{rundir.LABEL_CONFUSION}.png")
+    write_label_confusions(analysis, run_dir, rundir.LABEL_CONFUSION, title)
     report = analysis.per_class()
     write_csv(run_dir / f"{rundir.PER_CLASS}.csv", list(report[0]), [list(r.values()) for r in report])
     f1 = round(analysis.f1_macro(), 6)

@@ -32,6 +32,7 @@ IMAGES = [  # (file, caption), in reading order; the ones a run has are shown
     (f"{rundir.MOST_CONFUSED}.png", "Most confused pairs (actual → predicted)"),
     (f"{rundir.LABEL_CONFUSION}.png", "One confusion matrix per label (multi-label)"),
     (f"{rundir.TEST_CONFUSION}.png", "Test set confusion matrix (trainer evaluate)"),
+    (f"{rundir.TEST_LABEL_CONFUSION}.png", "Test set: one confusion matrix per label (trainer evaluate)"),
     (f"{rundir.TOP_LOSSES}.png", "Highest-loss validation images"),
 ]
 

@@ -49,17 +49,22 @@ def recipe_transforms(meta: dict) -> dict:
     return tfms
 
 
-def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = False):
+def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = False, labels: dict | None = None):
     """The recipe's validation-time pipeline over `items` (image paths, or images already decoded by
-    images.open_image), rebuilt from model.json. `labelled`: each image's class is its folder's name."""
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
+    images.open_image), rebuilt from model.json. `labelled`: each image's class is its folder's name;
+    `labels`: each image's class (a multi-label model: its list of labels), by str(path), from a CSV."""
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, MultiCategoryBlock, parent_label
 
     from trainer.data.images import RGBImage
+    from trainer.recipes import LabelOf
 
     tfms = recipe_transforms(meta)
     everything = list(range(len(items)))
-    block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
-                      get_y=parent_label if labelled else lambda _: meta["classes"][0],  # unlabelled: unused
+    multi = bool(meta.get("multi_label"))
+    target = MultiCategoryBlock(vocab=meta["classes"]) if multi else CategoryBlock(vocab=meta["classes"])
+    unlabelled = (lambda _: [meta["classes"][0]]) if multi else (lambda _: meta["classes"][0])  # unused
+    block = DataBlock(blocks=(ImageBlock(RGBImage), target),
+                      get_y=LabelOf(labels) if labels is not None else parent_label if labelled else unlabelled,
                       splitter=lambda _: (everything, everything), **tfms)
     dls = block.dataloaders(items, bs=bs, num_workers=0, device=device, shuffle=False)
     add_normalize(dls, meta)
