@@ -46,6 +46,13 @@ class FitConfig:
     data_sha256: str | None = None  # the --data archive's (or URL's download's) SHA-256, checked when it is read
     size: int | None = None
     valid_pct: float | None = None
+    labels: str | None = None  # folder: a CSV of file names and labels (fastai's from_df)
+    fn_col: str | None = None  # its file-name column (a header name or a 0-based index); None: the first
+    label_col: str | None = None  # its label column; None: the second
+    valid_col: str | None = None  # its validation column; None: is_valid if there, else a random split
+    label_delim: str | None = None  # the separator of an image's labels: a multi-label model
+    label_re: str | None = None  # folder: the label is the first group of this regex on the file name
+    threshold: float | None = None  # multi-label: a label is predicted above this probability; None: 0.5
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None
@@ -78,9 +85,10 @@ class FitConfig:
         then the learning rate lr_find found for --lr auto (or a person chose for --lr review). The one place a
         FitConfig's values are decided."""
         self.check()
-        if recipe.check == "folder" and not self.data:
+        if recipe.check in OWN_IMAGES and not self.data:
             raise BadInput(f"recipe '{recipe.name}' trains on your own images: pass --data PATH "
                            f"(layout: {recipe.layout})")
+        self.check_labelling(recipe)
         pretrained = recipe.pretrained if self.pretrained is None else self.pretrained
         machine_values = {} if machine is None else dict(device=machine.device, workers=machine.workers,
                                                          precision=machine.precision, cache=machine.cache)
@@ -104,6 +112,7 @@ class FitConfig:
             top_k=self.top_k or TOP_K,
             tensorboard=bool(self.tensorboard),
             **self.augmentation(recipe),
+            threshold=(0.5 if self.threshold is None else self.threshold) if self.multi_label else None,
             **machine_values,
         )
 
@@ -141,9 +150,56 @@ class FitConfig:
         if self.weights and self.pretrained is False:
             raise BadInput("--weights and --no-pretrained contradict each other: drop one of them")
 
+    @property
+    def multi_label(self) -> bool:
+        """Several labels per image (--labels with --label-delim): fastai's MultiCategoryBlock."""
+        return bool(self.labels and self.label_delim is not None)
+
+    def check_labelling(self, recipe: Recipe) -> None:
+        """--labels, --label-re and their companions: for the folder recipe, one way of labelling at a time."""
+        given = [o for o in LABELLING if getattr(self, o) is not None]
+        if given and recipe.check not in OWN_IMAGES:
+            raise BadInput(f"{OPTIONS[given[0]].flag} labels your own images: it is for the folder recipe, not "
+                           f"'{recipe.name}' (which labels its images itself); drop it or use `trainer fit folder`")
+        if self.labels is not None and self.label_re is not None:
+            raise BadInput("--labels and --label-re are two ways of labelling the images: give one of them")
+        if self.labels is None:
+            extra = [o for o in ("fn_col", "label_col", "valid_col", "label_delim") if getattr(self, o) is not None]
+            if extra:
+                raise BadInput(f"{OPTIONS[extra[0]].flag} reads the --labels CSV: pass --labels FILE.csv too, or "
+                               f"drop it")
+        if self.labels is not None and not str(self.labels).strip():
+            raise BadInput("--labels needs a CSV file name, got an empty one")
+        if self.label_re is not None:
+            import re
+
+            try:
+                groups = re.compile(self.label_re).groups
+            except re.error as e:
+                raise BadInput(f"--label-re '{self.label_re}' is not a regular expression ({e}); e.g. "
+                               f"'^(.+)_\\d+\\.jpg$'") from None
+            if groups < 1:
+                raise BadInput(f"--label-re '{self.label_re}' has no group: put the label's part in parentheses, "
+                               f"e.g. '^(.+)_\\d+\\.jpg$'")
+        if self.label_delim is not None and self.label_delim == "":
+            raise BadInput("--label-delim must be a separator (e.g. ' ' or ';'), got an empty one")
+        if self.threshold is not None and not self.multi_label:
+            raise BadInput("--threshold is for multi-label models: pass --labels FILE.csv --label-delim ' ', or "
+                           "drop --threshold")
+        if self.valid_col is not None and self.valid_pct is not None:
+            raise BadInput("--valid-col and --valid-pct are two ways of choosing the validation images: give one")
+        if self.label_smoothing is not None and self.multi_label:
+            raise BadInput("--label-smoothing smooths one label per image (cross-entropy); a multi-label model trains "
+                           "each label on its own (binary cross-entropy): drop --label-smoothing")
+
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+
+OWN_IMAGES = ("folder", "labels", "names")  # the folder recipe's layout checks: by folder, by CSV, by name
+
+# The options that label the folder recipe's images another way than by their folder
+LABELLING = ("labels", "fn_col", "label_col", "valid_col", "label_delim", "label_re", "threshold")
 
 # Options that depend on the machine, not on the run: a resumed run re-resolves them from what was asked.
 MACHINE_OPTIONS = ("device", "precision", "workers")

@@ -136,6 +136,18 @@ OPTIONS = _options(
     Option("size", int, "Image size for recipes that resize (pets, pets_breeds, folder)", DATA, "224", low=1, high=SIZE_MAX),
     Option("valid_pct", float, "Random validation fraction instead of the folders' split (cifar10, folder)", DATA,
            low=0, high=1, low_open=True, high_open=True, example="0.2"),
+    Option("labels", str, "A CSV of file names and labels, paths relative to --data (folder recipe): --fn-col, "
+                          "--label-col and an optional validation column, like fastai's from_df", DATA),
+    Option("fn_col", str, "--labels: the column of file names (a header name or a 0-based index)", DATA,
+           "the first column"),
+    Option("label_col", str, "--labels: the column of labels (a header name or a 0-based index)", DATA,
+           "the second column"),
+    Option("valid_col", str, "--labels: a true/false column marking the validation images", DATA,
+           "is_valid when the CSV has it, else a random split"),
+    Option("label_delim", str, "--labels: the separator between an image's labels: a multi-label model "
+                               "(e.g. ' ')", DATA),
+    Option("label_re", str, "Label each image by the first group of this regular expression's match on its file "
+                            "name, like fastai's from_name_re (folder recipe)", DATA),
     Option("cache", bool, "Decode small images (mnist, cifar10, digits) once into a tensor cache; shrink photos "
                           "(pets, folder) once to the resize size", DATA, "on"),
     # Model
@@ -162,6 +174,9 @@ OPTIONS = _options(
                               "best epoch's weights", TRAINING, low=1, high=EPOCHS_MAX),
     Option("save_best", bool, "Export the best epoch's weights (by the main metric) instead of the last epoch's",
            TRAINING, switch=True),
+    Option("threshold", float, "Multi-label: a label is predicted when its probability is above this (metrics, "
+                               "interpretation, predict, serve)", TRAINING, "0.5", low=0, high=1, low_open=True,
+           high_open=True, example="0.5"),
     Option("seed", int, "Random seed for the split, initial weights and shuffling", TRAINING, "42", low=0,
            high=SEED_MAX),
     # Augmentation: fastai's presizing + aug_transforms (training batches only), MixUp, label smoothing
@@ -198,8 +213,9 @@ OPTIONS = _options(
 )
 
 # What lr-find takes of them (the data and model options; not the schedule or outputs)
-LR_FIND_OPTIONS = ("data", "data_sha256", "size", "valid_pct", "cache", "arch", "pretrained", "weights", "bs", "seed",
-                   "device", "precision", "workers")
+LR_FIND_OPTIONS = ("data", "data_sha256", "labels", "fn_col", "label_col", "valid_col", "label_delim", "label_re",
+                   "size", "valid_pct", "cache", "arch", "pretrained", "weights", "bs", "seed", "device", "precision",
+                   "workers")
 
 
 # --data-sha256 alone: there is no archive to check (the recipes' own downloads are fastai's, checked by it)

@@ -37,6 +37,7 @@ class Recipe:
     baselines: tuple = ()  # Baseline per (epochs, pretrained) setting: what such a run is expected to reach
     made_from: str | None = None  # a recipe whose data is written here, from this package, when none is found
     labels: dict | None = field(default=None, hash=False)  # vocab -> the name people read (pets: "True" -> "cat"); the vocab stays
+    labels_file: str | None = None  # check="labels": the CSV (--labels) that lists the images and their labels
     aug: bool = False  # train with aug_transforms unless --no-aug (see `pipeline`)
 
     def pipeline(self, cfg) -> dict:
@@ -59,6 +60,20 @@ class Recipe:
             return None
         same = [b for b in self.baselines if b.matches(options)]
         return (same or sorted(self.baselines, key=lambda b: b.distance(options)))[0].judge(options, final)
+
+    def configured(self, cfg) -> "Recipe":
+        """This recipe as a run's options make it: the folder recipe labelled by a CSV (--labels) or by file names
+        (--label-re) has another layout check, and a multi-label model (--label-delim) other metrics."""
+        from dataclasses import replace
+
+        if getattr(cfg, "labels", None):
+            multi = getattr(cfg, "label_delim", None) is not None
+            return replace(self, check="labels", labels_file=cfg.labels, metrics=MULTI_METRICS if multi else self.metrics,
+                           layout=f"images anywhere under --data, listed in {cfg.labels} (paths relative to --data)")
+        if getattr(cfg, "label_re", None):
+            return replace(self, check="names", layout=f"images anywhere under --data, named so that --label-re "
+                                                       f"'{cfg.label_re}' matches")
+        return self
 
     def display_names(self, vocab) -> list[str]:
         """The name shown for each class of `vocab`: the recipe's label for it, else the class itself."""
@@ -95,6 +110,7 @@ class Baseline:
 
 
 RECIPES: dict[str, Recipe] = {}
+MULTI_METRICS = ("f1_score", "accuracy_multi")  # a multi-label model's: fastai's F1ScoreMulti (macro), accuracy_multi
 
 
 def lower_is_better(metric: str) -> bool:
@@ -276,6 +292,10 @@ def digits(path, cfg, loader, skip):
           epochs=1, lr=2e-3, metrics=("error_rate", "accuracy"), size=224, transforms=presized, aug=True)
 def folder(path, cfg, loader, skip):
     """Your own images in ImageNet-style class folders (--data required)."""
+    if cfg.labels:
+        return from_labels_csv(path, cfg, skip, **loader)
+    if cfg.label_re:
+        return from_name_re(path, cfg, skip, **loader)
     valid = next((v for v in ("valid", "test") if (path / v).is_dir()), None)
     if (path / "train").is_dir() and valid and not cfg.valid_pct:
         return from_folder(path, skip, train="train", valid=valid, **loader)
@@ -286,3 +306,50 @@ def folder(path, cfg, loader, skip):
 def breed_of(fname: str) -> str | None:
     match = re.match(PETS_BREED_PATTERN, fname)
     return match.group(1) if match else None
+
+
+class LabelOf:
+    """An image's label(s) as its --labels CSV row gave them (get_y): module level, so model.pkl unpickles."""
+
+    def __init__(self, labels: dict):
+        self.labels = labels  # path -> a label, or a list of labels (multi-label)
+
+    def __call__(self, item):
+        return self.labels[str(item)]
+
+
+def from_labels_csv(path: Path, cfg, skip, item_tfms=None, batch_tfms=None, img_cls=None, **loader):
+    """fastai's ImageDataLoaders.from_df over a --labels CSV (checked row by row, labels.read_labels), its items
+    kept as image paths like every other recipe's: CategoryBlock, or MultiCategoryBlock with --label-delim."""
+    from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, ImageDataLoaders, IndexSplitter,
+                                   MultiCategoryBlock, PILImage, RandomSplitter)
+
+    from trainer.data.labels import read_labels
+
+    table = read_labels(path, cfg, skip)
+    items = [row.path for row in table.rows]
+    if table.has_valid:
+        valid = [i for i, row in enumerate(table.rows) if row.valid]
+    else:  # fastai's random split, drawn here so that its labels are checked before fastai encodes them
+        valid = list(RandomSplitter(cfg.valid_pct or 0.2, seed=cfg.seed)(items)[1])
+    chosen = set(valid)
+    table.check_vocab([r for i, r in enumerate(table.rows) if i not in chosen], [table.rows[i] for i in sorted(valid)])
+    splitter = IndexSplitter(valid)
+    multi = cfg.label_delim is not None
+    get_y = LabelOf({str(row.path): list(row.labels) if multi else row.labels[0] for row in table.rows})
+    block = DataBlock(blocks=(ImageBlock(img_cls or PILImage), MultiCategoryBlock if multi else CategoryBlock),
+                      get_y=get_y, splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
+    return ImageDataLoaders.from_dblock(block, items, path=path, **loader)
+
+
+def from_name_re(path: Path, cfg, skip, **loader):
+    """fastai's ImageDataLoaders.from_name_re on every readable image under --data (each file name checked to
+    match first: the one that does not is named), with a random split (--valid-pct, 0.2)."""
+    from fastai.vision.all import ImageDataLoaders
+
+    from trainer.data.labels import check_names
+
+    files = readable_images(path, skip=frozenset(skip))
+    check_names(files, cfg.label_re, path)
+    return ImageDataLoaders.from_name_re(path, files, cfg.label_re, valid_pct=cfg.valid_pct or 0.2, seed=cfg.seed,
+                                         **loader)

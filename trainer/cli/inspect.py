@@ -36,9 +36,15 @@ def interpret(
     run_dir = resolve_run(target, out)
     report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle,
                            losses=losses, tta=tta)
+    also = f", losses.csv ({report['losses']} images)" if losses else ""
+    if report.get("multi_label"):
+        console().print(f"accuracy_multi {report['accuracy']:.4f}, macro F1 {report['f1_macro']:.4f} on "
+                        f"{report['n']} validation images{WITH_TTA[tta]}")
+        console().print(f"wrote confusion_per_label.png/.csv, top_losses.png/.csv, per_class.csv/.json{also}")
+        print(run_dir)
+        return
     console().print(f"accuracy {report['accuracy']:.4f} on {report['n']} validation images{WITH_TTA[tta]}")
     print_confused(report["most_confused"])
-    also = f", losses.csv ({report['losses']} images)" if losses else ""
     console().print("wrote confusion_matrix.png/.csv, confusion_matrix_normalized.png, top_losses.png/.csv, "
                     f"most_confused.csv{'/.png' if (run_dir / 'most_confused.png').is_file() else ''}, "
                     f"per_class.csv/.json{also}")
@@ -51,6 +57,14 @@ def evaluate(
                                           show_default=False)],
     data: Annotated[str, typer.Option(help="Labelled test images: <class>/ folders, or a folder with a test/ of them.",
                                       show_default=False)],
+    labels: Annotated[Optional[str], typer.Option(help="A CSV of the test images (paths relative to --data) and "
+                                                       "their labels, instead of class folders; a multi-label "
+                                                       "model's labels separated as in training.",
+                                                  show_default=False)] = None,
+    fn_col: Annotated[Optional[str], typer.Option(help="--labels: the file-name column (name or 0-based index).",
+                                                  show_default=False)] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="--labels: the label column (name or 0-based index).",
+                                                     show_default=False)] = None,
     tta: Tta = False, bs: InferenceBs = 64, device: Device = "auto", out: RunsRoot = RUNS,
 ):
     """A trained run's metrics on a separate labelled test set: test_metrics.json and its confusion matrix."""
@@ -58,7 +72,15 @@ def evaluate(
     from trainer.runs.store import resolve_run
 
     run_dir = resolve_run(target, out)
-    result = evaluate_run(run_dir, data, bs=bs, device=device, tta=tta)
+    result = evaluate_run(run_dir, data, bs=bs, device=device, labels=labels, fn_col=fn_col, label_col=label_col,
+                          tta=tta)
+    if result.get("multi_label"):
+        console().print(f"test set {result['labels']}: accuracy_multi {result['accuracy_multi']:.4f}, macro F1 "
+                        f"{result['f1_macro']:.4f}, loss {result['loss']:.4f} on {result['n']} images"
+                        f"{WITH_TTA[tta]}", markup=False)
+        console().print("wrote test_metrics.json, test_confusion_per_label.png/.csv")
+        print(run_dir)
+        return
     console().print(f"test set {result['data']}: accuracy {result['accuracy']:.4f}, error_rate "
                     f"{result['error_rate']:.4f}, loss {result['loss']:.4f} on {result['n']} images{WITH_TTA[tta]}",
                     markup=False)
@@ -98,6 +120,14 @@ def print_predictions(results: list[dict], top_k: int) -> None:
     for row in results:
         if "unreadable" in row:
             table.add_row(row["path"], "unreadable", "-", *([row["unreadable"]] if top_k > 1 else []))
+            continue
+        if not row["predictions"]:  # multi-label: no label above the threshold
+            table.add_row(row["path"], "(no label above the threshold)", "-", *([""] if top_k > 1 else []))
+            continue
+        if row.get("threshold") is not None:  # multi-label: every label above the threshold, each with its probability
+            shown = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in row["predictions"])
+            table.add_row(row["path"], " ".join(p["label"] for p in row["predictions"]), shown,
+                          *([""] if top_k > 1 else []))
             continue
         best, *rest = row["predictions"]
         others = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in rest)

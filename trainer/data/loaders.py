@@ -31,9 +31,11 @@ def input_side(recipe: Recipe, cfg, dls) -> int:
         return max(image.size)
 
 
-def labels_of(ds) -> list[int]:
-    """The class index of every item of a fastai Datasets, without decoding an image. Kept on the
-    Datasets: the split file and the decoded cache both need them (2 s each on MNIST)."""
+def labels_of(ds) -> list:
+    """The class index of every item of a fastai Datasets, without decoding an image; for a multi-label
+    Datasets (multi-hot targets), the tuple of each item's label indices. Kept on the Datasets: the split file
+    and the decoded cache both need them (2 s each on MNIST)."""
     if getattr(ds, "_class_indices", None) is None:
-        ds._class_indices = [int(y) for y in ds.tls[1]]
+        ds._class_indices = [int(y) if y.ndim == 0 else tuple(int(i) for i in y.nonzero().flatten())
+                             for y in ds.tls[1]]
     return ds._class_indices

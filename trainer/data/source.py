@@ -151,6 +151,10 @@ def layout_problems(recipe: Recipe, path: Path) -> list[str]:
         return split_problems(path, *recipe.splits)
     if recipe.check == "pets":
         return pets_problems(path, breeds=recipe.name == "pets_breeds")
+    if recipe.check in ("labels", "names"):  # --labels CSV or --label-re: images anywhere under --data
+        from trainer.data.labels import layout_problems as labelled_problems
+
+        return labelled_problems(path, recipe.labels_file)
     valid = next((v for v in ("valid", "test") if (path / v).is_dir()), None)
     if (path / "train").is_dir() and valid:
         return split_problems(path, "train", valid)

@@ -14,15 +14,26 @@ from trainer.inspection.interpret import analyse, write_confusion
 from trainer.files import write_json
 
 
-def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", tta: bool = False) -> dict:
+def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", labels: str | None = None,
+                 fn_col: str | None = None, label_col: str | None = None, tta: bool = False) -> dict:
     """Metrics of a trained run on a separate labelled test set (class folders, or a test/ subfolder of
-    them), written into the run as test_metrics.json and test_confusion_matrix.png/.csv. `tta`: of fastai's
-    test-time-augmented predictions (test_metrics.json records it)."""
+    them), written into the run as test_metrics.json and test_confusion_matrix.png/.csv. `labels`: a CSV of
+    the test images (paths relative to `data`) and their labels instead; a multi-label model's test set is one
+    (its per-label matrices go to test_confusion_per_label.png/.csv). `tta`: of fastai's test-time-augmented
+    predictions (test_metrics.json records it)."""
     from trainer.errors import BadInput
     from trainer.data.images import image_files, readable_or_refuse, scan
     from trainer.device import resolve_device
     from trainer.model.learner import class_names, inference_learner, load_weights
 
+    if labels is not None:
+        return evaluate_csv(run_dir, Path(data), labels, fn_col, label_col, bs, device, tta)
+    if fn_col is not None or label_col is not None:
+        raise BadInput("--fn-col and --label-col read the --labels CSV: pass --labels FILE.csv too, or drop them")
+    if rundir.read_model_meta(run_dir).get("multi_label"):
+        raise BadInput("this model is multi-label: give its test images' labels in a CSV, e.g. `trainer evaluate "
+                       "RUN --data DIR --labels test.csv` (file names relative to DIR, labels separated as in "
+                       "training)")
     root = Path(data)
     if not root.is_dir():
         raise BadInput(f"--data {data}: no such folder; give a folder of <class>/ subfolders of labelled test images")
@@ -41,7 +52,8 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", t
         raise BadInput(f"{test}: folder(s) {', '.join(unknown[:5])} are not classes of this model "
                        f"({', '.join(meta['classes'][:10])}); each test image must sit in its class's folder")
     dls = inference_dls(meta, items, bs, torch_device, labelled=True)
-    analysis = analyse(inference_learner(dls, model), dls.valid, items, class_names(run_dir, meta["classes"]), tta=tta)
+    analysis = analyse(inference_learner(dls, model, meta), dls.valid, items, class_names(run_dir, meta["classes"]),
+                       tta=tta)
     classes, cm = analysis.classes, analysis.confusion()
     title = f"{meta['recipe']} · run {run_dir.name} · test set {test}{' · with TTA' if tta else ''}"
     write_confusion(cm, classes, title, run_dir, rundir.TEST_CONFUSION)
@@ -49,6 +61,61 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", t
               "accuracy": round(analysis.accuracy, 6), "error_rate": round(1 - analysis.accuracy, 6),
               "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class(),
               "most_confused": analysis.most_confused()[:10]}
+    write_json(run_dir / rundir.TEST_METRICS, result)
+    from trainer.runs.report import write_report
+
+    write_report(run_dir)
+    return result
+
+
+def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: int, device: str,
+                 tta: bool = False) -> dict:
+    """evaluate on a --labels CSV: each row checked as fit checks its own (labels.read_labels), each label one
+    of the model's classes."""
+    from types import SimpleNamespace
+
+    from trainer.data.images import readable_or_refuse, scan
+    from trainer.data.labels import read_labels
+    from trainer.device import resolve_device
+    from trainer.errors import BadInput
+    from trainer.inspection.interpret import MultiAnalysis, write_label_confusions
+    from trainer.model.learner import class_names, inference_learner, load_weights
+
+    if not root.is_dir():
+        raise BadInput(f"--data {root}: no such folder; give the folder the --labels CSV's file names are under")
+    meta = rundir.read_model_meta(run_dir)
+    multi = bool(meta.get("multi_label"))
+    delim = (rundir.read_config(run_dir).get("options") or {}).get("label_delim") if multi else None
+    total, bad = scan(root)
+    readable_or_refuse(total, bad, str(root), "give test images that open")
+    table = read_labels(root, SimpleNamespace(labels=labels, fn_col=fn_col, label_col=label_col, valid_col=None,
+                                              valid_pct=None, label_delim=" " if multi and delim is None else delim),
+                        skip={path for path, _ in bad}, split=False)
+    for row in table.rows:
+        unknown = [label for label in row.labels if label not in meta["classes"]]
+        if unknown:
+            raise BadInput(f"{table.file} line {row.line}: '{unknown[0]}' is not a class of this model "
+                           f"({', '.join(meta['classes'][:10])})")
+    items = [row.path for row in table.rows]
+    refuse_training_images(run_dir, root, items)
+    torch_device = resolve_device(device)
+    model, meta = load_weights(run_dir, torch_device)
+    targets = {str(row.path): list(row.labels) if multi else row.labels[0] for row in table.rows}
+    dls = inference_dls(meta, items, bs, torch_device, labels=targets)
+    analysis = analyse(inference_learner(dls, model, meta), dls.valid, items, class_names(run_dir, meta["classes"]),
+                       tta=tta)
+    title = f"{meta['recipe']} · run {run_dir.name} · test set {table.file.name}{' · with TTA' if tta else ''}"
+    result = {"data": str(root.resolve()), "labels": str(table.file.resolve()), "n": len(items), "tta": tta,
+              "n_skipped": len(bad), "loss": round(float(analysis.losses.mean()), 6),
+              "per_class": analysis.per_class()}
+    if isinstance(analysis, MultiAnalysis):
+        write_label_confusions(analysis, run_dir, rundir.TEST_LABEL_CONFUSION, title)
+        result.update(multi_label=True, threshold=analysis.threshold, accuracy_multi=round(analysis.accuracy, 6),
+                      f1_macro=round(analysis.f1_macro(), 6), most_confused=[])
+    else:
+        write_confusion(analysis.confusion(), analysis.classes, title, run_dir, rundir.TEST_CONFUSION)
+        result.update(accuracy=round(analysis.accuracy, 6), error_rate=round(1 - analysis.accuracy, 6),
+                      most_confused=analysis.most_confused()[:10])
     write_json(run_dir / rundir.TEST_METRICS, result)
     from trainer.runs.report import write_report
 

@@ -64,9 +64,70 @@ class Analysis:
                 for loss, i in zip(losses.tolist(), order.tolist())]
 
 
-def analyse(learn, dl, items, names: list[str], tta: bool = False) -> Analysis:
-    """`names`: the display name of each class of the model's vocab, in its order. `tta`: the probabilities of
-    fastai's test-time augmentation, and each image's loss computed from them."""
+@dataclass
+class MultiAnalysis:
+    """A multi-label model's validation predictions: each label on its own, predicted above `threshold`."""
+
+    classes: list[str]
+    items: list[Path]
+    probs: torch.Tensor  # N x C, each label's sigmoid
+    targets: torch.Tensor  # N x C, multi-hot
+    losses: torch.Tensor  # N: each image's BCE, averaged over its labels
+    threshold: float = 0.5
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """N x C: 1 where a label is predicted (its probability above the threshold)."""
+        return (self.probs > self.threshold).long()
+
+    @property
+    def accuracy(self) -> float:
+        """fastai's accuracy_multi: the share of (image, label) decisions that are right."""
+        return float((self.predicted == self.targets.long()).float().mean())
+
+    def confusions(self) -> torch.Tensor:
+        """C x 2 x 2: per label, counts[actual (0 no, 1 yes), predicted (0 no, 1 yes)]."""
+        actual, predicted = self.targets.long(), self.predicted
+        return torch.stack([torch.bincount(actual[:, k] * 2 + predicted[:, k], minlength=4).reshape(2, 2)
+                            for k in range(len(self.classes))])
+
+    def per_class(self) -> list[dict]:
+        """Precision, recall, F1 and support (images that have it) of each label; 0 where undefined."""
+        from sklearn.metrics import precision_recall_fscore_support
+
+        table = precision_recall_fscore_support(self.targets.long().numpy(), self.predicted.numpy(), average=None,
+                                                labels=range(len(self.classes)), zero_division=0.0)
+        return [{"class": name, "precision": round(float(precision), 4), "recall": round(float(recall), 4),
+                 "f1": round(float(f1), 4), "support": int(support)}
+                for name, precision, recall, f1, support in zip(self.classes, *table)]
+
+    def f1_macro(self) -> float:
+        """fastai's F1ScoreMulti (average='macro'): the mean of the labels' F1."""
+        report = self.per_class()
+        return sum(r["f1"] for r in report) / len(report)
+
+    def names(self, row: torch.Tensor) -> str:
+        return " ".join(self.classes[k] for k in row.nonzero().flatten().tolist())
+
+    def mean_probability(self, i: int, row: torch.Tensor) -> float:
+        chosen = row.bool()
+        return float(self.probs[i][chosen].mean()) if chosen.any() else 0.0
+
+    def top_losses(self, k: int) -> list[dict]:
+        """The highest-loss images, with their labels and the predicted ones; p_actual and p_predicted: the mean
+        probability the model gave the image's labels, and the predicted ones."""
+        losses, order = self.losses.topk(min(k, len(self.losses)))
+        predicted, targets = self.predicted, self.targets.long()
+        return [{"path": str(self.items[i]), "actual": self.names(targets[i]), "predicted": self.names(predicted[i]),
+                 "loss": round(float(loss), 6), "p_actual": round(self.mean_probability(i, targets[i]), 6),
+                 "p_predicted": round(self.mean_probability(i, predicted[i]), 6)}
+                for loss, i in zip(losses.tolist(), order.tolist())]
+
+
+def analyse(learn, dl, items, names: list[str], tta: bool = False) -> Analysis | MultiAnalysis:
+    """`names`: the display name of each class of the model's vocab, in its order. A multi-label learner
+    (BCEWithLogitsLossFlat: get_preds gives sigmoids and multi-hot targets) gives a MultiAnalysis. `tta`: the
+    probabilities of fastai's test-time augmentation, and each image's loss computed from them."""
     if tta:
         from trainer.serving.inference import tta_predictions
 
@@ -74,6 +135,10 @@ def analyse(learn, dl, items, names: list[str], tta: bool = False) -> Analysis:
         losses = losses_of(probs, targets)
     else:
         probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    if targets.ndim == 2:
+        threshold = getattr(learn.loss_func, "thresh", 0.5)
+        return MultiAnalysis(classes=list(names), items=list(items), probs=probs.float(), targets=targets.long(),
+                             losses=losses.float(), threshold=threshold)
     return Analysis(classes=list(names), items=list(items), probs=probs.float(), targets=targets.long(),
                     losses=losses.float())
 
@@ -89,11 +154,53 @@ def losses_of(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.nll_loss(probs.log(), targets.long(), reduction="none")
 
 
+def write_label_confusions(analysis: "MultiAnalysis", run_dir: Path, name: str, title: str) -> None:
+    """<name>.csv (per label: true negatives, false positives, false negatives, true positives) and <name>.png
+    (a grid of 2x2 matrices)."""
+    from trainer.inspection.interpret_plots import plot_label_confusions
+
+    cms = analysis.confusions()
+    write_csv(run_dir / f"{name}.csv", ["label", "true_negative", "false_positive", "false_negative", "true_positive"],
+              [[label, *map(int, cm.flatten())] for label, cm in zip(analysis.classes, cms)])
+    plot_label_confusions(cms.numpy(), analysis.classes, f"{title} · one confusion matrix per label "
+                                                         f"(threshold {analysis.threshold:g})", run_dir / f"{name}.png")
+
+
+def write_multi_interpretation(analysis: MultiAnalysis, run_dir: Path, title: str, top_k: int = 9,
+                               tta: bool = False) -> dict:
+    """A multi-label model's interpretation: the per-label precision/recall/F1 table, one 2x2 confusion matrix
+    per label (a grid), and the top losses; the single-label files (one confusion matrix over the classes,
+    most confused pairs) would mean nothing here and are removed if an earlier interpretation left them."""
+    from trainer.inspection.interpret_plots import plot_top_losses
+
+    for stale in (f"{rundir.CONFUSION}.png", f"{rundir.CONFUSION}.csv", f"{rundir.CONFUSION_NORMALIZED}.png",
+                  f"{rundir.MOST_CONFUSED}.csv", f"{rundir.MOST_CONFUSED}.png"):
+        (run_dir / stale).unlink(missing_ok=True)
+    write_label_confusions(analysis, run_dir, rundir.LABEL_CONFUSION, title)
+    report = analysis.per_class()
+    write_csv(run_dir / f"{rundir.PER_CLASS}.csv", list(report[0]), [list(r.values()) for r in report])
+    f1 = round(analysis.f1_macro(), 6)
+    write_json(run_dir / f"{rundir.PER_CLASS}.json", {"accuracy": round(analysis.accuracy, 6), "n": len(analysis.targets),
+                                                      "multi_label": True, "threshold": analysis.threshold, "tta": tta,
+                                                      "f1_macro": f1, "classes": report})
+    top = analysis.top_losses(top_k)
+    write_csv(run_dir / f"{rundir.TOP_LOSSES}.csv", ["path", "actual", "predicted", "loss", "p_actual", "p_predicted"],
+              [list(r.values()) for r in top])
+    plot_top_losses(top, f"{title} · top {len(top)} losses", run_dir / f"{rundir.TOP_LOSSES}.png")
+    return {"accuracy": analysis.accuracy, "n": len(analysis.targets), "most_confused": [], "f1_macro": f1,
+            "multi_label": True, "tta": tta}
+
+
 def write_interpretation(analysis: Analysis, run_dir: Path, title: str, top_k: int = 9, tta: bool = False) -> dict:
     """Every table and plot, into the run directory; returns what it printed about. `tta`: the analysis is of
     test-time-augmented predictions (per_class.json and the titles say so)."""
     title = f"{title} · with TTA" if tta else title
     from trainer.inspection.interpret_plots import (MOST_CONFUSED_FROM, plot_confusion, plot_most_confused, plot_top_losses)
+
+    if isinstance(analysis, MultiAnalysis):
+        return write_multi_interpretation(analysis, run_dir, title, top_k, tta)
+    (run_dir / f"{rundir.LABEL_CONFUSION}.png").unlink(missing_ok=True)  # from a multi-label interpretation
+    (run_dir / f"{rundir.LABEL_CONFUSION}.csv").unlink(missing_ok=True)
 
     classes = analysis.classes
     cm = analysis.confusion()
@@ -153,7 +260,7 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
         dl = learn.dls.test_dl(items, with_labels=True, bs=bs, num_workers=0)
     else:  # the recipe's pipeline, plus the normalisation the model was trained with
         add_normalize(split, meta)
-        learn, dl = inference_learner(split, model), split.valid
+        learn, dl = inference_learner(split, model, meta), split.valid
     analysis = analyse(learn, dl, items, class_names(run_dir, classes), tta=tta)
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
     written = write_interpretation(analysis, run_dir, title, top_k, tta=tta)
@@ -179,6 +286,12 @@ def write_losses(run_dir: Path, root: Path, parts: dict[str, Analysis], classes:
 
     rows = []
     for name, analysis in parts.items():
+        if isinstance(analysis, MultiAnalysis):  # each image's labels and predicted labels, space-separated
+            targets, predicted = analysis.targets.long(), analysis.predicted
+            for i, (item, loss) in enumerate(zip(analysis.items, analysis.losses.tolist())):
+                rows.append([name, relative(Path(item), root), analysis.names(targets[i]), analysis.names(predicted[i]),
+                             round(analysis.mean_probability(i, predicted[i]), 6), round(loss, 6) + 0.0])
+            continue
         predicted = analysis.predicted.tolist()
         chosen = analysis.probs.gather(1, analysis.predicted[:, None]).squeeze(1).tolist()
         for item, target, guess, p, loss in zip(analysis.items, analysis.targets.tolist(), predicted, chosen,
@@ -206,8 +319,8 @@ def run_data(run_dir: Path, data: str | None):
     from trainer.runs.split import check_split
 
     config = read_config(run_dir)  # validated: these fields are there, of the right types
-    recipe = get_recipe(config["recipe"]["name"])
     cfg = FitConfig(**config["options"])
+    recipe = get_recipe(config["recipe"]["name"]).configured(cfg)  # --labels, --label-re: their layout
     data_path = Path(data or config["data"]["path"])
     if not data_path.exists():
         raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")

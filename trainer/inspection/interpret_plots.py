@@ -151,3 +151,35 @@ def top_losses_figure(top: list[dict], title: str, fontsize: float = 9):
 
 def plot_top_losses(top: list[dict], title: str, path: Path) -> None:
     save(top_losses_figure(top, title), path)
+
+
+def label_confusions_figure(cms, labels: list[str], title: str):
+    """A multi-label model's confusion: one 2x2 matrix per label (rows actual no/yes, columns predicted no/yes),
+    in a grid of about √n columns: 20 labels are 5 x 4 panels of 2 inches, each titled with its label."""
+    cms = np.asarray(cms)
+    n = len(labels)
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    panel = 2.0  # inches: the four counts and a label's name fit at 9 pt
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(panel * cols + 0.6, (panel + 0.35) * rows + 0.9))
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, label, cm in zip(axes.flat, labels, cms):
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
+        for (actual, predicted), count in np.ndenumerate(cm):
+            dark = count > cm.max() / 2
+            ax.text(predicted, actual, str(int(count)), ha="center", va="center", fontsize=10,
+                    color="white" if dark else "black")
+        ax.set_xticks([0, 1], ["no", "yes"], fontsize=8)
+        ax.set_yticks([0, 1], ["no", "yes"], fontsize=8)
+        ax.set_xlabel("predicted", fontsize=8, labelpad=1)
+        ax.set_ylabel("actual", fontsize=8, labelpad=1)
+        shown = label if text_size(fig, label, 9)[0] <= panel * fig.dpi * 0.9 else label[:18] + "…"
+        ax.set_title(shown, fontsize=9)
+    fig.suptitle(wrap_parts(fig, title, TITLE_SIZE, 0.95 * (panel * cols + 0.6) * fig.dpi), fontsize=TITLE_SIZE)
+    fig.tight_layout()
+    return fig
+
+
+def plot_label_confusions(cms, labels: list[str], title: str, path: Path) -> None:
+    save(label_confusions_figure(cms, labels, title), path)

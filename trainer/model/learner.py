@@ -50,6 +50,14 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     from fastai.vision.all import accuracy, error_rate, vision_learner
 
     metrics = {"error_rate": error_rate, "accuracy": accuracy}
+    if getattr(cfg, "threshold", None) is not None:  # multi-label: metrics and decoding at the run's threshold
+        from functools import partial
+
+        from fastai.losses import BCEWithLogitsLossFlat
+        from fastai.metrics import F1ScoreMulti, accuracy_multi
+
+        metrics = {"f1_score": F1ScoreMulti(thresh=cfg.threshold, average="macro"),
+                   "accuracy_multi": partial(accuracy_multi, thresh=cfg.threshold)}
     arch = resolve_arch(cfg.arch)
     timm_args = {}  # for timm.create_model, through vision_learner
     if cfg.weights:
@@ -82,8 +90,13 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
 
 
 def loss_function(cfg) -> dict:
-    """vision_learner's loss_func: fastai's choice for the data (cross-entropy for single labels), or with
-    --label-smoothing fastai's LabelSmoothingCrossEntropyFlat. (--mixup is a training callback: loop.py.)"""
+    """vision_learner's loss_func: fastai's choice for the data (cross-entropy for single labels), multi-label's
+    BCEWithLogitsLossFlat decoding at the run's threshold, or with --label-smoothing fastai's
+    LabelSmoothingCrossEntropyFlat. (--mixup is a training callback: loop.py.)"""
+    if getattr(cfg, "threshold", None) is not None:
+        from fastai.losses import BCEWithLogitsLossFlat
+
+        return {"loss_func": BCEWithLogitsLossFlat(thresh=cfg.threshold)}
     if not cfg.label_smoothing:
         return {}
     from fastai.losses import LabelSmoothingCrossEntropyFlat
@@ -132,6 +145,8 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
         # its random part
         "pipeline": recipe.transforms.__name__,
         "augmentation": {name: getattr(cfg, name) for name in AUG_DEFAULTS} if cfg.aug else None,
+        "multi_label": getattr(cfg, "threshold", None) is not None,  # sigmoid per label, not a softmax over them
+        "threshold": getattr(cfg, "threshold", None),  # multi-label: the labels above it are predicted
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
                                                 "std": norm.std.flatten().tolist()},
     })
@@ -211,12 +226,15 @@ def load_pickled(run_dir: Path, device):
     return learn
 
 
-def inference_learner(dls, model):
-    """A plain fastai Learner around a loaded model, for get_preds (no progress bars)."""
+def inference_learner(dls, model, meta: dict | None = None):
+    """A plain fastai Learner around a loaded model, for get_preds (no progress bars): the loss of its training,
+    BCEWithLogitsLossFlat for a multi-label model (model.json's multi_label; its probabilities are sigmoids)."""
     from fastai.callback.progress import ProgressCallback
     from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
+    from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat())
+    multi = bool((meta or {}).get("multi_label"))
+    loss = BCEWithLogitsLossFlat(thresh=meta.get("threshold") or 0.5) if multi else CrossEntropyLossFlat()
+    learn = Learner(dls, model, loss_func=loss)
     learn.remove_cb(ProgressCallback)
     return learn

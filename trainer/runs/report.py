@@ -30,7 +30,9 @@ IMAGES = [  # (file, caption), in reading order; the ones a run has are shown
     (f"{rundir.CONFUSION}.png", "Confusion matrix (counts)"),
     (f"{rundir.CONFUSION_NORMALIZED}.png", "Confusion matrix (each row sums to 1)"),
     (f"{rundir.MOST_CONFUSED}.png", "Most confused pairs (actual → predicted)"),
+    (f"{rundir.LABEL_CONFUSION}.png", "One confusion matrix per label (multi-label)"),
     (f"{rundir.TEST_CONFUSION}.png", "Test set confusion matrix (trainer evaluate)"),
+    (f"{rundir.TEST_LABEL_CONFUSION}.png", "Test set: one confusion matrix per label (trainer evaluate)"),
     (f"{rundir.TOP_LOSSES}.png", "Highest-loss validation images"),
 ]
 
@@ -79,7 +81,7 @@ DEFAULTS = {"out": "runs", "cache": True, "interpret": True, "top_k": TOP_K}
 NEGATABLE = ("pretrained", "cache", "interpret", "tensorboard")  # the flags with a --no- form
 # `trainer lr-find` takes the data and model options of fit, not its training or output ones.
 LR_FIND_OPTIONS = ("bs", "arch", "pretrained", "weights", "data", "data_sha256", "size", "valid_pct", "cache", "seed",
-                   "out")
+                   "out", "labels", "fn_col", "label_col", "valid_col", "label_delim", "label_re")
 
 
 def reproduce_command(config: dict) -> str:

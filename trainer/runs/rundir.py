@@ -55,6 +55,8 @@ ACTIVATIONS_PNG, ACTIVATIONS_JSON = "activations.png", "activations.json"
 SUMMARY = "summary.json"
 CONFUSION, CONFUSION_NORMALIZED = "confusion_matrix", "confusion_matrix_normalized"  # .png and .csv
 MOST_CONFUSED, TOP_LOSSES, PER_CLASS = "most_confused", "top_losses", "per_class"  # .png/.csv, .png/.csv, .csv/.json
+LABEL_CONFUSION = "confusion_per_label"  # multi-label: one 2x2 matrix per label, .png (a grid) and .csv
+TEST_LABEL_CONFUSION = "test_confusion_per_label"  # the same, on evaluate's test set
 LOSSES = "losses.csv"
 LOSSES_HEADER = ["split", "path", "label", "predicted", "p_predicted", "loss"]  # path as split.csv writes it
 TEST_METRICS, TEST_CONFUSION = "test_metrics.json", "test_confusion_matrix"  # and .png/.csv
@@ -70,7 +72,7 @@ PUBLIC = (CONFIG, SPLIT, SKIPPED, LR_FIND_JSON, LR_FIND_PNG, LR_CHOICE, BATCH, M
           MODEL_META, MODEL_PICKLE, HISTORY, RESULTS, ACTIVATIONS_PNG, ACTIVATIONS_JSON, SUMMARY, REPORT, ERROR_LOG,
           TEST_METRICS, LOSSES, *EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values()),
           *(f"{stem}.{ext}" for stem in (CONFUSION, CONFUSION_NORMALIZED, MOST_CONFUSED, TOP_LOSSES,
-                                                        PER_CLASS, TEST_CONFUSION) for ext in ("png", "csv", "json")))
+                                                        PER_CLASS, TEST_CONFUSION, LABEL_CONFUSION, TEST_LABEL_CONFUSION) for ext in ("png", "csv", "json")))
 
 
 def is_public_file(name: str) -> bool:

@@ -18,14 +18,17 @@ from trainer.runs.rundir import SPLIT as SPLIT_FILE
 HEADER = ["split", "path", "label"]
 
 
-def split_rows(dls, root: Path) -> list[tuple[str, str, str]]:
-    """(split, path under the dataset root, label) for every item of `dls`, sorted."""
+def split_rows(dls, root: Path, delim: str | None = None) -> list[tuple[str, str, str]]:
+    """(split, path under the dataset root, label) for every item of `dls`, sorted; a multi-label image's
+    labels joined by `delim` (the run's --label-delim), in the vocab's order."""
     from trainer.data.loaders import labels_of
 
     rows = []
     for split, ds in (("train", dls.train_ds), ("valid", dls.valid_ds)):
         for item, label in zip(ds.items, labels_of(ds)):
-            rows.append((split, relative(Path(item), root), str(dls.vocab[label])))
+            text = str(dls.vocab[label]) if isinstance(label, int) else \
+                (delim or " ").join(str(dls.vocab[i]) for i in label)
+            rows.append((split, relative(Path(item), root), text))
     return sorted(rows)
 
 
@@ -62,7 +65,7 @@ def read_split(run_dir: Path) -> list[tuple[str, str, str]] | None:
 
 def check_split(run_dir: Path, config: dict, dls, root: Path) -> None:
     """Refuse (BadInput) when the split rebuilt from the data at `root` is not the run's recorded one."""
-    rebuilt = split_rows(dls, root)
+    rebuilt = split_rows(dls, root, (config.get("options") or {}).get("label_delim"))
     recorded = read_split(run_dir)
     fix = ("pass --data with the dataset the run was trained on, or train a new run on this data")
     if recorded is None:  # an older run: only the fingerprint in config.json

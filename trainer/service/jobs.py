@@ -85,6 +85,10 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
         if name in options:
             raise BadInput(f"a job cannot name a server path in options.{name}; give \"dataset\" (an uploaded "
                            f"archive's id) or \"data\" (a folder under the service's data root)")
+    labels = options.get("labels")
+    if isinstance(labels, str) and (Path(labels).is_absolute() or ".." in Path(labels).parts):
+        raise BadInput("options.labels names the CSV inside the job's dataset, by a path relative to it (e.g. "
+                       "labels.csv), not a server path")
     checked = {}
     for name, value in options.items():
         if value is None:
@@ -138,7 +142,9 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
     if folder is not None:
         from trainer.data.source import dataset_root, layout_problems
 
-        rec = get_recipe(recipe)
+        from types import SimpleNamespace
+
+        rec = get_recipe(recipe).configured(SimpleNamespace(**checked))  # --labels, --label-re: their layout
         shown = f"dataset {dataset}" if dataset is not None else f"'{data}'"
         problems = layout_problems(rec, folder)
         try:

@@ -1,7 +1,8 @@
 """`trainer export`: a run's model as ONNX or TorchScript, checked against PyTorch before it is written.
 
 The file takes what `trainer predict` feeds the model (NCHW float32 RGB, pixels / 255, then the
-training normalisation) with any batch size, and returns logits (softmax gives the probabilities).
+training normalisation) with any batch size, and returns logits (softmax gives the probabilities; for a
+multi-label model, each logit's sigmoid, and every label above the recorded threshold is predicted).
 How to make that input (resize, mean/std) and the class names travel with it: in the ONNX
 metadata or TorchScript's extra files, and in a JSON file beside it (FILE.json).
 """
@@ -44,23 +45,24 @@ def export_run(run_dir: Path, fmt: str, out: Path | None, data: str | None) -> t
         raise BadInput("the classes in the run's data differ from the model's; pass --data with the run's dataset")
     items = list(split.valid_ds.items)[:CHECK_IMAGES]
     images = next(input_batches(meta, items, CHECK_IMAGES, cpu))
-    expected = probabilities(model, [images])
+    multi = bool(meta.get("multi_label"))  # a sigmoid per label, not a softmax over them
+    expected = probabilities(model, [images], multi)
     description = describe(run_dir, meta, fmt, path, images)
     for target in (path, sidecar(path)):  # what an interrupted export (SIGKILL) left behind
         remove_stale_temporaries_of(target)
     with atomic_path(path) as tmp:
         WRITERS[fmt](model, images, tmp, description)
-        difference = check(fmt, tmp, images, expected)
+        difference = check(fmt, tmp, images, expected, multi)
         description["check"] = {"images": len(images), "max_probability_difference": difference,
                                 "limit": MAX_DIFFERENCE}
         write_json(sidecar(path), description)
     return path, description
 
 
-def check(fmt: str, path: Path, images: torch.Tensor, expected: torch.Tensor) -> float:
+def check(fmt: str, path: Path, images: torch.Tensor, expected: torch.Tensor, multi_label: bool = False) -> float:
     """The exported file's largest probability difference from PyTorch's `expected`; BadInput over the limit."""
     try:
-        difference = max_difference(RUNNERS[fmt](path), images, expected)
+        difference = max_difference(RUNNERS[fmt](path), images, expected, multi_label)
     except Exception as e:  # onnxruntime and torch.jit raise their own types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(f"the exported {fmt} model does not run ({type(e).__name__}: {first}); nothing written: "
@@ -97,8 +99,16 @@ def describe(run_dir: Path, meta: dict, fmt: str, path: Path, images: torch.Tens
                       "pixels": "RGB, scaled to 0..1 (value / 255), then (x - mean) / std per channel",
                       "mean": norm["mean"], "std": norm["std"]},
             "output": {"name": "logits", "shape": ["batch", len(meta["classes"])],
-                       "probabilities": "softmax over the last axis"},
+                       "probabilities": output_words(meta)},
+            "multi_label": bool(meta.get("multi_label")), "threshold": meta.get("threshold"),
             "torch": torch.__version__}
+
+
+def output_words(meta: dict) -> str:
+    if meta.get("multi_label"):
+        return (f"multi-label: the sigmoid of each logit is its label's probability; every label above "
+                f"{meta.get('threshold') or 0.5} (the run's --threshold) is predicted")
+    return "softmax over the last axis"
 
 
 def resize_of(meta: dict, height: int, width: int) -> str:
@@ -161,11 +171,15 @@ def torchscript_runner(path: Path):
     return lambda images: loaded(images)
 
 
-def max_difference(run, images: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest probability difference, on the whole batch and on one image alone (the batch size is dynamic)."""
+def max_difference(run, images: torch.Tensor, expected: torch.Tensor, multi_label: bool = False) -> float:
+    """The largest probability difference, on the whole batch and on one image alone (the batch size is dynamic);
+    a multi-label model's probabilities are each label's sigmoid."""
+    def activation(logits):
+        return logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)
+
     with torch.inference_mode():
-        whole = (run(images).float().softmax(dim=-1) - expected).abs().max()
-        single = (run(images[:1]).float().softmax(dim=-1) - expected[:1]).abs().max()
+        whole = (activation(run(images)) - expected).abs().max()
+        single = (activation(run(images[:1])) - expected[:1]).abs().max()
     return float(torch.maximum(whole, single))  # NaN stays NaN
 
 

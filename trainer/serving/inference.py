@@ -77,17 +77,22 @@ def recipe_transforms(meta: dict) -> dict:
     return tfms
 
 
-def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = False):
+def inference_dls(meta: dict, items: list, bs: int, device, labelled: bool = False, labels: dict | None = None):
     """The recipe's validation-time pipeline over `items` (image paths, or images already decoded by
-    images.open_image), rebuilt from model.json. `labelled`: each image's class is its folder's name."""
-    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, parent_label
+    images.open_image), rebuilt from model.json. `labelled`: each image's class is its folder's name;
+    `labels`: each image's class (a multi-label model: its list of labels), by str(path), from a CSV."""
+    from fastai.vision.all import CategoryBlock, DataBlock, ImageBlock, MultiCategoryBlock, parent_label
 
     from trainer.data.images import RGBImage
+    from trainer.recipes import LabelOf
 
     tfms = recipe_transforms(meta)
     everything = list(range(len(items)))
-    block = DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=meta["classes"])),
-                      get_y=parent_label if labelled else lambda _: meta["classes"][0],  # unlabelled: unused
+    multi = bool(meta.get("multi_label"))
+    target = MultiCategoryBlock(vocab=meta["classes"]) if multi else CategoryBlock(vocab=meta["classes"])
+    unlabelled = (lambda _: [meta["classes"][0]]) if multi else (lambda _: meta["classes"][0])  # unused
+    block = DataBlock(blocks=(ImageBlock(RGBImage), target),
+                      get_y=LabelOf(labels) if labels is not None else parent_label if labelled else unlabelled,
                       splitter=lambda _: (everything, everything), **tfms)
     dls = block.dataloaders(items, bs=bs, num_workers=0, device=device, shuffle=False)
     add_normalize(dls, meta)
@@ -101,16 +106,19 @@ def input_batches(meta: dict, items: list, bs: int, device):
 
 
 def predict_probabilities(model, meta: dict, items: list, bs: int, device, tta: bool = False) -> torch.Tensor:
-    """N x C probabilities of `items`, in order; `tta`: fastai's test-time augmentation (see `tta_probabilities`).
-    A recipe that uses images at their own size (no resize) of unknown training size gets one batch per image
-    size, since a batch holds one size. `bs` bounds the images run at once."""
+    """N x C probabilities of `items`, in order (multi-label: a sigmoid per label instead of a softmax over them);
+    `tta`: fastai's test-time augmentation (see `tta_predictions`). A recipe that uses images at their own size
+    (no resize) of unknown training size gets one batch per image size, since a batch holds one size. `bs`
+    bounds the images run at once."""
+    multi = bool(meta.get("multi_label"))
+
     def of(group: list) -> torch.Tensor:
         if tta:
             from trainer.model.learner import inference_learner
 
             dls = inference_dls(meta, group, bs, device)
-            return tta_predictions(inference_learner(dls, model), dls.valid)[0]
-        return probabilities(model, input_batches(meta, group, bs, device))
+            return tta_predictions(inference_learner(dls, model, meta), dls.valid)[0]
+        return probabilities(model, input_batches(meta, group, bs, device), multi)
 
     if input_size(meta):
         return of(items)
@@ -155,9 +163,27 @@ def image_size(item) -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def probabilities(model, batches) -> torch.Tensor:
-    """N x C class probabilities: the softmax of the model's outputs, as fastai's get_preds gives them."""
+def probabilities(model, batches, multi_label: bool = False) -> torch.Tensor:
+    """N x C class probabilities: the softmax of the model's outputs, as fastai's get_preds gives them; for a
+    multi-label model each label's own sigmoid (BCEWithLogitsLossFlat's activation)."""
+    if multi_label:
+        return torch.cat([model(x).float().sigmoid().cpu() for x in batches])
     return torch.cat([model(x).float().softmax(dim=-1).cpu() for x in batches])
+
+
+def labels_above(classes: list[str], probs: torch.Tensor, threshold: float) -> list[list[dict]]:
+    """Per image of a multi-label model, every label whose probability is above `threshold`, most probable first
+    (none when no label is: the model sees none of them), rounded as `trainer predict` prints them."""
+    return [[{"label": classes[k], "probability": round(float(row[k]), 6)}
+             for k in row.argsort(descending=True).tolist() if row[k] > threshold] for row in probs]
+
+
+def predictions_of(meta: dict, classes: list[str], probs: torch.Tensor, top_k: int) -> list[list[dict]]:
+    """What predict, the server and the service answer per image: the top_k classes, or for a multi-label model
+    every label above its threshold (model.json's)."""
+    if meta.get("multi_label"):
+        return labels_above(classes, probs, meta.get("threshold") or 0.5)
+    return top_predictions(classes, probs, top_k)
 
 
 def top_predictions(classes: list[str], probs: torch.Tensor, top_k: int) -> list[list[dict]]:
@@ -192,7 +218,7 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
     """Top-k labels and probabilities for each image (folders expand to every image in them), batched;
     `tta`: with fastai's test-time augmentation."""
     from trainer.device import resolve_device
-    from trainer.serving.inference import image_items, predict_probabilities, top_predictions
+    from trainer.serving.inference import image_items, predict_probabilities, predictions_of
     from trainer.model.learner import class_names, load_pickled, load_weights
 
     from trainer.data.images import readable_or_refuse, unreadable
@@ -203,15 +229,19 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
     items = [path for path in given if path not in bad]
     torch_device = resolve_device(device)
     if trust_pickle:
+        from trainer.runs import rundir
+
         learn = load_pickled(run_dir, torch_device)
         classes = [str(c) for c in learn.dls.vocab]
         dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
-        probs = tta_predictions(learn, dl)[0] if tta else learn.get_preds(dl=dl)[0]
+        probs = tta_predictions(learn, dl)[0] if tta else learn.get_preds(dl=dl)[0]  # fastai's activation
+        meta = rundir.read_model_meta(run_dir) if (run_dir / rundir.MODEL_META).is_file() else {}
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
         probs = predict_probabilities(model, meta, items, bs, torch_device, tta=tta)
     classes = class_names(run_dir, classes)
-    predicted = dict(zip(items, top_predictions(classes, probs, top_k)))
-    return [{"path": str(path), "predictions": predicted[path]} if path in predicted else
+    predicted = dict(zip(items, predictions_of(meta, classes, probs, top_k)))
+    above = {"threshold": meta.get("threshold") or 0.5} if meta.get("multi_label") else {}  # multi-label: every label above it
+    return [{"path": str(path), "predictions": predicted[path], **above} if path in predicted else
             {"path": str(path), "predictions": [], "unreadable": bad[path]} for path in given]

@@ -49,7 +49,7 @@ class Predictor:
         self.lock = threading.Lock()  # one forward pass at a time: fastai's pipeline and the model are shared
 
     def predict(self, images: list, top_k: int, max_batch: int, tta: bool = False) -> list[list[dict]]:
-        from trainer.serving.inference import predict_probabilities, top_predictions
+        from trainer.serving.inference import predict_probabilities, predictions_of
 
         try:
             with self.lock:
@@ -57,7 +57,7 @@ class Predictor:
         except Exception as e:  # MemoryError included: this request fails, the server goes on
             raise Rejected(500, f"inference failed ({type(e).__name__}: {first_line(e)}); the server goes on "
                                 f"serving: try fewer or smaller images") from None
-        return top_predictions(self.labels, probs, top_k)
+        return predictions_of(self.meta, self.labels, probs, top_k)  # multi-label: every label above the threshold
 
 
 def first_line(error: Exception) -> str:
@@ -149,7 +149,8 @@ def create_app(run_dir: Path, device: str = "auto", max_bytes: int = 20_000_000,
                 "recipe": meta["recipe"], "model": meta["arch"], "classes": predictor.labels,
                 "device": str(predictor.device), "max_files": MAX_FILES, "max_bytes": max_bytes,
                 "max_pixels": max_pixels, "max_request_pixels": max_request_pixels, "max_batch": max_batch,
-                "input_size": input_size(meta)}
+                "input_size": input_size(meta), "multi_label": bool(meta.get("multi_label")),
+                "threshold": meta.get("threshold")}
 
     @app.get("/", response_class=HTMLResponse)
     def page():

@@ -171,7 +171,7 @@ def start_run(p: Prepared, command: str, stop: Stop, **extra) -> tuple[Path, dic
     p.learn.path = run_dir
     if p.data.skipped:
         files.write_text(run_dir / rundir.SKIPPED, "".join(f"{path}\t{why}\n" for path, why in p.data.skipped))
-    rows = split_rows(p.data.dls, p.data.path)
+    rows = split_rows(p.data.dls, p.data.path, p.cfg.label_delim)
     write_split(run_dir, rows)
     if p.lr_found:
         write_lr_find(p.lr_found, run_dir, f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch} · lr_find")
@@ -195,7 +195,7 @@ def run_config(p: Prepared, run_dir: Path, command: str, split_digest: str, **ex
         **extra,
         "data": {"path": str(p.data.path.resolve()), "classes": [str(c) for c in p.data.dls.vocab],
                  "n_train": len(p.data.dls.train_ds), "n_valid": len(p.data.dls.valid_ds),
-                 "n_skipped": len(p.data.skipped), "split_sha256": split_digest,
+                 "n_skipped": len(p.data.skipped), "split_sha256": split_digest, "multi_label": p.cfg.multi_label,
                  "decoded_cache": getattr(p.data.fast_dls, "cache_info", None), "resized_cache": p.data.presized,
                  "version": dataset_version(p.data.path)},  # a version of a dataset the service cleaned, or None
         "device": {"name": str(device), "precision": p.cfg.precision, "channels_last": p.precision.channels_last,

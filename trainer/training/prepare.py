@@ -5,7 +5,7 @@ gate, training.gate). Bad input fails here and leaves nothing behind."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastai.callback.progress import ProgressCallback
@@ -59,10 +59,18 @@ def prepare(asked: FitConfig, events: Events) -> Prepared:
     os.environ.setdefault("MPLBACKEND", "Agg")
     recipe = get_recipe(asked.recipe)
     defaults = asked.resolve(recipe)  # what was asked over the recipe's defaults; the machine comes next
+    recipe = recipe.configured(defaults)  # --labels, --label-re, multi-label: their layout check and metrics
     check_writable(Path(defaults.out))
     world = world_from_env()
     data_path = locate(recipe, defaults.data, sha256=defaults.data_sha256, note=events.note,
                        progress=world.main and any(getattr(s, "live", False) for s in events.subscribers))
+    if asked.labels:  # a CSV outside --data: recorded by its full path, so resume and interpret find it anywhere
+        from trainer.data.labels import labels_path
+
+        found = labels_path(asked.labels, data_path)
+        if not found.resolve().is_relative_to(data_path.resolve()) or Path(asked.labels).is_absolute():
+            asked = replace(asked, labels=str(found.resolve()))
+            defaults = replace(defaults, labels=asked.labels)
     check_lr_processes(defaults.lr, world.size)
     device = resolve_device(defaults.device, world.local_rank if world.launched else None)
     resolve_precision(defaults.precision, device)  # a precision this device cannot run fails before the data is read
