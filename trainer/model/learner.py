@@ -53,7 +53,6 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     if getattr(cfg, "threshold", None) is not None:  # multi-label: metrics and decoding at the run's threshold
         from functools import partial
 
-        from fastai.losses import BCEWithLogitsLossFlat
         from fastai.metrics import F1ScoreMulti, accuracy_multi
 
         metrics = {"f1_score": F1ScoreMulti(thresh=cfg.threshold, average="macro"),
