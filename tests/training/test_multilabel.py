@@ -17,7 +17,8 @@ LABELS = ["blue", "green", "red", "white"]  # each a bright square in its own qu
 QUADRANTS = {"blue": (0, 0), "green": (0, 1), "red": (1, 0), "white": (1, 1)}
 SIDE = 16  # the images are drawn at the model's size: its Resize leaves them as they are
 THRESHOLD = 0.6
-TRAIN = ["--no-pretrained", "--arch", "resnet18", "--size", str(SIDE), "--bs", "8", "--lr", "3e-3"]
+# --no-aug: a label here is a place in the image, and a flip would move it to another label's quadrant
+TRAIN = ["--no-pretrained", "--arch", "resnet18", "--size", str(SIDE), "--bs", "8", "--lr", "3e-3", "--no-aug"]
 
 
 def draw_labels(path: Path, labels, seed: int) -> None:
@@ -100,8 +101,9 @@ def test_the_interpretation_is_per_label(trainer, multi):
 
 
 def as_described(description: dict, image: Path) -> np.ndarray:
-    """An image made into the exported model's input by following only its description (no resize: drawn at
-    the model's size)."""
+    """An image made into the exported model's input by following only its description, without its resize:
+    drawn at the model's size, the image skips the folder recipe's presizing (up to 33 px and back down to 16),
+    a resampling that moves a probability by about 1e-3."""
     rgb = np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255
     assert list(rgb.shape[:2]) == description["input"]["size"]
     if description["input"]["mean"]:
@@ -130,6 +132,20 @@ def test_predict_returns_every_label_above_the_threshold(trainer, multi):
     assert all(p["label"] in table for p in answer[0]["predictions"])
 
 
+def test_tta_gives_each_labels_sigmoid_on_both_paths(trainer, multi):
+    """--tta through fastai's Learner.tta: per-label sigmoids (not a softmax over the labels) on the safetensors
+    path, as on model.pkl's."""
+    run_dir, data, rows, _ = multi
+    valid = [data / file for file, _, v in rows if v == "1"][:6]
+    safe = json.loads(trainer("predict", run_dir, *valid, "--json", "--tta").stdout)
+    pickled = json.loads(trainer("predict", run_dir, *valid, "--json", "--tta", "--trust-pickle").stdout)
+    for mine, theirs in zip(safe, pickled):
+        assert {p["label"] for p in mine["predictions"]} == {p["label"] for p in theirs["predictions"]}
+        for a, b in zip(mine["predictions"], theirs["predictions"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+    assert sum(several(row["predictions"]) for row in safe) >= 2  # sigmoids: several labels above the threshold
+
+
 def test_exported_models_give_the_same_labels(trainer, multi, tmp_path):
     pytest.importorskip("onnxruntime")
     import onnxruntime
@@ -156,7 +172,7 @@ def test_exported_models_give_the_same_labels(trainer, multi, tmp_path):
         probs = logits.sigmoid()
         for image, row in zip(images, probs):
             above = {description["classes"][k]: float(p) for k, p in enumerate(row) if p > THRESHOLD}
-            assert above == pytest.approx({p["label"]: p["probability"] for p in expected[image.name]}, abs=1e-4)
+            assert above == pytest.approx({p["label"]: p["probability"] for p in expected[image.name]}, abs=1e-2)
     assert sum(several(p) for p in expected.values()) >= 3
 
 

@@ -143,7 +143,7 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
 
     def job_view(job: dict) -> dict:
         """A job for the pages: the API's fields plus progress, main metric, duration and what it trains on."""
-        from trainer.recipes import RECIPES
+        from trainer.recipes import MULTI_METRICS, RECIPES
 
         view = public_job(job)
         epoch = store.latest_event(job["id"], "epoch")
@@ -166,6 +166,8 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
         recipe = RECIPES.get(job["recipe"])
         metric = recipe.main_metric if recipe else None
         row = (epoch or {}).get("row") or {}
+        if metric not in row and MULTI_METRICS[0] in row:  # a multi-label run's main metric
+            metric = MULTI_METRICS[0]
         view["metric"] = (metric, number(row[metric])) if metric in row else None
         view["stage"] = "waiting for a learning rate" if view.get("lr_review") else None
         end = job["ended_at"] or (time.time() if job["started_at"] else None)
