@@ -96,7 +96,8 @@ def test_batches_are_chunked_and_sized(digits_run, monkeypatch):
     model, meta = load_weights(run_dir, torch.device("cpu"))
     shapes = []
     monkeypatch.setattr(inference, "probabilities",
-                        lambda m, batches: torch.cat([shapes.append(tuple(x.shape)) or m(x).softmax(-1) for x in batches]))
+                        lambda m, batches, multi=False: torch.cat([shapes.append(tuple(x.shape)) or m(x).softmax(-1)
+                                                                   for x in batches]))
     images = [Image.new("RGB", (SIDE, SIDE))] + [open_image(digit_image(run_dir, k)) for k in range(9)]  # as decoded
     inference.predict_probabilities(model, meta, images, MAX_BATCH, torch.device("cpu"))
     assert shapes == [(4, 3, 28, 28), (4, 3, 28, 28), (2, 3, 28, 28)]
@@ -115,11 +116,11 @@ def test_a_failure_inside_inference_is_one_line_and_the_server_goes_on(digits_ru
     run_dir, _ = digits_run
     plain, calls = inference.predict_probabilities, []
 
-    def fails_once(*args):
+    def fails_once(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory\nmore")
-        return plain(*args)
+        return plain(*args, **kwargs)
 
     monkeypatch.setattr(inference, "predict_probabilities", fails_once)
     client = TestClient(create_app(run_dir, "cpu"), raise_server_exceptions=False)
