@@ -54,18 +54,9 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", l
     dls = inference_dls(meta, items, bs, torch_device, labelled=True)
     analysis = analyse(inference_learner(dls, model, meta), dls.valid, items, class_names(run_dir, meta["classes"]),
                        tta=tta)
-    classes, cm = analysis.classes, analysis.confusion()
     title = f"{meta['recipe']} · run {run_dir.name} · test set {test}{' · with TTA' if tta else ''}"
-    write_confusion(cm, classes, title, run_dir, rundir.TEST_CONFUSION)
-    result = {"data": str(test.resolve()), "n": len(items), "n_skipped": len(bad), "tta": tta,
-              "accuracy": round(analysis.accuracy, 6), "error_rate": round(1 - analysis.accuracy, 6),
-              "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class(),
-              "most_confused": analysis.most_confused()[:10]}
-    write_json(run_dir / rundir.TEST_METRICS, result)
-    from trainer.runs.report import write_report
-
-    write_report(run_dir)
-    return result
+    return write_test_result(run_dir, analysis, title, {"data": str(test.resolve()), "n": len(items),
+                                                        "n_skipped": len(bad), "tta": tta})
 
 
 def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: int, device: str,
@@ -78,7 +69,6 @@ def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: 
     from trainer.data.labels import read_labels
     from trainer.device import resolve_device
     from trainer.errors import BadInput
-    from trainer.inspection.interpret import MultiAnalysis, write_label_confusions
     from trainer.model.learner import class_names, inference_learner, load_weights
 
     if not root.is_dir():
@@ -105,9 +95,17 @@ def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: 
     analysis = analyse(inference_learner(dls, model, meta), dls.valid, items, class_names(run_dir, meta["classes"]),
                        tta=tta)
     title = f"{meta['recipe']} · run {run_dir.name} · test set {table.file.name}{' · with TTA' if tta else ''}"
-    result = {"data": str(root.resolve()), "labels": str(table.file.resolve()), "n": len(items), "tta": tta,
-              "n_skipped": len(bad), "loss": round(float(analysis.losses.mean()), 6),
-              "per_class": analysis.per_class()}
+    return write_test_result(run_dir, analysis, title, {"data": str(root.resolve()), "labels": str(table.file.resolve()),
+                                                        "n": len(items), "n_skipped": len(bad), "tta": tta})
+
+
+def write_test_result(run_dir: Path, analysis, title: str, result: dict) -> dict:
+    """A test set's figures (beside `result`: where it is, how many images) into test_metrics.json, its confusion
+    matrix (multi-label: one per label), and the report; returns them."""
+    from trainer.inspection.interpret import MultiAnalysis, write_label_confusions
+    from trainer.runs.report import write_report
+
+    result = {**result, "loss": round(float(analysis.losses.mean()), 6), "per_class": analysis.per_class()}
     if isinstance(analysis, MultiAnalysis):
         write_label_confusions(analysis, run_dir, rundir.TEST_LABEL_CONFUSION, title)
         result.update(multi_label=True, threshold=analysis.threshold, accuracy_multi=round(analysis.accuracy, 6),
@@ -117,8 +115,6 @@ def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: 
         result.update(accuracy=round(analysis.accuracy, 6), error_rate=round(1 - analysis.accuracy, 6),
                       most_confused=analysis.most_confused()[:10])
     write_json(run_dir / rundir.TEST_METRICS, result)
-    from trainer.runs.report import write_report
-
     write_report(run_dir)
     return result
 

@@ -46,13 +46,7 @@ class Analysis:
 
     def per_class(self) -> list[dict]:
         """Precision, recall, F1 and support of each class; 0 where a class is never predicted or never present."""
-        from sklearn.metrics import precision_recall_fscore_support  # loaded already: fastai.learner imports it
-
-        table = precision_recall_fscore_support(self.targets.numpy(), self.predicted.numpy(),
-                                                labels=range(len(self.classes)), zero_division=0.0)
-        return [{"class": name, "precision": round(float(precision), 4), "recall": round(float(recall), 4),
-                 "f1": round(float(f1), 4), "support": int(support)}
-                for name, precision, recall, f1, support in zip(self.classes, *table)]
+        return class_report(self.classes, self.targets.numpy(), self.predicted.numpy())
 
     def top_losses(self, k: int) -> list[dict]:
         losses, order = self.losses.topk(min(k, len(self.losses)))
@@ -62,6 +56,17 @@ class Analysis:
                  "p_actual": round(float(self.probs[i, self.targets[i]]), 6),
                  "p_predicted": round(float(self.probs[i, predicted[i]]), 6)}
                 for loss, i in zip(losses.tolist(), order.tolist())]
+
+
+def class_report(classes: list[str], actual, predicted) -> list[dict]:
+    """scikit-learn's precision, recall, F1 and support of each class (class indices, or multi-hot rows: each
+    label on its own), rounded for the tables; 0 where undefined."""
+    from sklearn.metrics import precision_recall_fscore_support  # loaded already: fastai.learner imports it
+
+    table = precision_recall_fscore_support(actual, predicted, labels=range(len(classes)), zero_division=0.0)
+    return [{"class": name, "precision": round(float(precision), 4), "recall": round(float(recall), 4),
+             "f1": round(float(f1), 4), "support": int(support)}
+            for name, precision, recall, f1, support in zip(classes, *table)]
 
 
 @dataclass
@@ -93,13 +98,7 @@ class MultiAnalysis:
 
     def per_class(self) -> list[dict]:
         """Precision, recall, F1 and support (images that have it) of each label; 0 where undefined."""
-        from sklearn.metrics import precision_recall_fscore_support
-
-        table = precision_recall_fscore_support(self.targets.long().numpy(), self.predicted.numpy(), average=None,
-                                                labels=range(len(self.classes)), zero_division=0.0)
-        return [{"class": name, "precision": round(float(precision), 4), "recall": round(float(recall), 4),
-                 "f1": round(float(f1), 4), "support": int(support)}
-                for name, precision, recall, f1, support in zip(self.classes, *table)]
+        return class_report(self.classes, self.targets.long().numpy(), self.predicted.numpy())
 
     def f1_macro(self) -> float:
         """fastai's F1ScoreMulti (average='macro'): the mean of the labels' F1."""

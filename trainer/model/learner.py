@@ -50,7 +50,7 @@ def create_learner(dls, cfg, recipe, run_dir: Path):
     from fastai.vision.all import accuracy, error_rate, vision_learner
 
     metrics = {"error_rate": error_rate, "accuracy": accuracy}
-    if getattr(cfg, "threshold", None) is not None:  # multi-label: metrics and decoding at the run's threshold
+    if cfg.multi_label:  # metrics and decoding at the run's threshold
         from functools import partial
 
         from fastai.metrics import F1ScoreMulti, accuracy_multi
@@ -92,7 +92,7 @@ def loss_function(cfg) -> dict:
     """vision_learner's loss_func: fastai's choice for the data (cross-entropy for single labels), multi-label's
     BCEWithLogitsLossFlat decoding at the run's threshold, or with --label-smoothing fastai's
     LabelSmoothingCrossEntropyFlat. (--mixup is a training callback: loop.py.)"""
-    if getattr(cfg, "threshold", None) is not None:
+    if cfg.multi_label:
         from fastai.losses import BCEWithLogitsLossFlat
 
         return {"loss_func": BCEWithLogitsLossFlat(thresh=cfg.threshold)}
@@ -144,8 +144,8 @@ def export_weights(learn, run_dir: Path, cfg, recipe) -> None:
         # its random part
         "pipeline": recipe.transforms.__name__,
         "augmentation": {name: getattr(cfg, name) for name in AUG_DEFAULTS} if cfg.aug else None,
-        "multi_label": getattr(cfg, "threshold", None) is not None,  # sigmoid per label, not a softmax over them
-        "threshold": getattr(cfg, "threshold", None),  # multi-label: the labels above it are predicted
+        "multi_label": cfg.multi_label,  # sigmoid per label, not a softmax over them
+        "threshold": cfg.threshold,  # multi-label: the labels above it are predicted
         "normalize": None if norm is None else {"mean": norm.mean.flatten().tolist(),
                                                 "std": norm.std.flatten().tolist()},
     })

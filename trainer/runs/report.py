@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 from trainer.config import MACHINE_OPTIONS
-from trainer.options import TOP_K, as_flag
+from trainer.options import LR_FIND_OPTIONS, TOP_K, as_flag
 from trainer.runs import rundir
 from trainer.runs.rundir import read_json
 from trainer.recipes import lower_is_better
@@ -79,9 +79,8 @@ def read_csv(path: Path) -> tuple[list, list[list]]:
 # and these defaults.
 DEFAULTS = {"out": "runs", "cache": True, "interpret": True, "top_k": TOP_K}
 NEGATABLE = ("pretrained", "cache", "interpret", "tensorboard")  # the flags with a --no- form
-# `trainer lr-find` takes the data and model options of fit, not its training or output ones.
-LR_FIND_OPTIONS = ("bs", "arch", "pretrained", "weights", "data", "data_sha256", "size", "valid_pct", "cache", "seed",
-                   "out", "labels", "fn_col", "label_col", "valid_col", "label_delim", "label_re")
+# `trainer lr-find` takes the data and model options of fit (options.LR_FIND_OPTIONS), and --out.
+LR_FIND_WORDS = (*LR_FIND_OPTIONS, "out")
 
 
 def reproduce_command(config: dict) -> str:
@@ -95,7 +94,7 @@ def reproduce_command(config: dict) -> str:
     words = ["trainer", command, str(options.pop("recipe", "?"))]
     for name, value in options.items():
         if (value is None or name in MACHINE_OPTIONS or (name in DEFAULTS and DEFAULTS[name] == value)
-                or command == "lr-find" and name not in LR_FIND_OPTIONS):
+                or command == "lr-find" and name not in LR_FIND_WORDS):
             continue
         if isinstance(value, bool):
             if value or name in NEGATABLE:
