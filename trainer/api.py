@@ -98,7 +98,7 @@ def fit(recipe: str | None = None, *, resume: str | Path | None = None, nproc: i
     if resume is not None:
         return resume_run(resume, out, nproc, subscribers, quiet, **options)
     if recipe is None:
-        raise BadInput("trainer fit needs a RECIPE (see `trainer datasets`), or --resume RUN_DIR")
+        raise BadInput(needs_recipe("fit"))
     cfg = fit_config(recipe, options, out=str(out))
     if nproc is not None:
         return launched(nproc, cfg, ["fit", recipe, *cli_args(cfg.to_dict()), *(["--quiet"] if quiet else [])])
@@ -110,6 +110,34 @@ def fit(recipe: str | None = None, *, resume: str | Path | None = None, nproc: i
     return Run(run_dir, recorder.events) if run_dir is not None else None
 
 
+def needs_recipe(command: str) -> str:
+    resume = ", or --resume RUN_DIR" if command == "fit" else ""
+    return (f"trainer {command} needs a RECIPE (see `trainer datasets`){resume}, or --config FILE with a "
+            f"'recipe:' line")
+
+
+def resolved_config(recipe: str | None, options: dict, out: str | Path = "runs", resume: str | Path | None = None,
+                    allowed: Iterable[str] = OPTIONS, command: str = "fit") -> FitConfig:
+    """The options resolved as far as they can be without the data or this machine (what --print-config shows):
+    the recipe's defaults under what was given; the machine's (device auto, workers, cache) as asked. With
+    `resume`, what the run continues with."""
+    from trainer.recipes import get_recipe
+
+    if resume is not None:
+        from trainer.runs.store import resolve_run
+
+        check_resume_options(options)
+        run_dir = resolve_run(str(resume), Path(out), need_model=False)
+        return resume_config(rundir.read_config(run_dir), **{name: options.get(name) for name in MACHINE + OUTPUTS})
+    if recipe is None:
+        raise BadInput(needs_recipe(command))
+    if command == "lr-find" and options.get("lr") is not None:
+        from trainer.options import LR_FIND_TAKES_NO_LR
+
+        raise BadInput(LR_FIND_TAKES_NO_LR)
+    return fit_config(recipe, options, allowed, out=str(out)).resolve(get_recipe(recipe))
+
+
 MACHINE = ("device", "precision")
 OUTPUTS = ("interpret", "top_k", "tensorboard")
 
@@ -119,10 +147,7 @@ def resume_run(run: str | Path, out: str | Path, nproc: int | None, subscribers:
     """Continue an interrupted run with its own options; only the machine and output options may be given."""
     from trainer.runs.store import resolve_run
 
-    fixed = [name for name, value in options.items() if value is not None and name not in MACHINE + OUTPUTS]
-    if fixed:
-        raise BadInput(f"--resume continues with the run's own options; drop {', '.join(fixed)} "
-                       f"(only --device and --precision may change on resume)")
+    check_resume_options(options)
     run_dir = resolve_run(str(run), Path(out), need_model=False)
     given = {name: options.get(name) for name in MACHINE + OUTPUTS}
     if nproc is not None:
@@ -136,6 +161,13 @@ def resume_run(run: str | Path, out: str | Path, nproc: int | None, subscribers:
     recorder = Recorder()
     run_dir, _ = run_resume(run_dir, Events(recorder, *subscribers), **given)
     return Run(run_dir, recorder.events) if run_dir is not None else None
+
+
+def check_resume_options(options: dict) -> None:
+    fixed = [name for name, value in options.items() if value is not None and name not in MACHINE + OUTPUTS]
+    if fixed:
+        raise BadInput(f"--resume continues with the run's own options; drop {', '.join(fixed)} "
+                       f"(only --device and --precision may change on resume)")
 
 
 def cli_args(options: dict) -> list[str]:
@@ -161,7 +193,7 @@ def launched(nproc: int, cfg: FitConfig, args: list[str], run_dir: Path | None =
     return Run(run_dir) if run_dir is not None else None
 
 
-def lr_find(recipe: str, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+def lr_find(recipe: str | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
             out: str | Path = "runs", on_event: Callable | None = None, progress: bool = True,
             subscribers: Iterable[Callable] = (), quiet: bool = False, **options) -> dict:
     """`trainer lr-find RECIPE`: {"run": Run, "suggestions": {minimum, steep, valley, slide}, ...the curve}."""
@@ -172,6 +204,8 @@ def lr_find(recipe: str, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_it
         from trainer.options import LR_FIND_TAKES_NO_LR
 
         raise BadInput(LR_FIND_TAKES_NO_LR)
+    if recipe is None:
+        raise BadInput(needs_recipe("lr-find"))
     cfg = fit_config(recipe, options, allowed=LR_FIND_OPTIONS, out=str(out))
     recorder = Recorder()
     run_dir, result = run_lr_find(cfg, Events(recorder, *subscribers, *subscribers_for(on_event, progress, quiet)),

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from trainer.data.locations import is_url
 from trainer.errors import BadInput
-from trainer.options import (AUG_DEFAULTS, LR_WORDS, NO_ARCHIVE_TO_CHECK, OPTIONS, TOP_K, as_flag, check_device,
+from trainer.options import (AUG_DEFAULTS, FASTAI_WD, LR_WORDS, NO_ARCHIVE_TO_CHECK, OPTIONS, TOP_K, as_flag, check_device,
                              lr_refusal)
 from trainer.recipes import Recipe, presized
+from trainer.runs.store import check_run_name
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class FitConfig:
     interpret: bool | None = None  # the interpretation files at the end; None: yes
     top_k: int | None = None  # highest-loss images in top_losses.png/.csv; None: TOP_K
     tensorboard: bool | None = None  # fastai's TensorBoardCallback into <run>/tensorboard/
+    name: str | None = None  # the run directory's name, OUT/<recipe>/NAME; None: its start time
 
     def resolve(self, recipe: Recipe, machine: Machine | None = None, lr: float | None = None) -> "FitConfig":
         """Validate what was asked and fill the rest: the recipe's defaults, then `machine` (once it is known),
@@ -145,6 +147,8 @@ class FitConfig:
                 continue
             option.check(value)
         check_device(self.device)
+        if self.name is not None:
+            check_run_name(self.name)
         if self.data_sha256 and not self.data:
             raise BadInput(NO_ARCHIVE_TO_CHECK)
         if self.weights and self.pretrained is False:
@@ -230,9 +234,5 @@ def resume_config(config: dict, **given) -> FitConfig:
 
 
 def default_wd(opt: str) -> float:
-    """fastai's own default weight decay for an optimiser (Adam's 0.01, SGD's 0, ...)."""
-    import inspect
-
-    from trainer.model.learner import optimizer  # imports fastai: only reached when training
-
-    return inspect.signature(optimizer(opt)).parameters["wd"].default
+    """fastai's own default weight decay for an optimiser (Adam's 0.01, SGD's 0, ...), without importing fastai."""
+    return FASTAI_WD[opt]

@@ -33,6 +33,12 @@ WORKERS_MAX = 256  # DataLoader or server worker processes
 NUM_IT_MAX = 100_000  # lr-find's mini-batches
 MAX_BYTES_MAX = 2**31  # serve --max-bytes: one image file
 MAX_PIXELS_MAX = 2**34  # serve --max-pixels: one image
+# fastai's own default weight decay of each optimiser (the `wd` default of Adam, SGD, ...): resolved without
+# importing fastai (--print-config imports no torch); tests/test_options.py checks it against fastai's signatures
+FASTAI_WD = {"adam": 0.01, "sgd": 0.0, "rmsprop": 0.0, "lamb": 0.0, "ranger": 0.01}
+# A run's --name: a folder name on every filesystem, that cannot be mistaken for a run id or `latest`
+RUN_NAME = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", "letters, digits, '.', '_' or '-' (at most 100), starting with a "
+                                               "letter or digit, e.g. resnet50-lr3e-3")
 # aug_transforms' parameters that --aug uses unless given: the course's min_scale, fastai's own defaults otherwise
 AUG_DEFAULTS = {"min_scale": 0.75, "flip_vert": False, "max_rotate": 10.0, "max_lighting": 0.2}
 
@@ -52,6 +58,7 @@ class Option:
     switch: bool = False  # a bool with only the --name form (no --no-name)
     example: str = ""  # a valid value, for the error message's "e.g."
     pattern: tuple[str, str] = ()  # a str's form: (regular expression, what it says in words)
+    env: str = ""  # the environment variable the CLI reads when the flag is not given (--help says so)
 
     @property
     def flag(self) -> str:
@@ -129,7 +136,8 @@ def _options(*options: Option) -> dict[str, Option]:
 OPTIONS = _options(
     # Data
     Option("data", str, "Dataset folder, .tgz/.tar/.zip archive, or an http(s):// URL of one (downloaded once into "
-                        "FASTAI_HOME/archive)", DATA, "data root, then FASTAI_HOME, then download"),
+                        "FASTAI_HOME/archive)", DATA,
+           "the recipe's folder under the data root, $TRAINER_DATA or ./datasets, then FASTAI_HOME, then download"),
     Option("data_sha256", str, "SHA-256 the --data URL's download (or --data archive) must have; a mismatch is "
                                "refused and the download removed", DATA,
            pattern=(r"[0-9a-fA-F]{64}", "64 hexadecimal digits (what sha256sum prints)")),
@@ -198,11 +206,15 @@ OPTIONS = _options(
     Option("label_smoothing", float, "Label smoothing epsilon (fastai's LabelSmoothingCrossEntropyFlat)", AUGMENTATION,
            low=0, high=1, low_open=True, high_open=True, example="0.1"),
     # Hardware
-    Option("device", str, "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", HARDWARE, "auto"),
+    Option("device", str, "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps", HARDWARE, "auto",
+           env="TRAINER_DEVICE"),
     Option("precision", str, "auto: mixed on CUDA, fp32 on CPU", HARDWARE, "auto", choices=PRECISIONS),
     Option("workers", int, "DataLoader worker processes", HARDWARE, "0 on CPU, up to 8 on GPU", low=0,
            high=WORKERS_MAX),
     # Outputs
+    Option("name", str, "Name the run: its directory is OUT/<recipe>/NAME instead of its start time, and every "
+                        "command that takes a run takes the name; a name already taken is refused", OUTPUTS,
+           "the start time, e.g. 20261201-143000", pattern=RUN_NAME),
     Option("interpret", bool, "Write the confusion matrix and top-loss plots at the end", OUTPUTS, "interpret"),
     Option("top_k", int, "How many of the highest-loss validation images to show", OUTPUTS, str(TOP_K), low=1,
            high=TOP_K_MAX),
@@ -215,7 +227,7 @@ OPTIONS = _options(
 # What lr-find takes of them (the data and model options; not the schedule or outputs)
 LR_FIND_OPTIONS = ("data", "data_sha256", "labels", "fn_col", "label_col", "valid_col", "label_delim", "label_re",
                    "size", "valid_pct", "cache", "arch", "pretrained", "weights", "bs", "seed", "device", "precision",
-                   "workers")
+                   "workers", "name")
 
 
 # --data-sha256 alone: there is no archive to check (the recipes' own downloads are fastai's, checked by it)

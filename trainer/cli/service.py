@@ -16,11 +16,11 @@ from typing import Annotated, Optional
 import typer
 
 from trainer.cli.app import app, console
-from trainer.cli.options import RUNS, AsJson, RecipeName, with_options
+from trainer.cli.options import RUNS, AsJson, OptionalRecipe, with_options
 from trainer.cli.runs import ListByDefault
 from trainer.data.locations import is_url
 from trainer.errors import BadInput
-from trainer.options import HARDWARE, OPTIONS
+from trainer.options import HARDWARE, LR_FIND_OPTIONS, OPTIONS
 
 Server = Annotated[Optional[str], typer.Option(
     help="The service's URL \\[default: $TRAINER_SERVER, else http://127.0.0.1:8100]; the token comes from "
@@ -82,18 +82,28 @@ def archive_of(data: Path) -> tuple[Path, bool]:
 
 
 @app.command()
-@with_options(tuple(OPTIONS), defaults={"data": "the recipe's own data on the service"})
+@with_options(tuple(OPTIONS), defaults={"data": "the recipe's own data on the service"}, config=True,
+              config_reads=lambda given: LR_FIND_OPTIONS if given.get("lr_find") else tuple(OPTIONS))
 def submit(
-    recipe: RecipeName,
+    recipe: OptionalRecipe = None,
     data_name: Annotated[Optional[str], typer.Option(
         help="A folder under the service's --data-root, instead of uploading --data.", show_default=False)] = None,
     nproc: Annotated[Optional[int], typer.Option(
         min=1, help="Devices the job takes (GPUs on a GPU service).", rich_help_panel=HARDWARE)] = None,
     lr_find: Annotated[bool, typer.Option("--lr-find", help="Run lr-find instead of fit.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Then follow it, as `trainer jobs follow`.")] = False,
-    server: Server = None, as_json: AsJson = False, *, options: dict,
+    server: Server = None, as_json: AsJson = False, *, options: dict, print_config: bool = False,
 ):
     """Submit a job to a service: fit's options; --data (a folder or an archive) is uploaded. Prints the job's id."""
+    if print_config:  # resolved here as `trainer fit` would; the service resolves its machine's options
+        from trainer.cli.train import show_config
+
+        return show_config("lr-find" if lr_find else "fit", recipe, options, RUNS,
+                           allowed=LR_FIND_OPTIONS if lr_find else tuple(OPTIONS))
+    if recipe is None:
+        from trainer.api import needs_recipe
+
+        raise BadInput(needs_recipe("submit"))
     data = options.pop("data")
     if options.get("weights"):
         raise BadInput("--weights names a file on this machine, which the service cannot read; train with it "

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from trainer.cli.app import app, console
-from trainer.cli.options import RUNS, OutDir, Quiet, RecipeName, with_options
+from trainer.cli.options import RUNS, OptionalRecipe, OutDir, Quiet, with_options
 from trainer.options import HARDWARE, LR_FIND_OPTIONS, NUM_IT_MAX, OPTIONS, TRAINING
 
 LR_FIND = "lr_find"  # the --help panel of lr-find's own options
@@ -22,20 +22,23 @@ def display(quiet: bool):
 
 
 @app.command()
-@with_options(tuple(OPTIONS), defaults={"device": "auto; with --resume: what the run asked, on this machine"})
+@with_options(tuple(OPTIONS), defaults={"device": "auto; with --resume: what the run asked, on this machine"},
+              config=True)
 def fit(
-    recipe: Annotated[Optional[str], typer.Argument(
-        help="A recipe from `trainer datasets` (e.g. digits, mnist_sample, pets).", show_default=False)] = None,
+    recipe: OptionalRecipe = None,
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue an interrupted run directory from its last epoch, with its own options.",
         rich_help_panel=TRAINING)] = None,
     nproc: Annotated[Optional[int], typer.Option(
         min=1, help="Train with N processes on this machine (one per GPU on CUDA, CPU processes otherwise): runs "
                     "torchrun for you. --bs is per process.", rich_help_panel=HARDWARE)] = None,
-    out: OutDir = RUNS, quiet: Quiet = False, *, options: dict,
+    out: OutDir = RUNS, quiet: Quiet = False, *, options: dict, print_config: bool = False,
 ):
     """Train a recipe and write a run directory: model, config, metrics, plots."""
     from trainer import api
+
+    if print_config:
+        return show_config("fit", recipe, options, out, resume)
 
     run = api.fit(recipe, resume=resume, nproc=nproc, out=out, subscribers=[display(quiet)], progress=False,
                   quiet=quiet, **options)
@@ -70,10 +73,20 @@ def print_confused(pairs) -> None:
                         + ", ".join(f"{a} -> {p} ({n})" for a, p, n in pairs), markup=False)
 
 
+def show_config(command: str, recipe: str | None, options: dict, out: Path, resume: Path | None = None,
+                allowed=tuple(OPTIONS)) -> None:
+    """--print-config: the options resolved as far as they can be without the data or the machine, as YAML."""
+    from trainer import api
+    from trainer.config_file import as_yaml, printable
+
+    print(as_yaml(printable(api.resolved_config(recipe, options, out, resume, allowed, command), allowed), command),
+          end="")
+
+
 @app.command("lr-find")
-@with_options(LR_FIND_OPTIONS, defaults={"precision": "auto"})
+@with_options(LR_FIND_OPTIONS, defaults={"precision": "auto"}, config=True)
 def lr_find(
-    recipe: RecipeName,
+    recipe: OptionalRecipe = None,
     start_lr: Annotated[float, typer.Option(help="Learning rate to start from.", rich_help_panel=LR_FIND)] = 1e-7,
     end_lr: Annotated[float, typer.Option(
         help="Learning rate to end at (stops early if the loss diverges).", rich_help_panel=LR_FIND)] = 10.0,
@@ -81,7 +94,7 @@ def lr_find(
         min=10, max=NUM_IT_MAX, help="Number of mini-batches to try (fastai drops the first and last points).",
         rich_help_panel=LR_FIND)] = 100,
     lr: Annotated[Optional[str], typer.Option(hidden=True)] = None,  # refused in one line, not as an unknown option
-    out: OutDir = RUNS, quiet: Quiet = False, *, options: dict,
+    out: OutDir = RUNS, quiet: Quiet = False, *, options: dict, print_config: bool = False,
 ):
     """Find a learning rate: fastai's lr_find with the minimum, steep, valley and slide suggestions."""
     from trainer import api
@@ -92,6 +105,8 @@ def lr_find(
         from trainer.options import LR_FIND_TAKES_NO_LR
 
         raise BadInput(LR_FIND_TAKES_NO_LR)
+    if print_config:
+        return show_config("lr-find", recipe, options, out, allowed=LR_FIND_OPTIONS)
 
     found = api.lr_find(recipe, start_lr=start_lr, end_lr=end_lr, num_it=num_it, out=out,
                         subscribers=[display(quiet)], progress=False, quiet=quiet, **options)

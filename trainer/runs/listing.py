@@ -104,6 +104,6 @@ def list_runs(out: Path, recipe: str | None = None) -> list[dict]:
         return []
     recipes = [recipe] if recipe else sorted(d.name for d in out.iterdir() if d.is_dir() and not d.is_symlink())
     rows = [describe_or_flag(d) for name in recipes for d in run_dirs(out, name)]
-    return sorted(rows, key=lambda r: run_order(r["id"]), reverse=True)
+    return sorted(rows, key=lambda r: run_order(Path(r["path"])), reverse=True)
 
 

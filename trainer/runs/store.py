@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -37,13 +38,23 @@ def read_only(folder: Path) -> bool:
         return False
 
 
-def new_run_dir(out: Path, recipe: str) -> Path:
-    """A fresh runs/<recipe>/<id>/ where ids sort by start time and never collide.
+RUN_ID = re.compile(r"\d{8}-\d{6}(-\d+)?")  # a run's start time, the directory name of a run without --name
 
-    mkdir without exist_ok is the lock: two processes starting in the same second get -2, -3...
+
+def new_run_dir(out: Path, recipe: str, name: str | None = None) -> Path:
+    """A fresh runs/<recipe>/<id>/ where ids sort by start time and never collide, or runs/<recipe>/<name>/.
+
+    mkdir without exist_ok is the lock: two processes starting in the same second get -2, -3...; two runs
+    given the same --name: the second is refused (with the next free name).
     """
     parent = out / recipe
     parent.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        try:
+            (parent / name).mkdir()
+        except FileExistsError:
+            raise BadInput(name_taken(parent, name)) from None
+        return parent / name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 10_000):
         run_dir = parent / (stamp if n == 1 else f"{stamp}-{n}")
@@ -53,6 +64,36 @@ def new_run_dir(out: Path, recipe: str) -> Path:
             continue
         return run_dir
     raise RuntimeError(f"could not create a run directory under {parent}")
+
+
+def check_run_name(name: str) -> None:
+    """A --name that cannot be mistaken for what the commands that take a run also accept (an id, `latest`, a
+    recipe name); its characters are checked by the option's pattern (options.RUN_NAME)."""
+    from trainer.recipes import RECIPES
+
+    if name == "latest" or name in RECIPES:
+        what = "the word" if name == "latest" else "a recipe's name, which"
+        raise BadInput(f"--name {name} is {what} the commands that take a run read as the newest run: choose "
+                       f"another, e.g. --name {name}-1")
+    if RUN_ID.fullmatch(name):
+        raise BadInput(f"--name {name} has the form of a run id (a start time): choose a name with a letter in it, "
+                       f"e.g. --name run-{name}")
+
+
+def check_name_free(out: Path, recipe: str, name: str | None) -> None:
+    """Before training: a --name already taken under OUT/<recipe>/ is refused, with the next free one."""
+    if name is not None and (out / recipe / name).exists():
+        raise BadInput(name_taken(out / recipe, name))
+
+
+def name_taken(parent: Path, name: str) -> str:
+    base, n = name, 2
+    if (m := re.fullmatch(r"(.*)-(\d+)", name)) and m.group(1):  # "resnet-2" taken: suggest "resnet-3"
+        base, n = m.group(1), int(m.group(2)) + 1
+    while (parent / f"{base}-{n}").exists():
+        n += 1
+    return (f"--name {name}: {parent / name} already exists (`trainer runs {parent.name}`); choose another name, "
+            f"e.g. --name {base}-{n}")
 
 
 def point_latest(parent: Path, run_dir: Path) -> None:
@@ -66,17 +107,37 @@ def point_latest(parent: Path, run_dir: Path) -> None:
 
 
 def run_dirs(out: Path, recipe: str) -> list[Path]:
-    """Run directories of a recipe, oldest first."""
+    """Run directories of a recipe, oldest first: those named by their start time, and named ones (--name)."""
     parent = out / recipe
     if not parent.is_dir():
         return []
-    runs = [d for d in parent.iterdir() if d.is_dir() and not d.is_symlink() and d.name[:1].isdigit()]
-    return sorted(runs, key=lambda d: run_order(d.name))
+    runs = [d for d in parent.iterdir() if d.is_dir() and not d.is_symlink() and not d.name.startswith(".")
+            and (RUN_ID.fullmatch(d.name) or (d / "config.json").is_file())]
+    return sorted(runs, key=run_order)
 
 
-def run_order(run_id: str) -> tuple[str, int]:
-    """Run ids are start times: "20261125-163012" < "20261125-163012-2" < "20261125-163012-10"."""
-    return run_id[:15], int(run_id[16:]) if run_id[16:].isdigit() else 1
+def run_order(run_dir: Path) -> tuple[str, int, str]:
+    """By start time: run ids are start times ("20261125-163012" < "20261125-163012-2" < "...-10"); a named run's
+    is its config.json's "started" (else the folder's time), so names and ids interleave as they ran."""
+    name = run_dir.name
+    if RUN_ID.fullmatch(name):
+        return name[:15], int(name[16:]) if name[16:] else 1, ""
+    return started_stamp(run_dir), 0, name
+
+
+def started_stamp(run_dir: Path) -> str:
+    """A named run's start as a run id writes it (local time, "%Y%m%d-%H%M%S")."""
+    import json
+    from datetime import datetime
+
+    try:
+        started = json.loads((run_dir / "config.json").read_text())["started"]
+        return datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").astimezone().strftime("%Y%m%d-%H%M%S")
+    except (OSError, ValueError, KeyError, TypeError):  # no config yet, or damaged: the folder's own time
+        try:
+            return time.strftime("%Y%m%d-%H%M%S", time.localtime(run_dir.stat().st_mtime))
+        except OSError:
+            return ""
 
 
 def environment() -> dict:
@@ -134,7 +195,7 @@ def resolve_run(target: str, out: Path, need_model: bool = True) -> Path:
     recipes = sorted(d.name for d in out.iterdir() if d.is_dir()) if out.is_dir() else []
     if target == "latest" or target in RECIPES or target in recipes:
         found = [d for r in ([target] if target != "latest" else recipes) for d in run_dirs(out, r)]
-        found = sorted((d for d in found if has_model(d) or not need_model), key=lambda d: run_order(d.name))
+        found = sorted((d for d in found if has_model(d) or not need_model), key=run_order)
         if not found:
             which = "" if target == "latest" else f" of '{target}'"
             raise BadInput(f"no {'trained ' if need_model else ''}run{which} under {out}/; run `trainer fit "

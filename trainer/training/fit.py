@@ -59,6 +59,7 @@ def fit(cfg: FitConfig, events: Events) -> tuple[Path | None, dict | None]:
         stop.quiet = not world_from_env().main
         if cfg.tensorboard:
             tensorboard_callback(None)  # a missing package is bad input: before anything is written
+        store.check_name_free(Path(cfg.out), cfg.recipe, cfg.name)  # refused now, not after the data is read
         p = prepare(cfg, events)
         if not p.world.main:
             return follow(p)
@@ -108,6 +109,7 @@ def lr_find(cfg: FitConfig, events: Events, start_lr=1e-7, end_lr=10.0, num_it=1
         raise BadInput(LR_FIND_TAKES_NO_LR)
     if world_from_env().size > 1:
         raise BadInput("lr-find runs in one process: start it without torchrun or --nproc")
+    store.check_name_free(Path(cfg.out), cfg.recipe, cfg.name)
     with stopping("lr-find", events) as stop:
         return find_into_run(cfg, events, stop, start_lr, end_lr, num_it)
 
@@ -166,7 +168,7 @@ def training_log(run_dir: Path, learn, events: Events, total: int, resumed: dict
 
 def start_run(p: Prepared, command: str, stop: Stop, **extra) -> tuple[Path, dict]:
     """Create the run directory: config.json (every resolved option), split.csv, what lr_find found."""
-    run_dir = stop.run_dir = store.new_run_dir(Path(p.cfg.out), p.recipe.name)
+    run_dir = stop.run_dir = store.new_run_dir(Path(p.cfg.out), p.recipe.name, p.cfg.name)
     stop.created, stop.resume = True, resume_command(run_dir, p.world)
     p.learn.path = run_dir
     if p.data.skipped:
