@@ -111,7 +111,7 @@ def fit(recipe: str | None = None, *, resume: str | Path | None = None, nproc: i
 
 
 MACHINE = ("device", "precision")
-OUTPUTS = ("interpret", "top_k", "tensorboard")
+OUTPUTS = ("interpret", "top_k", "tensorboard", "mlflow")
 
 
 def resume_run(run: str | Path, out: str | Path, nproc: int | None, subscribers: list, quiet: bool,
