@@ -227,3 +227,17 @@ def test_the_uri_is_resolved_once(isolated):
         assert resolve_mlflow_uri(kept) == (kept if ":" in kept else (isolated / kept).as_uri())
     with pytest.raises(BadInput, match="--mlflow must be a tracking URI"):
         FitConfig("digits", mlflow="  ").check()
+
+
+def test_a_service_job_names_a_tracking_server_not_a_server_path(tmp_path):
+    from trainer.service.jobs import check_submission
+
+    def submit(mlflow):
+        return check_submission({"recipe": "digits", "options": {"mlflow": mlflow}}, data_root=tmp_path,
+                                dataset_path=lambda *_: None, devices_total=1, device_kind="cpu")
+
+    for accepted in ("default", "http://mlflow.internal:5000", "https://mlflow.example.com"):
+        submit(accepted)
+    for path in ("/srv/mlruns", "file:///etc", "sqlite:////srv/mlflow.db", "mlruns"):
+        with pytest.raises(BadInput, match="a job cannot name a server path in options.mlflow"):
+            submit(path)
