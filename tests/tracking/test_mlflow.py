@@ -241,3 +241,14 @@ def test_a_service_job_names_a_tracking_server_not_a_server_path(tmp_path):
     for path in ("/srv/mlruns", "file:///etc", "sqlite:////srv/mlflow.db", "mlruns"):
         with pytest.raises(BadInput, match="a job cannot name a server path in options.mlflow"):
             submit(path)
+
+
+def test_a_run_asked_for_mlflow_from_python_reads_back(isolated):
+    """`trainer.fit(..., mlflow=True)`: config.json's "asked" keeps True, its "options" the URI; both read back."""
+    from trainer.runs.rundir import check_options
+
+    uri = (isolated / "mlruns").as_uri()
+    for where, value in (("asked", True), ("asked", "default"), ("options", uri)):
+        check_options(isolated / "config.json", where, {"recipe": "digits", "mlflow": value})
+    with pytest.raises(BadInput, match="is damaged: asked: --mlflow must be a tracking URI"):
+        check_options(isolated / "config.json", "asked", {"recipe": "digits", "mlflow": 3})

@@ -163,6 +163,8 @@ def check_options(path: Path, where: str, values: dict) -> None:
         raise damaged(path, "recipe.name", f"one of {', '.join(RECIPES)}", values["recipe"])
     for name, option in OPTIONS.items():
         value = values.get(name)
+        if name == "mlflow":  # asked as a URI, or True from Python (the default): FitConfig.check checks it
+            continue
         if value is not None and option.kind in (str, bool) and not isinstance(value, option.kind):
             raise damaged(path, f"{where}.{name}", "a string" if option.kind is str else "true or false", value)
     try:
