@@ -44,6 +44,8 @@ def test_has_sees_a_module_that_is_not_there(monkeypatch):
      "--format onnx needs the export extra (onnxruntime is missing): pip install 'trainer[export]'"),
     ("tensorboard", "--tensorboard", "tensorboard",
      "--tensorboard needs the tensorboard extra (tensorboard is missing): pip install 'trainer[tensorboard]'"),
+    ("mlflow", "--mlflow", "mlflow",
+     "--mlflow needs the mlflow extra (mlflow is missing): pip install 'trainer[mlflow]'"),
 ])
 def test_require_names_the_missing_module_and_the_pip_command(extra, what, missing, message, monkeypatch):
     extras.require(extra, what)  # installed here: nothing raised

@@ -10,7 +10,7 @@ from helpers import run_python
 
 import trainer
 
-HEAVY = ("torch", "fastai", "torchvision", "matplotlib")
+HEAVY = ("torch", "fastai", "torchvision", "matplotlib", "mlflow")
 LIGHT = ["trainer", "trainer.cli", "trainer.config", "trainer.recipes", "trainer.errors", "trainer.extras",
          "trainer.files", "trainer.runs", "trainer.runs.rundir", "trainer.runs.store", "trainer.runs.listing",
          "trainer.runs.split", "trainer.runs.report", "trainer.data", "trainer.data.locations", "trainer.data.source",

@@ -16,7 +16,8 @@ EVERY = dict(data="somewhere", data_sha256="ab" * 32, size=96, valid_pct=0.25, c
              early_stop=2, save_best=True, seed=7, device="cpu", precision="fp32", workers=1, interpret=False,
              top_k=4, tensorboard=True, activation_stats=True, aug=True, min_scale=0.5, flip_vert=True,
              max_rotate=20.0, max_lighting=0.3, mixup=0.4, label_smoothing=0.1, labels="tags.csv", fn_col="file",
-             label_col="tags", valid_col="held_out", label_delim=";", label_re="^(.+)_", threshold=0.3)
+             label_col="tags", valid_col="held_out", label_delim=";", label_re="^(.+)_", threshold=0.3,
+             mlflow="http://127.0.0.1:5000")
 
 
 def test_every_option_is_in_the_table_above():

@@ -139,7 +139,7 @@ def resolved_config(recipe: str | None, options: dict, out: str | Path = "runs",
 
 
 MACHINE = ("device", "precision")
-OUTPUTS = ("interpret", "top_k", "tensorboard")
+OUTPUTS = ("interpret", "top_k", "tensorboard", "mlflow")
 
 
 def resume_run(run: str | Path, out: str | Path, nproc: int | None, subscribers: list, quiet: bool,

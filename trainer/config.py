@@ -13,8 +13,8 @@ from pathlib import Path
 
 from trainer.data.locations import is_url
 from trainer.errors import BadInput
-from trainer.options import (AUG_DEFAULTS, FASTAI_WD, LR_WORDS, NO_ARCHIVE_TO_CHECK, OPTIONS, TOP_K, as_flag, check_device,
-                             lr_refusal)
+from trainer.options import (AUG_DEFAULTS, FASTAI_WD, LR_WORDS, NO_ARCHIVE_TO_CHECK, OPTIONS, TOP_K, as_flag,
+                             check_device, check_mlflow, lr_refusal, resolve_mlflow_uri)
 from trainer.recipes import Recipe, presized
 from trainer.runs.store import check_run_name
 
@@ -81,6 +81,9 @@ class FitConfig:
     top_k: int | None = None  # highest-loss images in top_losses.png/.csv; None: TOP_K
     tensorboard: bool | None = None  # fastai's TensorBoardCallback into <run>/tensorboard/
     name: str | None = None  # the run directory's name, OUT/<recipe>/NAME; None: its start time
+    # MLflow tracking (trainer.tracking.mlflow): a URI or folder, "default"/True (MLFLOW_TRACKING_URI, else
+    # ./mlruns); resolved to the absolute URI, None when off
+    mlflow: str | bool | None = None
 
     def resolve(self, recipe: Recipe, machine: Machine | None = None, lr: float | None = None) -> "FitConfig":
         """Validate what was asked and fill the rest: the recipe's defaults, then `machine` (once it is known),
@@ -113,6 +116,7 @@ class FitConfig:
             interpret=self.interpret is not False,
             top_k=self.top_k or TOP_K,
             tensorboard=bool(self.tensorboard),
+            mlflow=resolve_mlflow_uri(self.mlflow),
             **self.augmentation(recipe),
             threshold=(0.5 if self.threshold is None else self.threshold) if self.multi_label else None,
             **machine_values,
@@ -140,6 +144,9 @@ class FitConfig:
         for name, option in OPTIONS.items():
             value = getattr(self, name)
             if name == "device":
+                continue
+            if name == "mlflow":
+                check_mlflow(value)
                 continue
             if name == "lr" and isinstance(value, str):
                 if value not in LR_WORDS:
@@ -222,6 +229,13 @@ def resume_config(config: dict, **given) -> FitConfig:
         options[name] = asked.get(name, FitConfig.__dataclass_fields__[name].default)
     for name, value in given.items():
         if value is None:
+            continue
+        if name == "mlflow":  # as the run resolved it: --mlflow alone is the run's own default
+            check_mlflow(value)
+            value = resolve_mlflow_uri(value)
+            if value != options.get("mlflow"):
+                has = f"--mlflow {options['mlflow']}" if options.get("mlflow") else "no --mlflow"
+                raise BadInput(f"--resume continues the run's own MLflow run: it has {has}; drop --mlflow {value}")
             continue
         if name not in MACHINE_OPTIONS and name in options and value != options[name]:
             raise BadInput(f"--resume continues with the run's own options: it has {as_flag(name, options[name])}; "

@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "service": (("fastapi", "uvicorn", "sqlalchemy", "jinja2"), "is missing or too old"),
     "tensorboard": (("tensorboard",), "is missing"),
     "timm": (("timm",), "is missing"),
+    "mlflow": (("mlflow",), "is missing"),
 }
 
 

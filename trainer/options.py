@@ -40,6 +40,8 @@ FASTAI_WD = {"adam": 0.01, "sgd": 0.0, "rmsprop": 0.0, "lamb": 0.0, "ranger": 0.
 RUN_NAME = (r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", "letters, digits, '.', '_' or '-' (at most 100), starting with a "
                                                "letter or digit, e.g. resnet50-lr3e-3")
 # aug_transforms' parameters that --aug uses unless given: the course's min_scale, fastai's own defaults otherwise
+# --mlflow alone (or `mlflow=True` from Python): MLFLOW_TRACKING_URI, else ./mlruns (resolve_mlflow_uri)
+MLFLOW_DEFAULT = "default"
 AUG_DEFAULTS = {"min_scale": 0.75, "flip_vert": False, "max_rotate": 10.0, "max_lighting": 0.2}
 
 
@@ -59,6 +61,8 @@ class Option:
     example: str = ""  # a valid value, for the error message's "e.g."
     pattern: tuple[str, str] = ()  # a str's form: (regular expression, what it says in words)
     env: str = ""  # the environment variable the CLI reads when the flag is not given (--help says so)
+    bare: str = ""  # a str whose value may be left out: the flag alone means this value (`--mlflow`)
+    metavar: str = ""  # what --help shows for the value
 
     @property
     def flag(self) -> str:
@@ -222,6 +226,10 @@ OPTIONS = _options(
                                 "tensorboard package)", OUTPUTS, "no"),
     Option("activation_stats", bool, "Record per-layer activation statistics: activations.png/.json", OUTPUTS,
            switch=True),
+    Option("mlflow", str, "Log the options, every epoch's metrics, the summary and the model, plots and report to "
+                          "this MLflow tracking URI (an http(s):// server, a folder, sqlite:///FILE); --mlflow alone: "
+                          "the default (needs the mlflow package)", OUTPUTS, "MLFLOW_TRACKING_URI, else ./mlruns",
+           bare=MLFLOW_DEFAULT, metavar="[URI]", example="http://127.0.0.1:5000"),
 )
 
 # What lr-find takes of them (the data and model options; not the schedule or outputs)
@@ -293,6 +301,35 @@ def chosen_lr(value, suggestions: dict) -> tuple[float, str | None]:
                        f"({', '.join(LR_SUGGESTIONS)}), got {shown}")
     OPTIONS["lr"].check(value)
     return float(value), None
+
+
+def check_mlflow(value) -> None:
+    """--mlflow's value before it is resolved: a tracking URI or a folder, "default" or True (the default), False
+    or None (none)."""
+    if value is None or isinstance(value, bool):
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(f"--mlflow must be a tracking URI (e.g. http://127.0.0.1:5000) or a folder, or nothing for "
+                       f"the default (MLFLOW_TRACKING_URI, else ./mlruns); got '{value}'")
+
+
+def resolve_mlflow_uri(value, environ=None) -> str | None:
+    """--mlflow as the tracking URI config.json records: None when off; the default is MLFLOW_TRACKING_URI, else
+    ./mlruns; a folder (no scheme) becomes an absolute file:// URI, so a resumed run and the service's jobs
+    log to the same store whatever their working directory."""
+    import os
+    from pathlib import Path
+
+    if value is None or value is False:
+        return None
+    if value is True or value == MLFLOW_DEFAULT:
+        value = (os.environ if environ is None else environ).get("MLFLOW_TRACKING_URI") or "./mlruns"
+    value = value.strip()
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", value):  # a scheme (not a Windows drive letter): as given
+        if value.startswith("file:") and not value.startswith("file:/"):  # file:relative/path
+            return Path(value[5:]).expanduser().resolve().as_uri()
+        return value
+    return Path(value).expanduser().resolve().as_uri()
 
 
 def as_flag(name: str, value) -> str:

@@ -42,7 +42,14 @@ def report_error(error: Exception) -> int:
 class OneLineErrors(TyperGroup):
     """Every failure as one line on stderr with its exit code: typer's usage errors (a bad choice, a number out
     of range, a missing argument) instead of a usage box, and what the commands raise (HANDLED) instead of a
-    traceback. Sub-command groups inherit it."""
+    traceback. Sub-command groups inherit it. A command's options whose value may be left out (`--mlflow` alone)
+    get it here, before the command parses its arguments."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        from trainer.cli.options import bare_values
+
+        return name, command, bare_values(command, rest)
 
     def invoke(self, ctx):
         try:

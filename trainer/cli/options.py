@@ -33,7 +33,8 @@ def annotation(option: Option, default: str | None = None, panel: str | None = N
     decls = [option.flag] if option.switch else [f"{option.flag}/--no-{option.flag[2:]}"] if kind is bool else []
     env = {"envvar": option.env} if option.env else {}  # --help shows "[env var: ...]"
     info = typer.Option(*decls, help=help_text(option, default), rich_help_panel=panel or option.panel,
-                        show_default=False, **option.typer_range(), **env)
+                        show_default=False, **option.typer_range(), **env,
+                        **({"metavar": option.metavar} if option.metavar else {}))
     if option.name == "lr":  # a number, 'auto' or 'review': checked by options.parse_lr and FitConfig
         kind = str
     return Annotated[Optional[kind], info]
@@ -116,6 +117,23 @@ def runs_root() -> Path:
     import os
 
     return Path(os.environ.get("TRAINER_OUT") or RUNS)
+def bare_values(command, args: list[str]) -> list[str]:
+    """`command`'s arguments with the value of an option whose value may be left out (Option.bare) filled in
+    where it was: `--mlflow` alone (last, or before another option) is `--mlflow default`, while `--mlflow URI`
+    and `--mlflow=URI` take their value. typer has no option with an optional value, so it is given here,
+    before the command parses its arguments."""
+    flags = {o.flag: o.bare for o in OPTIONS.values() if o.bare}
+    if not flags or command is None or not any(getattr(p, "name", None) in OPTIONS and OPTIONS[p.name].bare
+                                               for p in getattr(command, "params", ())):
+        return args
+    filled = []
+    for i, word in enumerate(args):
+        if word == "--":  # the rest are arguments, not options
+            return filled + args[i:]
+        filled.append(word)
+        if word in flags and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            filled.append(flags[word])
+    return filled
 
 
 def plain(value):

@@ -32,6 +32,8 @@ instant). Written atomically by trainer.runs.store (temporary file, then rename)
   report.html                   fit, lr-find, interpret, ...    one self-contained page of all the above
   model.onnx, model.torchscript export                          the model for other runtimes; FILE.json describes it
   error.log                     fit, when training failed       the traceback
+  mlflow.json                   fit --mlflow, at the start      the MLflow run it logs to: tracking_uri, experiment_id,
+                                                                run_id (--resume continues that run)
 """
 
 from __future__ import annotations
@@ -64,13 +66,14 @@ REPORT = "report.html"
 EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript"}  # trainer export --format; FILE.json beside
 ERROR_LOG = "error.log"
 TENSORBOARD = "tensorboard"  # a folder, with --tensorboard
+MLFLOW = "mlflow.json"  # with --mlflow: the MLflow run (trainer.tracking.mlflow)
 
 
 # What the service hands out of a run directory (GET /jobs/{id}/files): the report, plots, model and metrics;
 # never the checkpoints (last.pth, best.pth: the run's internal state) or anything not in this schema.
 PUBLIC = (CONFIG, SPLIT, SKIPPED, LR_FIND_JSON, LR_FIND_PNG, LR_CHOICE, BATCH, METRICS, CHECKPOINT, WEIGHTS,
           MODEL_META, MODEL_PICKLE, HISTORY, RESULTS, ACTIVATIONS_PNG, ACTIVATIONS_JSON, SUMMARY, REPORT, ERROR_LOG,
-          TEST_METRICS, LOSSES, *EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values()),
+          MLFLOW, TEST_METRICS, LOSSES, *EXPORTS.values(), *(f"{name}.json" for name in EXPORTS.values()),
           *(f"{stem}.{ext}" for stem in (CONFUSION, CONFUSION_NORMALIZED, MOST_CONFUSED, TOP_LOSSES,
                                                         PER_CLASS, TEST_CONFUSION, LABEL_CONFUSION, TEST_LABEL_CONFUSION) for ext in ("png", "csv", "json")))
 
@@ -160,6 +163,8 @@ def check_options(path: Path, where: str, values: dict) -> None:
         raise damaged(path, "recipe.name", f"one of {', '.join(RECIPES)}", values["recipe"])
     for name, option in OPTIONS.items():
         value = values.get(name)
+        if name == "mlflow":  # asked as a URI, or True from Python (the default): FitConfig.check checks it
+            continue
         if value is not None and option.kind in (str, bool) and not isinstance(value, option.kind):
             raise damaged(path, f"{where}.{name}", "a string" if option.kind is str else "true or false", value)
     try:

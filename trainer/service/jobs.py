@@ -8,6 +8,7 @@ a folder under the service's data root, or the recipe's own data.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 from trainer.errors import BadInput, did_you_mean
 from trainer.runs import rundir
 from trainer.service import store as S
-from trainer.options import LR_FIND_OPTIONS, LR_FIND_TAKES_NO_LR, NUM_IT_MAX, OPTIONS, as_args, check_lr_processes
+from trainer.options import (LR_FIND_OPTIONS, LR_FIND_TAKES_NO_LR, MLFLOW_DEFAULT, NUM_IT_MAX, OPTIONS, as_args,
+                             check_lr_processes)
 
 COMMANDS = ("fit", "lr-find")
 # lr-find's own options (trainer.cli.train's lr-find), with their ranges
@@ -85,6 +87,11 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
         if name in options:
             raise BadInput(f"a job cannot name a server path in options.{name}; give \"dataset\" (an uploaded "
                            f"archive's id) or \"data\" (a folder under the service's data root)")
+    mlflow = options.get("mlflow")  # a folder or a database would be a server path too
+    if isinstance(mlflow, str) and mlflow != MLFLOW_DEFAULT and not re.match(r"https?://", mlflow):
+        raise BadInput(f"a job cannot name a server path in options.mlflow ('{mlflow}'); give an http(s):// "
+                       f"tracking server, or \"{MLFLOW_DEFAULT}\" for the service's own (MLFLOW_TRACKING_URI, "
+                       f"else its ./mlruns)")
     labels = options.get("labels")
     if isinstance(labels, str) and (Path(labels).is_absolute() or ".." in Path(labels).parts):
         raise BadInput("options.labels names the CSV inside the job's dataset, by a path relative to it (e.g. "

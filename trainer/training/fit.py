@@ -26,6 +26,8 @@ from trainer.options import LR_FIND_TAKES_NO_LR
 from trainer.runs import rundir, store
 from trainer.runs.report import write_report
 from trainer.runs.split import check_split, split_rows, split_sha256, write_split
+from trainer.tracking.mlflow import MlflowTracker
+from trainer.tracking.mlflow import require as require_mlflow
 from trainer.training import checkpoint, gate
 from trainer.training.distributed import world_from_env
 from trainer.training.events import Events, MetricsFile
@@ -60,6 +62,8 @@ def fit(cfg: FitConfig, events: Events) -> tuple[Path | None, dict | None]:
         if cfg.tensorboard:
             tensorboard_callback(None)  # a missing package is bad input: before anything is written
         store.check_name_free(Path(cfg.out), cfg.recipe, cfg.name)  # refused now, not after the data is read
+        if cfg.mlflow:
+            require_mlflow()
         p = prepare(cfg, events)
         if not p.world.main:
             return follow(p)
@@ -74,8 +78,10 @@ def fit(cfg: FitConfig, events: Events) -> tuple[Path | None, dict | None]:
 def resume(run_dir: Path, events: Events, **given) -> tuple[Path | None, dict | None]:
     """Continue an interrupted run from its last completed epoch, with the same options and schedule
     (`given`: device/precision, where and how to continue when not as the run asked; interpret, top_k,
-    tensorboard, checked against the run's own)."""
+    tensorboard, mlflow, checked against the run's own; the MLflow run goes on too)."""
     config, cfg = checkpoint.resumable(run_dir, given)
+    if cfg.mlflow:
+        require_mlflow()
     with stopping("fit --resume", events) as stop:
         stop.quiet, stop.run_dir = not world_from_env().main, run_dir  # the run's own: never removed
         stop.resume = resume_command(run_dir, world_from_env())
@@ -134,6 +140,8 @@ def train(p: Prepared, run_dir: Path, events: Events, stop: Stop, resumed: dict 
     Read top to bottom: each step is one function."""
     title = f"{p.recipe.name} · run {run_dir.name} · {p.cfg.arch}"
     total = stop.epochs_total = epochs_total(p.cfg)
+    if p.cfg.mlflow:  # rank 0 only (the others never get here): the run's events, from run_started on
+        events.subscribe(MlflowTracker(p.cfg.mlflow, run_dir, events))
     events.publish("run_started", run_dir=str(run_dir), recipe=p.recipe.name, command="fit", epochs_total=total,
                    resumed_after=resumed["epochs_done"] if resumed else None)
     if not resumed:
