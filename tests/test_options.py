@@ -17,11 +17,23 @@ EVERY = dict(data="somewhere", data_sha256="ab" * 32, size=96, valid_pct=0.25, c
              top_k=4, tensorboard=True, activation_stats=True, aug=True, min_scale=0.5, flip_vert=True,
              max_rotate=20.0, max_lighting=0.3, mixup=0.4, label_smoothing=0.1, labels="tags.csv", fn_col="file",
              label_col="tags", valid_col="held_out", label_delim=";", label_re="^(.+)_", threshold=0.3,
-             mlflow="http://127.0.0.1:5000")
+             mlflow="http://127.0.0.1:5000", name="exp-1")
 
 
 def test_every_option_is_in_the_table_above():
     assert set(EVERY) == set(OPTIONS)
+
+
+def test_the_default_weight_decays_are_fastais():
+    """--print-config resolves --wd without importing fastai: the table must be fastai's own defaults."""
+    import inspect
+
+    from trainer.model.learner import optimizer
+    from trainer.options import FASTAI_WD, OPTIMIZERS
+
+    assert set(FASTAI_WD) == set(OPTIMIZERS)
+    for name in OPTIMIZERS:
+        assert FASTAI_WD[name] == inspect.signature(optimizer(name)).parameters["wd"].default, name
 
 
 def test_the_relaunch_command_parses_back_to_the_same_options(trainer, monkeypatch):
