@@ -82,11 +82,13 @@ def counted_map(work: Callable, items, workers: int, publish: Callable | None, n
         else:
             from concurrent.futures import ThreadPoolExecutor
 
+            size = max(1, min(64, len(items) // (workers * 8)))  # chunks: a future per tiny PNG would cost more
+            chunks = [items[i:i + size] for i in range(0, len(items), size)]  # than reading it
             pool = ThreadPoolExecutor(workers)
             try:
-                for result in pool.map(work, items):  # yields in the items' order
-                    results.append(result)
-                    doing.advance()
+                for done in pool.map(lambda chunk: [work(item) for item in chunk], chunks):  # in the items' order
+                    results += done
+                    doing.advance(len(done))
             finally:
                 pool.shutdown(cancel_futures=True)
         if detail is not None:
