@@ -495,11 +495,11 @@ def write_digits(target: Path) -> Path:
 
 
 
-def download_recipe(name: str) -> Path:
-    """`trainer download`: the recipe's data, found locally or fetched."""
+def download_recipe(name: str, progress: Callable | None = None) -> Path:
+    """`trainer download`: the recipe's data, found locally or fetched (`progress` hears the "download" step)."""
     from trainer.recipes import get_recipe
 
     recipe = get_recipe(name)
     if recipe.check == "folder":
         raise BadInput("recipe 'folder' uses your own images (--data): there is nothing to download")
-    return locate(recipe, None)
+    return locate(recipe, None, progress=progress)
