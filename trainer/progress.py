@@ -99,7 +99,7 @@ def counted_map(work: Callable, items, workers: int, publish: Callable | None, n
 def amount(n: float, unit: str) -> str:
     if unit == "bytes":
         return f"{n / 1e6:,.1f} MB"
-    return f"{n:,} {unit}"
+    return f"{n:,} {unit[:-1] if n == 1 and unit.endswith('s') else unit}"
 
 
 def line(step: str, done: int, unit: str, seconds: float, detail: str = "", **_) -> str:
