@@ -96,7 +96,7 @@ def test_fit_and_predict_print_progress_lines_on_stderr_when_not_a_terminal(tmp_
 
     interpreted = trainer("interpret", run_dir)
     lines = [l.split(" in ")[0] for l in interpreted.stderr.splitlines() if LINE.match(l)]
-    assert lines[0] == "scanned 25 images" and lines[1].startswith("predicted ") and len(lines) == 2
+    assert len(lines) == 1 and lines[0].startswith("predicted ")  # the data's scan is cached since the fit
     test = tmp_path / "test"
     class_folders(test, ["healthy", "rust"], 3, size=(40, 40), mode="RGB")  # images the run never saw
     evaluated = trainer("evaluate", run_dir, "--data", test, "--tta")
