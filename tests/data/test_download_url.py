@@ -217,3 +217,43 @@ def test_submit_uploads_local_data_only(trainer, leaves, isolated):
     archive.write_bytes(leaves)
     line = one_line_error(trainer("submit", "folder", "--data", archive, "--data-sha256", "0" * 64, expect=2))
     assert hashlib.sha256(leaves).hexdigest() in line
+
+
+def steps_heard(events: list):
+    """A publish callable that keeps each step's data (trainer.progress)."""
+    return lambda kind, **data: events.append(data)
+
+
+def test_a_download_is_counted_as_a_step_not_fastprogress_on_stdout(site, leaves, online, capsys):
+    from trainer.data.source import locate
+    from trainer.recipes import get_recipe
+
+    site.files["/leaves.tgz"] = leaves
+    heard: list = []
+    folder = locate(get_recipe("folder"), f"{site.base}/leaves.tgz", progress=steps_heard(heard))
+    assert sorted(p.name for p in folder.iterdir()) == ["healthy", "rust"]
+    assert [s["state"] for s in heard][0] == "started" and heard[-1]["state"] == "finished"
+    assert {s["step"] for s in heard} == {"download"} and heard[-1]["unit"] == "bytes"
+    assert heard[-1]["done"] == heard[-1]["total"] == len(leaves)
+    assert capsys.readouterr().out == ""  # no bar (nor its first character) on stdout
+
+
+def test_a_recipes_download_through_untar_data_is_counted_too(site, fixtures, online, monkeypatch, tmp_path, capsys):
+    import fastdownload.core
+    from fastai.data.external import URLs
+
+    from trainer.data.source import download_recipe
+
+    archive = tmp_path / "mnist_sample.tgz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(fixtures / "mnist_sample", arcname="mnist_sample")
+    site.files["/mnist_sample.tgz"] = archive.read_bytes()
+    monkeypatch.setattr(URLs, "MNIST_SAMPLE", f"{site.base}/mnist_sample.tgz")  # not in fastai's checks: no hash
+    theirs = fastdownload.core.download_url
+    heard: list = []
+    folder = download_recipe("mnist_sample", progress=steps_heard(heard))
+    assert sorted(p.name for p in folder.iterdir()) == ["labels.csv", "train", "valid"]
+    assert site.requests == ["/mnist_sample.tgz"]
+    assert heard[-1] == {**heard[-1], "step": "download", "state": "finished", "done": archive.stat().st_size}
+    assert fastdownload.core.download_url is theirs  # fastdownload's own again, for anyone else
+    assert capsys.readouterr().out == ""

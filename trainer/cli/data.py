@@ -38,9 +38,10 @@ def download(
 ):
     """Fetch a recipe's data and pretrained weights ahead of time, for a machine that will be offline."""
     from trainer.data.source import download_recipe
+    from trainer.progress import stderr_display
 
     screen = console()
-    screen.print(f"data: {download_recipe(recipe)}", markup=False)
+    screen.print(f"data: {download_recipe(recipe, stderr_display().publish)}", markup=False)
     if weights:
         from trainer.model.arch import cache_weights
 

@@ -11,6 +11,7 @@ from trainer.cli.app import app, console
 from trainer.cli.options import RUNS, AsJson, Device, InferenceBs, RunsRoot, TrustPickle, Tta
 from trainer.cli.train import print_confused
 from trainer.options import TOP_K, TOP_K_MAX
+from trainer.progress import stderr_display
 
 
 WITH_TTA = {True: " (with TTA)", False: ""}
@@ -35,7 +36,7 @@ def interpret(
 
     run_dir = resolve_run(target, out)
     report = interpret_run(run_dir, top_k=top_k, data=data, bs=bs, device=device, trust_pickle=trust_pickle,
-                           losses=losses, tta=tta)
+                           losses=losses, tta=tta, progress=stderr_display().publish)
     also = f", losses.csv ({report['losses']} images)" if losses else ""
     if report.get("multi_label"):
         console().print(f"accuracy_multi {report['accuracy']:.4f}, macro F1 {report['f1_macro']:.4f} on "
@@ -73,7 +74,7 @@ def evaluate(
 
     run_dir = resolve_run(target, out)
     result = evaluate_run(run_dir, data, bs=bs, device=device, labels=labels, fn_col=fn_col, label_col=label_col,
-                          tta=tta)
+                          tta=tta, progress=stderr_display().publish)
     if result.get("multi_label"):
         console().print(f"test set {result['labels']}: accuracy_multi {result['accuracy_multi']:.4f}, macro F1 "
                         f"{result['f1_macro']:.4f}, loss {result['loss']:.4f} on {result['n']} images"
@@ -104,7 +105,7 @@ def predict(
     from trainer.serving.inference import predict_images
 
     results = predict_images(resolve_run(target, out), images, top_k=top_k, bs=bs, device=device,
-                             trust_pickle=trust_pickle, tta=tta)
+                             trust_pickle=trust_pickle, tta=tta, progress=stderr_display().publish)
     if as_json:
         import json
 

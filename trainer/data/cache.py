@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from trainer.data.loaders import labels_of
 from trainer.data.locations import data_root
 from trainer.errors import CannotWrite
 from trainer.files import atomic_path, write_failure
+from trainer.progress import counted_map
 
 
 def cacheable(recipe, cfg) -> bool:
@@ -57,9 +57,9 @@ def signature(files: list) -> str:
     return digest.hexdigest()[:20]
 
 
-def load_or_decode(files: list, say) -> tuple[torch.Tensor | None, dict]:
+def load_or_decode(files: list, say, progress=None) -> tuple[torch.Tensor | None, dict]:
     """Every image as one (N, 3, H, W) uint8 tensor (None when the images differ in size), and
-    what happened, for config.json."""
+    what happened, for config.json. `progress` hears the decoding as the "decode" step (trainer.progress)."""
     start = time.perf_counter()
     path = data_root() / ".tensors" / f"{signature(files)}.pt"
     info = {"path": str(path), "reused": True}
@@ -71,8 +71,7 @@ def load_or_decode(files: list, say) -> tuple[torch.Tensor | None, dict]:
     except (OSError, RuntimeError, EOFError):
         pass
     info["reused"] = False
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:  # PIL decodes without the GIL
-        arrays = list(pool.map(decode, files, chunksize=256))
+    arrays = counted_map(decode, files, max(1, torch.get_num_threads()), progress, "decode")
     if len({a.shape for a in arrays}) != 1:
         say("decoded-image cache: images differ in size, reading them with PIL each epoch instead")
         return None, info
@@ -103,10 +102,10 @@ def cached_loader(dl, images: torch.Tensor, labels: torch.Tensor):
                   pin_memory=pin_memory(images.device, dl.device))
 
 
-def cached_dls(dls, say):
+def cached_dls(dls, say, progress=None):
     """The same DataLoaders with decoded-tensor batches, or None when the images cannot be cached."""
     items = list(dls.train_ds.items) + list(dls.valid_ds.items)
-    images, info = load_or_decode(items, say)
+    images, info = load_or_decode(items, say, progress)
     if images is None:
         return None
     labels = torch.tensor(labels_of(dls.train_ds) + labels_of(dls.valid_ds))
@@ -156,10 +155,11 @@ def shrink(source: Path, target: Path, side: int) -> bool:
     return True
 
 
-def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
+def presize(recipe, cfg, root: Path, skip, say, progress=None) -> dict | None:
     """For recipes that resize full photos per item: shrink every image once to the resize target's
     short side, into <data root>/.resized/<key>/, and point RGBImage at the copies. Each epoch then
-    decodes a 224-460 px image instead of a full photo; the crop and resize still happen per item."""
+    decodes a 224-460 px image instead of a full photo; the crop and resize still happen per item. `progress`
+    hears the shrinking as the "presize" step (trainer.progress)."""
     from trainer.data.images import RGBImage, forget_presized_copies, image_files
 
     forget_presized_copies()
@@ -174,7 +174,7 @@ def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
     if not reused:
         tmp = folder.with_name(f".{folder.name}-{os.getpid()}")
         try:
-            write_copies(files, names, tmp, side)
+            write_copies(files, names, tmp, side, progress)
         except (OSError, CannotWrite) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             unsaved(folder, e)
@@ -193,10 +193,11 @@ def presize(recipe, cfg, root: Path, skip, say) -> dict | None:
     return info
 
 
-def write_copies(files: list, names: list, tmp: Path, side: int) -> None:
+def write_copies(files: list, names: list, tmp: Path, side: int, progress=None) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
-        shrunk = list(pool.map(lambda i: shrink(files[i], tmp / names[i].name, side), range(len(files))))
+    shrunk = counted_map(lambda i: shrink(files[i], tmp / names[i].name, side), range(len(files)),
+                        max(1, os.cpu_count() or 1), progress, "presize",
+                        lambda done: f"{sum(done):,} shrunk to short side {side}")
     (tmp / "done.json").write_text(json.dumps({"side": side, "copies": [n.name for n, s in zip(names, shrunk) if s]}))
 
 

@@ -86,7 +86,25 @@ def image_files(root: Path) -> list[Path]:
     return list_images(root).files
 
 
-def scan(root: Path, warn=None) -> tuple[int, list[tuple[Path, str]]]:
+def scan_workers() -> int:
+    """Threads the scan decodes with: PIL decodes and reads files without the GIL, as cache.py's decoding does."""
+    import os
+
+    return max(1, min(32, os.cpu_count() or 1))
+
+
+def find_unreadable(files: list[Path], workers: int | None = None, progress=None) -> list[tuple[Path, str]]:
+    """The unreadable files among `files` as (path, reason), in the files' order, whatever `workers` (threads; 1:
+    serially, in this thread): each file's answer depends on it alone. `progress`: a publish callable that hears
+    the "scan" step (trainer.progress)."""
+    from trainer.progress import counted_map
+
+    reasons = counted_map(unreadable, files, scan_workers() if workers is None else workers, progress, "scan",
+                          lambda found: f"{sum(why is not None for why in found):,} unreadable")
+    return [(f, why) for f, why in zip(files, reasons) if why]
+
+
+def scan(root: Path, warn=None, progress=None, workers: int | None = None) -> tuple[int, list[tuple[Path, str]]]:
     """How many images `root` holds, and the unreadable ones as (path, reason).
 
     The files are listing.list_images's (the recipes' builders use the same listing); entries that are not
@@ -94,7 +112,8 @@ def scan(root: Path, warn=None) -> tuple[int, list[tuple[Path, str]]]:
     keyed by the files' count, sizes and times, so later runs on unchanged data only list the folder. The
     cache holds paths relative to the root: the unreadable files come back in the form `root` is given
     (relative or absolute), the form the DataLoaders' items take. `warn`: where the links not followed are
-    said (default stderr).
+    said (default stderr). `progress`: hears the "scan" step when the files are decoded (trainer.progress);
+    `workers`: the threads decoding them (find_unreadable).
     """
     listing = list_images(root)
     if listing.warning():
@@ -110,7 +129,7 @@ def scan(root: Path, warn=None) -> tuple[int, list[tuple[Path, str]]]:
             return total, listing.unreadable + [(root / p, why) for p, why in cached["bad"]]
     except (OSError, ValueError, KeyError):
         pass
-    bad = [(f, why) for f in files if (why := unreadable(f))]
+    bad = find_unreadable(files, workers, progress)
     try:
         from trainer.files import write_json
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import shutil
 import tarfile
 import tempfile
@@ -48,11 +47,11 @@ def find_local(recipe: Recipe) -> Path | None:
 
 
 def locate(recipe: Recipe, data: str | None, *, sha256: str | None = None, note: Callable[[str], None] | None = None,
-           progress: bool = False) -> Path:
+           progress: Callable | None = None) -> Path:
     """The folder holding the recipe's data, in the recipe's layout (checked).
 
     `sha256` (--data-sha256): the digest the --data URL's download, or the --data archive, must have. `note`
-    hears what a download does; `progress` shows fastai's download bar (a terminal, not --quiet).
+    hears what a download does; `progress` (a publish callable, trainer.progress) its count of bytes.
 
     One process at a time: the ranks of a distributed job (or two runs started together) would
     otherwise all download or extract the same data at once; the first does it, the others wait for
@@ -79,7 +78,7 @@ def exclusive(name: str):
 
 
 def _locate(recipe: Recipe, data: str | None, sha256: str | None = None,
-            note: Callable[[str], None] = lambda text: None, progress: bool = False) -> Path:
+            note: Callable[[str], None] = lambda text: None, progress: Callable | None = None) -> Path:
     if sha256 and not data:
         raise BadInput(NO_ARCHIVE_TO_CHECK)
     if data:
@@ -102,21 +101,28 @@ def _locate(recipe: Recipe, data: str | None, sha256: str | None = None,
         return dataset_root(recipe, local)
     if recipe.made_from:
         return make(recipe, data_root() / recipe.folder)
-    return dataset_root(recipe, download(recipe))
+    return dataset_root(recipe, download(recipe, progress))
 
 
-def download(recipe: Recipe) -> Path:
+def download(recipe: Recipe, progress: Callable | None = None) -> Path:
+    """fastai's untar_data of the recipe's URL, its download counted as the "download" step (ours, not
+    fastprogress's bar on stdout: download_url below stands in for fastdownload's while it runs)."""
     fixes = (f"put the extracted data at {data_root() / recipe.folder} or {fastai_data_dir() / recipe.folder} "
              f"(FASTAI_HOME), or pass --data PATH; see datasets/README.md")
     if offline():
         raise BadInput(f"no local data for '{recipe.name}' and TRAINER_OFFLINE is set: {fixes}")
+    import fastdownload.core
     from fastai.data.external import URLs, untar_data
 
     url = getattr(URLs, recipe.url)
+    theirs = fastdownload.core.download_url  # what untar_data's FastDownload calls (download_and_check)
+    fastdownload.core.download_url = lambda address, dest=None, **_: download_url(address, dest, progress=progress)
     try:
         return Path(untar_data(url))
     except Exception as e:  # network, DNS, checksum, disk: all end the same way for the user
         raise BadInput(f"could not download {url} ({type(e).__name__}: {e}); {fixes}") from None
+    finally:
+        fastdownload.core.download_url = theirs
 
 
 def dataset_root(recipe: Recipe, path: Path) -> Path:
@@ -289,8 +295,8 @@ def outside_member(archive: Path, detail: str) -> BadInput:
 
 
 # --data URL: an archive on a web server, downloaded by fastai's machinery (fastdownload's download_url: a .part
-# file renamed into place, fastcore's urlretrieve refusing a body shorter than its Content-Length, fastprogress's
-# bar) into fastai's archive folder, then extracted, checked and reused exactly as a local archive is.
+# file renamed into place, fastcore's urlretrieve refusing a body shorter than its Content-Length; our progress
+# instead of fastprogress's bar) into fastai's archive folder, then extracted, checked and reused exactly as a local archive is.
 
 def download_path(url: str) -> Path:
     """Where `url` is downloaded: $FASTAI_HOME/archive/<stem>-<hash of the URL><suffix> (untar_data's folder; the
@@ -305,7 +311,7 @@ def download_path(url: str) -> Path:
     return fastai_archive_dir() / f"{stem[:100]}-{key}{name[len(stem):].lower()}"
 
 
-def extract_download(url: str, sha256: str | None, note: Callable[[str], None], progress: bool) -> Path:
+def extract_download(url: str, sha256: str | None, note: Callable[[str], None], progress: Callable | None) -> Path:
     """`url`'s archive, downloaded once (or found), checked and extracted as a local archive is."""
     with exclusive("download-" + hashlib.sha1(url.encode()).hexdigest()[:10]):  # two recipes, one URL
         archive = fetch(url, sha256, note, progress)
@@ -318,7 +324,7 @@ def extract_download(url: str, sha256: str | None, note: Callable[[str], None], 
             raise BadInput(f"{e} (downloaded from {url}: removed, so the next run downloads it again)") from None
 
 
-def fetch(url: str, sha256: str | None, note: Callable[[str], None], progress: bool) -> Path:
+def fetch(url: str, sha256: str | None, note: Callable[[str], None], progress: Callable | None) -> Path:
     """The archive of `url` in fastai's archive folder: the copy already there (no network) when it matches
     `sha256`, else a fresh download, checked."""
     archive = download_path(url)
@@ -341,17 +347,33 @@ def fetch(url: str, sha256: str | None, note: Callable[[str], None], progress: b
     return archive
 
 
-def download_archive(url: str, archive: Path, progress: bool) -> None:
-    """fastdownload's download_url into `archive`, atomically: nothing of a failed download is left."""
-    from fastdownload import download_url
+def download_url(url: str, dest: Path, timeout: float | None = None, progress: Callable | None = None) -> Path:
+    """fastdownload's download_url (fastcore's urlsave into a .part file, renamed into place), its bytes counted as
+    the "download" step (trainer.progress: a bar on stderr, or one line) instead of fastprogress's bar on stdout."""
+    from fastcore.net import urldest, urlsave
 
+    from trainer.progress import step
+
+    dest = urldest(url, dest)
+    tmp = dest.with_name(dest.name + ".part")
+    with step(progress, "download", None, "bytes") as downloading:
+        def hook(count: int = 1, size: int = 1, total: int | None = None) -> None:  # urlretrieve's reporthook
+            if total and total > 0:
+                downloading.total = total
+            downloading.advance(count * size - downloading.done)
+
+        urlsave(url, tmp, reporthook=hook, timeout=timeout)
+        downloading.done = tmp.stat().st_size
+    return tmp.replace(dest)
+
+
+def download_archive(url: str, archive: Path, progress: Callable | None) -> None:
+    """download_url into `archive`, atomically: nothing of a failed download is left."""
     name_short_reads()
     part = archive.with_name(archive.name + ".part")  # download_url's temporary name
     try:
         archive.parent.mkdir(parents=True, exist_ok=True)
-        # fastprogress writes its bar to stdout (and a first character even without a bar): only when it shows
-        with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
-            download_url(url, archive, timeout=DOWNLOAD_TIMEOUT, show_progress=progress)
+        download_url(url, archive, timeout=DOWNLOAD_TIMEOUT, progress=progress)
     except BaseException as e:
         part.unlink(missing_ok=True)
         if not isinstance(e, Exception):
@@ -361,9 +383,6 @@ def download_archive(url: str, archive: Path, progress: bool) -> None:
                            f"elsewhere") from None
         raise BadInput(f"--data {url}: the download failed ({download_cause(e)}); nothing was kept: check the "
                        f"address and the network, then run again") from None
-    finally:
-        if progress:
-            print()  # the bar ends its line without a newline
 
 
 def name_short_reads() -> None:
@@ -476,11 +495,11 @@ def write_digits(target: Path) -> Path:
 
 
 
-def download_recipe(name: str) -> Path:
-    """`trainer download`: the recipe's data, found locally or fetched."""
+def download_recipe(name: str, progress: Callable | None = None) -> Path:
+    """`trainer download`: the recipe's data, found locally or fetched (`progress` hears the "download" step)."""
     from trainer.recipes import get_recipe
 
     recipe = get_recipe(name)
     if recipe.check == "folder":
         raise BadInput("recipe 'folder' uses your own images (--data): there is nothing to download")
-    return locate(recipe, None)
+    return locate(recipe, None, progress=progress)

@@ -15,19 +15,20 @@ from trainer.files import write_json
 
 
 def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", labels: str | None = None,
-                 fn_col: str | None = None, label_col: str | None = None, tta: bool = False) -> dict:
+                 fn_col: str | None = None, label_col: str | None = None, tta: bool = False, progress=None) -> dict:
     """Metrics of a trained run on a separate labelled test set (class folders, or a test/ subfolder of
     them), written into the run as test_metrics.json and test_confusion_matrix.png/.csv. `labels`: a CSV of
     the test images (paths relative to `data`) and their labels instead; a multi-label model's test set is one
     (its per-label matrices go to test_confusion_per_label.png/.csv). `tta`: of fastai's test-time-augmented
-    predictions (test_metrics.json records it)."""
+    predictions (test_metrics.json records it). `progress`: a publish callable that hears the "scan" and
+    "predict" steps (trainer.progress); None: nothing is shown."""
     from trainer.errors import BadInput
     from trainer.data.images import image_files, readable_or_refuse, scan
     from trainer.device import resolve_device
     from trainer.model.learner import class_names, inference_learner, load_weights
 
     if labels is not None:
-        return evaluate_csv(run_dir, Path(data), labels, fn_col, label_col, bs, device, tta)
+        return evaluate_csv(run_dir, Path(data), labels, fn_col, label_col, bs, device, tta, progress)
     if fn_col is not None or label_col is not None:
         raise BadInput("--fn-col and --label-col read the --labels CSV: pass --labels FILE.csv too, or drop them")
     if rundir.read_model_meta(run_dir).get("multi_label"):
@@ -38,7 +39,7 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", l
     if not root.is_dir():
         raise BadInput(f"--data {data}: no such folder; give a folder of <class>/ subfolders of labelled test images")
     test = root / "test" if (root / "test").is_dir() else root
-    total, bad = scan(test)
+    total, bad = scan(test, progress=progress)
     if not total:
         raise BadInput(f"{test} holds no images; give a folder of <class>/ subfolders of images")
     readable_or_refuse(total, bad, str(test), "give a folder of <class>/ subfolders of images that open")
@@ -53,14 +54,14 @@ def evaluate_run(run_dir: Path, data: str, bs: int = 64, device: str = "auto", l
                        f"({', '.join(meta['classes'][:10])}); each test image must sit in its class's folder")
     dls = inference_dls(meta, items, bs, torch_device, labelled=True)
     analysis = analyse(inference_learner(dls, model, meta), dls.valid, items, class_names(run_dir, meta["classes"]),
-                       tta=tta)
+                       tta=tta, progress=progress)
     title = f"{meta['recipe']} · run {run_dir.name} · test set {test}{' · with TTA' if tta else ''}"
     return write_test_result(run_dir, analysis, title, {"data": str(test.resolve()), "n": len(items),
                                                         "n_skipped": len(bad), "tta": tta})
 
 
 def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: int, device: str,
-                 tta: bool = False) -> dict:
+                 tta: bool = False, progress=None) -> dict:
     """evaluate on a --labels CSV: each row checked as fit checks its own (labels.read_labels), each label one
     of the model's classes."""
     from types import SimpleNamespace
@@ -76,7 +77,7 @@ def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: 
     meta = rundir.read_model_meta(run_dir)
     multi = bool(meta.get("multi_label"))
     delim = (rundir.read_config(run_dir).get("options") or {}).get("label_delim") if multi else None
-    total, bad = scan(root)
+    total, bad = scan(root, progress=progress)
     readable_or_refuse(total, bad, str(root), "give test images that open")
     table = read_labels(root, SimpleNamespace(labels=labels, fn_col=fn_col, label_col=label_col, valid_col=None,
                                               valid_pct=None, label_delim=" " if multi and delim is None else delim),
@@ -93,7 +94,7 @@ def evaluate_csv(run_dir: Path, root: Path, labels: str, fn_col, label_col, bs: 
     targets = {str(row.path): list(row.labels) if multi else row.labels[0] for row in table.rows}
     dls = inference_dls(meta, items, bs, torch_device, labels=targets)
     analysis = analyse(inference_learner(dls, model, meta), dls.valid, items, class_names(run_dir, meta["classes"]),
-                       tta=tta)
+                       tta=tta, progress=progress)
     title = f"{meta['recipe']} · run {run_dir.name} · test set {table.file.name}{' · with TTA' if tta else ''}"
     return write_test_result(run_dir, analysis, title, {"data": str(root.resolve()), "labels": str(table.file.resolve()),
                                                         "n": len(items), "n_skipped": len(bad), "tta": tta})

@@ -123,17 +123,21 @@ class MultiAnalysis:
                 for loss, i in zip(losses.tolist(), order.tolist())]
 
 
-def analyse(learn, dl, items, names: list[str], tta: bool = False) -> Analysis | MultiAnalysis:
+def analyse(learn, dl, items, names: list[str], tta: bool = False, progress=None) -> Analysis | MultiAnalysis:
     """`names`: the display name of each class of the model's vocab, in its order. A multi-label learner
     (BCEWithLogitsLossFlat: get_preds gives sigmoids and multi-hot targets) gives a MultiAnalysis. `tta`: the
-    probabilities of fastai's test-time augmentation, and each image's loss computed from them."""
-    if tta:
-        from trainer.serving.inference import tta_predictions
+    probabilities of fastai's test-time augmentation, and each image's loss computed from them. `progress`: a
+    publish callable that hears the inference as the "predict" step (trainer.progress)."""
+    from trainer.progress import step
+    from trainer.serving.inference import TTA_PASSES, counting, tta_predictions
 
-        probs, targets = tta_predictions(learn, dl)
-        losses = losses_of(probs, targets)
-    else:
-        probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    with step(progress, "predict", len(items) * (TTA_PASSES if tta else 1)) as counter:
+        if tta:
+            probs, targets = tta_predictions(learn, dl, counter)
+            losses = losses_of(probs, targets)
+        else:
+            with counting(learn, counter):
+                probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
     if targets.ndim == 2:
         threshold = getattr(learn.loss_func, "thresh", 0.5)
         return MultiAnalysis(classes=list(names), items=list(items), probs=probs.float(), targets=targets.long(),
@@ -233,11 +237,12 @@ def write_confusion(cm: torch.Tensor, classes: list[str], title: str, run_dir: P
 
 
 def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: int = 64, device: str = "auto",
-                  trust_pickle: bool = False, losses: bool = False, tta: bool = False) -> dict:
+                  trust_pickle: bool = False, losses: bool = False, tta: bool = False, progress=None) -> dict:
     """Rebuild a run's validation set from its config.json and write the interpretation into the run.
     `tta`: of fastai's test-time-augmented predictions (the run's training augmentation, Learner.tta).
     `losses`: also losses.csv, every training and validation image's loss (one more inference pass, over the
-    training set, with the validation transforms: no augmentation)."""
+    training set, with the validation transforms: no augmentation). `progress`: a publish callable that hears
+    the "scan" and "predict" steps (trainer.progress); None: nothing is shown."""
     from trainer.errors import BadInput
     from trainer.device import resolve_device
     from trainer.serving.inference import add_normalize
@@ -251,7 +256,7 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
-    split = build_split(bs, torch_device)
+    split = build_split(bs, torch_device, progress)
     if [str(c) for c in split.vocab] != classes:
         raise BadInput(f"the classes in {data_path} differ from the model's; pass --data with the run's dataset")
     items = list(split.valid_ds.items)
@@ -260,14 +265,14 @@ def interpret_run(run_dir: Path, top_k: int = 9, data: str | None = None, bs: in
     else:  # the recipe's pipeline, plus the normalisation the model was trained with
         add_normalize(split, meta)
         learn, dl = inference_learner(split, model, meta), split.valid
-    analysis = analyse(learn, dl, items, class_names(run_dir, classes), tta=tta)
+    analysis = analyse(learn, dl, items, class_names(run_dir, classes), tta=tta, progress=progress)
     title = f"{recipe.name} · run {run_dir.name} · {cfg.arch}"
     written = write_interpretation(analysis, run_dir, title, top_k, tta=tta)
     if losses:
         train_items = list(split.train_ds.items)
         source = learn.dls if trust_pickle else split  # test_dl: the validation pipeline, normalisation included
         train_dl = source.test_dl(train_items, with_labels=True, bs=bs, num_workers=0)
-        train = analyse(learn, train_dl, train_items, classes)
+        train = analyse(learn, train_dl, train_items, classes, progress=progress)
         written["losses"] = write_losses(run_dir, build_split.root, {"train": train, "valid": analysis}, classes)
     from trainer.runs.report import write_report
 
@@ -324,9 +329,9 @@ def run_data(run_dir: Path, data: str | None):
     if not data_path.exists():
         raise BadInput(f"the run's data {data_path} is gone; pass --data where it is now")
 
-    def split(bs: int, torch_device):
+    def split(bs: int, torch_device, progress=None):
         root = locate(recipe, str(data_path))
-        total, bad = scan(root)
+        total, bad = scan(root, progress=progress)
         readable_or_refuse(total, bad, str(root), "check the files or pass --data with the run's dataset")
         dls = build_dls(recipe, root, replace(cfg, workers=0, bs=bs), torch_device, skip={path for path, _ in bad})
         check_split(run_dir, config, dls, root)  # the run's own validation set, or a clear refusal

@@ -105,46 +105,76 @@ def input_batches(meta: dict, items: list, bs: int, device):
         yield x.as_subclass(torch.Tensor)
 
 
-def predict_probabilities(model, meta: dict, items: list, bs: int, device, tta: bool = False) -> torch.Tensor:
+def predict_probabilities(model, meta: dict, items: list, bs: int, device, tta: bool = False,
+                          progress=None) -> torch.Tensor:
     """N x C probabilities of `items`, in order (multi-label: a sigmoid per label instead of a softmax over them);
     `tta`: fastai's test-time augmentation (see `tta_predictions`). A recipe that uses images at their own size
     (no resize) of unknown training size gets one batch per image size, since a batch holds one size. `bs`
-    bounds the images run at once."""
+    bounds the images run at once. `progress`: hears the "predict" step (trainer.progress), counted in images
+    (with TTA, each of its passes)."""
+    from trainer.progress import step
+
     multi = bool(meta.get("multi_label"))
 
-    def of(group: list) -> torch.Tensor:
+    def of(group: list, counter) -> torch.Tensor:
         if tta:
             from trainer.model.learner import inference_learner
 
             dls = inference_dls(meta, group, bs, device)
-            return tta_predictions(inference_learner(dls, model, meta), dls.valid)[0]
-        return probabilities(model, input_batches(meta, group, bs, device), multi)
+            return tta_predictions(inference_learner(dls, model, meta), dls.valid, counter)[0]
+        return probabilities(model, counted(input_batches(meta, group, bs, device), counter), multi)
 
-    if input_size(meta):
-        return of(items)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, item in enumerate(items):
-        groups.setdefault(image_size(item), []).append(index)
-    probs = torch.empty(len(items), len(meta["classes"]))
-    for indices in groups.values():
-        probs[indices] = of([items[i] for i in indices])
-    return probs
+    with step(progress, "predict", len(items) * (TTA_PASSES if tta else 1)) as counter:
+        if input_size(meta):
+            return of(items, counter)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(image_size(item), []).append(index)
+        probs = torch.empty(len(items), len(meta["classes"]))
+        for indices in groups.values():
+            probs[indices] = of([items[i] for i in indices], counter)
+        return probs
+
+
+def counted(batches, counter):
+    """`batches` as they are, each one's images counted on `counter` (a trainer.progress Step)."""
+    for x in batches:
+        yield x
+        counter.advance(len(x))
+
+
+def counting(learn, counter):
+    """A context in which `learn`'s get_preds (and tta) counts each batch's images on `counter` (a
+    trainer.progress Step); fastai's own ProgressCallback bar stays off."""
+    from fastai.callback.core import Callback
+    from fastai.callback.progress import ProgressCallback
+    from fastai.torch_core import find_bs
+
+    class Count(Callback):
+        def after_batch(self):
+            counter.advance(find_bs(self.xb))
+
+    learn.remove_cb(ProgressCallback)
+    return learn.added_cbs([Count()])
 
 
 TTA_SEED = 0  # TTA's random augmentations, drawn the same way every time: the same images, the same answer
+TTA_PASSES = 5  # fastai's Learner.tta: 4 augmented passes, then the plain one
 
 
-def tta_predictions(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
+def tta_predictions(learn, dl, counter=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities, targets) of fastai's Learner.tta over `dl`: the mean of 4 passes with the training
     augmentation, blended 3:1 with the plain pass (fastai's beta 0.25). Its random draws are seeded (TTA_SEED)
     and the caller's random state restored after (fastai's no_random), so a prediction is reproducible and
     changes nothing else. The model.pkl path and the safetensors path draw alike: the same images give the same
-    probabilities on both."""
+    probabilities on both. `counter`: a trainer.progress Step counting each pass's images."""
+    from contextlib import nullcontext
+
     from fastai.callback.progress import ProgressCallback
     from fastai.torch_core import no_random
 
     learn.remove_cb(ProgressCallback)  # no bars on stdout (predict --json)
-    with no_random(TTA_SEED, reproducible=False):
+    with no_random(TTA_SEED, reproducible=False), counting(learn, counter) if counter else nullcontext():
         probs, targets = learn.tta(dl=dl)
     return probs.float(), targets
 
@@ -214,17 +244,19 @@ def image_items(paths: list[Path]) -> list[Path]:
 
 
 def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 64, device: str = "auto",
-                   trust_pickle: bool = False, tta: bool = False) -> list[dict]:
+                   trust_pickle: bool = False, tta: bool = False, progress=None) -> list[dict]:
     """Top-k labels and probabilities for each image (folders expand to every image in them), batched;
-    `tta`: with fastai's test-time augmentation."""
+    `tta`: with fastai's test-time augmentation. `progress`: a publish callable that hears the "scan" and
+    "predict" steps (trainer.progress); None: nothing is shown."""
     from trainer.device import resolve_device
     from trainer.serving.inference import image_items, predict_probabilities, predictions_of
     from trainer.model.learner import class_names, load_pickled, load_weights
 
-    from trainer.data.images import readable_or_refuse, unreadable
+    from trainer.data.images import find_unreadable, readable_or_refuse
+    from trainer.progress import step
 
     given = image_items(paths)
-    bad = {path: why for path in given if (why := unreadable(path))}
+    bad = dict(find_unreadable(given, progress=progress))
     readable_or_refuse(len(given), list(bad.items()), "the input", "give image files that open (.jpg, .png, ...)")
     items = [path for path in given if path not in bad]
     torch_device = resolve_device(device)
@@ -234,12 +266,17 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
         learn = load_pickled(run_dir, torch_device)
         classes = [str(c) for c in learn.dls.vocab]
         dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
-        probs = tta_predictions(learn, dl)[0] if tta else learn.get_preds(dl=dl)[0]  # fastai's activation
+        with step(progress, "predict", len(items) * (TTA_PASSES if tta else 1)) as counter:
+            if tta:
+                probs = tta_predictions(learn, dl, counter)[0]
+            else:
+                with counting(learn, counter):
+                    probs = learn.get_preds(dl=dl)[0]  # fastai's activation
         meta = rundir.read_model_meta(run_dir) if (run_dir / rundir.MODEL_META).is_file() else {}
     else:
         model, meta = load_weights(run_dir, torch_device)
         classes = meta["classes"]
-        probs = predict_probabilities(model, meta, items, bs, torch_device, tta=tta)
+        probs = predict_probabilities(model, meta, items, bs, torch_device, tta=tta, progress=progress)
     classes = class_names(run_dir, classes)
     predicted = dict(zip(items, predictions_of(meta, classes, probs, top_k)))
     above = {"threshold": meta.get("threshold") or 0.5} if meta.get("multi_label") else {}  # multi-label: every label above it

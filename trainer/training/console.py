@@ -1,11 +1,13 @@
 """The terminal display, as a subscriber to training's events: rich bars on a terminal, one plain line per
 epoch (and a line at each quarter of a long epoch) elsewhere, only warnings (and what the lr_find gate needs a
-person to do) with quiet."""
+person to do) with quiet. The long steps around the epochs (scan, presizing, caches, downloads) go to stderr,
+as trainer.progress shows them: a bar on a terminal, else one line each."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from trainer.progress import StepDisplay
 from trainer.runs.rundir import LR_FIND_PNG
 from trainer.training.events import Event
 
@@ -18,6 +20,7 @@ class ConsoleDisplay:
         self.bars = None
         self.epochs_total = 1
         self.at_gate = False  # --lr review waits for a person: its instructions show even when quiet
+        self.steps = StepDisplay(self.errors, quiet=quiet)  # stdout stays the run's lines (and its directory)
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"on_{event.kind}", None)
@@ -35,6 +38,9 @@ class ConsoleDisplay:
             self.print(text)
         elif self.at_gate:
             self.errors.print(text, highlight=False, markup=False, emoji=False)
+
+    def on_step(self, **data) -> None:
+        self.steps.show(**data)
 
     def on_run_started(self, epochs_total: int | None = None, **_) -> None:
         self.epochs_total = epochs_total or 1
@@ -97,6 +103,7 @@ class ConsoleDisplay:
         self.close()
 
     def close(self) -> None:
+        self.steps.close()
         if self.bars:
             self.bars.stop()
             self.bars = None

@@ -7,6 +7,9 @@ A subscriber is any callable taking an Event: the terminal display (training.con
   kind          when                                         data
   run_started   the run directory exists (or resume began)   run_dir, recipe, command, epochs_total, resumed_after
   note          a line for people (data, device, caches)     text, level ("info" or "warning")
+  step          a long step before or after the epochs (the   step, state, done, total, unit, seconds, detail
+                image scan, presizing, the decoded-image      (trainer.progress: started, a few running updates
+                cache, a download, inference): its count      a second, then finished or failed)
   batch         after each training or validation batch      epoch, phase ("train"/"valid"), batch, batches,
                                                              loss (training), seconds (since the epoch began)
   epoch         an epoch's metrics row is complete           row ({epoch, phase, metrics..., seconds}), header,
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-KINDS = ("run_started", "note", "batch", "epoch", "checkpoint", "lr_find", "lr_review", "lr_chosen", "finished",
+KINDS = ("run_started", "note", "step", "batch", "epoch", "checkpoint", "lr_find", "lr_review", "lr_chosen", "finished",
          "failed", "interrupted")
 
 

@@ -155,7 +155,7 @@ def train(p: Prepared, run_dir: Path, events: Events, stop: Stop, resumed: dict 
     write_plots(p, run_dir, run_log, trained, title)
     summary = summarise(p, run_dir, run_log, trained, final_row, resumed)
     if p.cfg.interpret:
-        summary["interpretation"] = interpret_validation(p, run_dir, title, p.cfg.top_k)
+        summary["interpretation"] = interpret_validation(p, run_dir, title, p.cfg.top_k, events.publish)
     finish(run_dir, summary)
     events.publish("finished", run_dir=str(run_dir), summary=summary)
     return summary

@@ -69,9 +69,11 @@ def summarise(p, run_dir: Path, run_log, trained: Trained, final_row: dict, resu
     return summary
 
 
-def interpret_validation(p, run_dir: Path, title: str, top_k: int) -> dict:
-    """The confusion matrix, top losses and per-class report, from the learner that was just trained."""
-    analysis = analyse(p.learn, (p.data.fast_dls or p.data.dls).valid, p.data.dls.valid_ds.items, list(display_names(p).values()))
+def interpret_validation(p, run_dir: Path, title: str, top_k: int, progress=None) -> dict:
+    """The confusion matrix, top losses and per-class report, from the learner that was just trained; `progress`
+    hears its inference (the "predict" step)."""
+    analysis = analyse(p.learn, (p.data.fast_dls or p.data.dls).valid, p.data.dls.valid_ds.items,
+                       list(display_names(p).values()), progress=progress)
     return write_interpretation(analysis, run_dir, title, top_k)
 
 

@@ -63,7 +63,7 @@ def prepare(asked: FitConfig, events: Events) -> Prepared:
     check_writable(Path(defaults.out))
     world = world_from_env()
     data_path = locate(recipe, defaults.data, sha256=defaults.data_sha256, note=events.note,
-                       progress=world.main and any(getattr(s, "live", False) for s in events.subscribers))
+                       progress=events.publish if world.main else None)  # rank 0 speaks for the job
     if asked.labels:  # a CSV outside --data: recorded by its full path, so resume and interpret find it anywhere
         from trainer.data.labels import labels_path
 
@@ -104,8 +104,8 @@ def load(recipe: Recipe, cfg: FitConfig, data_path: Path, device, precision, ski
     learn = create_learner(dls, cfg, recipe, Path("."))
     apply_precision(learn, precision)
     learn.remove_cb(ProgressCallback)  # training publishes its own progress events
-    fast_dls = cached_dls(dls, events.note) if cacheable(recipe, cfg) else None
-    presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, events.note)
+    fast_dls = cached_dls(dls, events.note, events.publish) if cacheable(recipe, cfg) else None
+    presized = presize(recipe, cfg, data_path, {path for path, _ in skipped}, events.note, events.publish)
     return TrainingData(data_path, dls, skipped, fast_dls, presized), learn
 
 
@@ -159,7 +159,7 @@ def auto_lr(learn, fast_dls, recipe: Recipe, events: Events, mode: str = "auto")
 
 def skip_unreadable(data_path: Path, events: Events) -> list:
     """Find the images that cannot be decoded; warn (even with --quiet); fail if none is left."""
-    total, bad = scan(data_path, warn=events.warn)
+    total, bad = scan(data_path, warn=events.warn, progress=events.publish)
     readable_or_refuse(total, bad, str(data_path), "check the files or point --data at the right folder",
                        "the full list goes to the run's skipped_images.txt", warn=events.warn)
     return bad
