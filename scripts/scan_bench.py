@@ -24,7 +24,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path

@@ -46,7 +46,7 @@ def test_fit_help_groups_the_options(trainer, monkeypatch):
     out = trainer("fit", "--help").stdout
     panels = re.findall(r"^╭─ (\w+) ", out, flags=re.MULTILINE)
     assert panels == ["Arguments", "Options", "Data", "Model", "Training", "Augmentation", "Hardware",
-                      "Outputs"]
+                      "Outputs", "Config"]
     assert "adam|sgd|rmsprop|lamb|ranger" in out and "auto|fp32|fp16|bf16" in out
 
 
