@@ -68,6 +68,14 @@ def offline_data(base: Path):
         yield mp
 
 
+def pid_after_a_moment(_item) -> int:
+    """The worker process's id, after a moment's work (so every worker of a pool takes some)."""
+    import time
+
+    time.sleep(0.002)
+    return os.getpid()
+
+
 def run_dir_of(result) -> Path:
     """`trainer fit` prints the run directory last."""
     return Path(result.stdout.strip().splitlines()[-1])

@@ -1,3 +1,4 @@
 from trainer.cli import app
 
-app(prog_name="trainer")
+if __name__ == "__main__":  # not in a worker process that imports it (the scan's)
+    app(prog_name="trainer")

@@ -67,11 +67,18 @@ def step(publish: Callable | None, name: str, total: int | None, unit: str = "im
     current.send("finished")
 
 
+def each(work: Callable, chunk: list) -> list:
+    """A chunk's results, in a worker thread or process (a module-level function: a process pool pickles it)."""
+    return [work(item) for item in chunk]
+
+
 def counted_map(work: Callable, items, workers: int, publish: Callable | None, name: str,
-                detail: Callable[[list], str] | None = None) -> list:
+                detail: Callable[[list], str] | None = None, processes: bool = False) -> list:
     """[work(item) for item in items], in the items' order, counted as the step `name`: over `workers` threads
-    (PIL decodes and reads files without the GIL), or serially in this thread with workers=1. A failure or
-    Ctrl-C drops the items not started yet. `detail`: the finished line's parenthesis, from the results."""
+    (PIL decodes and reads files without the GIL), or serially in this thread with workers=1. `processes`:
+    worker processes instead, as fastai's parallel() does (`work` a module-level function), for work that holds
+    the GIL (opening a small file and parsing its header is Python). A failure or Ctrl-C drops the items not
+    started yet. `detail`: the finished line's parenthesis, from the results."""
     items = list(items)
     results: list = []
     with step(publish, name, len(items)) as doing:
@@ -80,13 +87,22 @@ def counted_map(work: Callable, items, workers: int, publish: Callable | None, n
                 results.append(work(item))
                 doing.advance()
         else:
-            from concurrent.futures import ThreadPoolExecutor
+            import functools
+            from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-            size = max(1, min(64, len(items) // (workers * 8)))  # chunks: a future per tiny PNG would cost more
-            chunks = [items[i:i + size] for i in range(0, len(items), size)]  # than reading it
-            pool = ThreadPoolExecutor(workers)
+            # chunks: a future per tiny PNG would cost more than reading it (a process's: more again)
+            size = max(1, min(1024 if processes else 64, len(items) // (workers * 8)))
+            chunks = [items[i:i + size] for i in range(0, len(items), size)]
+            if processes:
+                import multiprocessing
+
+                # forkserver: a clean process forks the workers, not this one (its threads, torch's OpenMP pool)
+                method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+            else:
+                pool = ThreadPoolExecutor(workers)
             try:
-                for done in pool.map(lambda chunk: [work(item) for item in chunk], chunks):  # in the items' order
+                for done in pool.map(functools.partial(each, work), chunks):  # in the items' order
                     results += done
                     doing.advance(len(done))
             finally:

@@ -1,18 +1,18 @@
-"""The image scan over threads finds exactly what the serial scan finds, in the same order, for the same reasons;
+"""The image scan in worker processes finds exactly what the serial scan finds, in the same order, for the same reasons;
 and it tells its progress as trainer.progress steps."""
 
 from __future__ import annotations
 
 import io
-import threading
-import time
+import os
 
 import numpy as np
-from helpers import class_folders
+from helpers import class_folders, pid_after_a_moment
 from PIL import Image
 
 from trainer.data import images
 from trainer.data.images import find_unreadable, image_files, scan
+from trainer.progress import counted_map
 from trainer.training.events import Event, Recorder
 
 
@@ -41,25 +41,21 @@ def test_the_parallel_scan_finds_exactly_the_serial_scans_unreadable_files(tmp_p
     assert len(files) == 24 + 6 + len(bad)
 
     serial = find_unreadable(files, workers=1)
-    threads: set[int] = set()
-    decode = images.unreadable
-
-    def slow(path):  # each file takes a moment: the pool's threads all take some
-        threads.add(threading.get_ident())
-        time.sleep(0.002)
-        return decode(path)
-
-    monkeypatch.setattr(images, "unreadable", slow)
-    parallel = find_unreadable(files, workers=4)
-    assert len(threads) > 1  # it did run over threads
+    parallel = find_unreadable(files, workers=2)  # in worker processes
     assert parallel == serial  # the same files, in the same order, for the same reasons
     assert sorted(p.relative_to(root).as_posix() for p, _ in serial) == bad
     assert [p for p, _ in serial] == [f for f in files if f in {p for p, _ in serial}]  # the listing's order
     assert all(why for _, why in serial)
 
-    monkeypatch.setattr(images, "unreadable", decode)
     total, found = scan(root, workers=4)  # the whole scan (the data root's cache is empty): the same answer
     assert total == len(files) and found == serial
+
+
+def test_the_scan_runs_in_worker_processes_in_order():
+    pids = counted_map(pid_after_a_moment, range(2_000), 2, None, "scan", processes=True)
+    assert len(pids) == 2_000 and os.getpid() not in pids and len(set(pids)) == 2  # both workers took some
+    assert counted_map(str, range(3_000), 2, None, "scan", processes=True) == [str(i) for i in range(3_000)]
+    assert images.scan_workers(10) == 1 and images.scan_workers(70_000) == max(1, min(32, os.cpu_count()))
 
 
 def test_the_scan_publishes_a_step_with_its_count(tmp_path):
