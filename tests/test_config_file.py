@@ -48,11 +48,13 @@ def test_print_config_reads_back_to_itself_and_flags_override_the_file(trainer, 
     assert not (isolated / "runs").exists()  # nothing ran
 
 
-def test_a_hand_written_yaml_file(trainer, isolated):
+def test_a_hand_written_yaml_file(trainer, isolated, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (isolated / "exp.yaml").write_text("recipe: digits\nvalid-pct: 0.25\nlr: 1e-3   # YAML reads this as a string\n"
-                                       "label_smoothing: 0.1\nout: elsewhere\nworkers: null\n")
+                                       "label_smoothing: 0.1\nout: elsewhere\nworkers: null\nmlflow: true\n")
     values = printed(trainer, "fit", "--config", "exp.yaml")
     assert values["valid_pct"] == 0.25 and values["lr"] == 1e-3 and values["label_smoothing"] == 0.1
+    assert values["mlflow"] == (isolated / "mlruns").as_uri()  # `mlflow: true` is the flag alone: ./mlruns
     assert values["out"] == "elsewhere"
     assert printed(trainer, "fit", "--config", "exp.yaml", "--out", "mine")["out"] == "mine"  # the flag first
     assert printed(trainer, "fit", "mnist_sample", "--config", "exp.yaml")["recipe"] == "mnist_sample"
