@@ -248,7 +248,7 @@ def assert_same_run(cfg: FitConfig, config: dict) -> None:
     recorded = FitConfig(**config["options"]).to_dict()
     if recorded["cache"] is True and again["cache"] is None:  # "on where it applies", and it applied
         again["cache"] = True
-    for name in MACHINE_OPTIONS:
+    for name in (*MACHINE_OPTIONS, "name"):  # the machine's, and the run's name (a repeat is a new run)
         again.pop(name), recorded.pop(name)
     assert again == recorded
 
@@ -266,7 +266,8 @@ def test_repeat_command_round_trips(trainer, digits_run, monkeypatch, tmp_path):
                    data=str(tmp_path / "my data"), data_sha256="ab" * 32, size=64, valid_pct=0.25, cache=False, opt="sgd", wd=0.05,
                    dropout=0.2, init="kaiming", early_stop=2, save_best=True, activation_stats=True, seed=7,
                    out=str(tmp_path / "elsewhere"), interpret=False, top_k=4, tensorboard=True, aug=True,
-                   flip_vert=True, max_rotate=20.0, max_lighting=0.3, mixup=0.4, label_smoothing=0.1)
+                   flip_vert=True, max_rotate=20.0, max_lighting=0.3, mixup=0.4, label_smoothing=0.1,
+                   mlflow="http://127.0.0.1:5000", name="named")
     # refused for digits, so carried by test_options' relaunch round trip (folder) instead: min_scale (digits does
     # not crop) and the folder recipe's labelling options
     untested = {f.name for f in fields(FitConfig)} - {"recipe", "min_scale", *MACHINE_OPTIONS, *LABELLING} - {
@@ -275,6 +276,7 @@ def test_repeat_command_round_trips(trainer, digits_run, monkeypatch, tmp_path):
     everything = {**config, "options": {**config["options"], **changed}, "distributed": {"world_size": 2}}
     command = reproduce_command(everything)
     assert "--nproc 2" in command and "--no-interpret" in command and "--top-k 4" in command
+    assert "--name" not in command  # a repeat is a new run, with a name of its own
     assert_same_run(parsed(trainer, monkeypatch, command), everything)
 
     lr_find = {**config, "command": "lr-find",

@@ -93,7 +93,8 @@ def reproduce_command(config: dict) -> str:
     command = config.get("command", "fit")
     words = ["trainer", command, str(options.pop("recipe", "?"))]
     for name, value in options.items():
-        if (value is None or name in MACHINE_OPTIONS or (name in DEFAULTS and DEFAULTS[name] == value)
+        if (value is None or name in MACHINE_OPTIONS or name == "name"  # the repeat is a new run: a name of its own
+                or (name in DEFAULTS and DEFAULTS[name] == value)
                 or command == "lr-find" and name not in LR_FIND_WORDS):
             continue
         if isinstance(value, bool):
