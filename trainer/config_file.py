@@ -110,8 +110,8 @@ def typed(path: Path, key: str, option: Option, value):
     try:
         if option.name == "lr":
             value = parse_lr(value)
-        elif option.bare and isinstance(value, bool):  # `mlflow: true`: the flag alone (its default)
-            value = option.bare if value else None
+        elif option.bare and isinstance(value, bool):  # `mlflow: true`: the flag alone, as from Python
+            pass
         elif option.kind is bool:
             if not isinstance(value, bool):
                 raise BadInput(f"{option.flag} must be true or false, got {value!r}")
@@ -131,8 +131,7 @@ def typed(path: Path, key: str, option: Option, value):
             value = str(value)  # fn_col: 0, name: 2024
         elif not isinstance(value, str):
             raise BadInput(f"{option.flag} must be a string, got {value!r}")
-        if value is not None:
-            option.check(value)
+        option.check(value)
     except BadInput as e:
         raise BadInput(in_file(path, key, option, str(e))) from None
     return value

@@ -128,16 +128,11 @@ def analyse(learn, dl, items, names: list[str], tta: bool = False, progress=None
     (BCEWithLogitsLossFlat: get_preds gives sigmoids and multi-hot targets) gives a MultiAnalysis. `tta`: the
     probabilities of fastai's test-time augmentation, and each image's loss computed from them. `progress`: a
     publish callable that hears the inference as the "predict" step (trainer.progress)."""
-    from trainer.progress import step
-    from trainer.serving.inference import TTA_PASSES, counting, tta_predictions
+    from trainer.serving.inference import learner_predictions
 
-    with step(progress, "predict", len(items) * (TTA_PASSES if tta else 1)) as counter:
-        if tta:
-            probs, targets = tta_predictions(learn, dl, counter)
-            losses = losses_of(probs, targets)
-        else:
-            with counting(learn, counter):
-                probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    probs, targets, losses = learner_predictions(learn, dl, len(items), tta, progress, with_loss=True)
+    if losses is None:  # TTA's: from its blended probabilities
+        losses = losses_of(probs, targets)
     if targets.ndim == 2:
         threshold = getattr(learn.loss_func, "thresh", 0.5)
         return MultiAnalysis(classes=list(names), items=list(items), probs=probs.float(), targets=targets.long(),

@@ -112,7 +112,6 @@ def predict_probabilities(model, meta: dict, items: list, bs: int, device, tta: 
     (no resize) of unknown training size gets one batch per image size, since a batch holds one size. `bs`
     bounds the images run at once. `progress`: hears the "predict" step (trainer.progress), counted in images
     (with TTA, each of its passes)."""
-    from trainer.progress import step
 
     multi = bool(meta.get("multi_label"))
 
@@ -124,7 +123,7 @@ def predict_probabilities(model, meta: dict, items: list, bs: int, device, tta: 
             return tta_predictions(inference_learner(dls, model, meta), dls.valid, counter)[0]
         return probabilities(model, counted(input_batches(meta, group, bs, device), counter), multi)
 
-    with step(progress, "predict", len(items) * (TTA_PASSES if tta else 1)) as counter:
+    with predicting(progress, len(items), tta) as counter:
         if input_size(meta):
             return of(items, counter)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -134,6 +133,24 @@ def predict_probabilities(model, meta: dict, items: list, bs: int, device, tta: 
         for indices in groups.values():
             probs[indices] = of([items[i] for i in indices], counter)
         return probs
+
+
+def predicting(progress, n_images: int, tta: bool):
+    """The "predict" step (trainer.progress) of `n_images`, counted per image and pass (TTA: each of its passes)."""
+    from trainer.progress import step
+
+    return step(progress, "predict", n_images * (TTA_PASSES if tta else 1))
+
+
+def learner_predictions(learn, dl, n_images: int, tta: bool, progress=None, with_loss: bool = False):
+    """(probabilities, targets, losses) of `learn` over `dl` (`n_images`), counted as the "predict" step: fastai's
+    get_preds (losses with `with_loss`, else None), or its test-time augmentation (tta_predictions; losses None)."""
+    with predicting(progress, n_images, tta) as counter:
+        if tta:
+            return (*tta_predictions(learn, dl, counter), None)
+        with counting(learn, counter):
+            found = learn.get_preds(dl=dl, with_loss=with_loss)
+    return tuple(found) if with_loss else (*found, None)
 
 
 def counted(batches, counter):
@@ -253,7 +270,6 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
     from trainer.model.learner import class_names, load_pickled, load_weights
 
     from trainer.data.images import find_unreadable, readable_or_refuse
-    from trainer.progress import step
 
     given = image_items(paths)
     bad = dict(find_unreadable(given, progress=progress))
@@ -266,12 +282,7 @@ def predict_images(run_dir: Path, paths: list[Path], top_k: int = 1, bs: int = 6
         learn = load_pickled(run_dir, torch_device)
         classes = [str(c) for c in learn.dls.vocab]
         dl = learn.dls.test_dl(items, bs=bs, num_workers=0)
-        with step(progress, "predict", len(items) * (TTA_PASSES if tta else 1)) as counter:
-            if tta:
-                probs = tta_predictions(learn, dl, counter)[0]
-            else:
-                with counting(learn, counter):
-                    probs = learn.get_preds(dl=dl)[0]  # fastai's activation
+        probs = learner_predictions(learn, dl, len(items), tta, progress)[0]  # fastai's activation
         meta = rundir.read_model_meta(run_dir) if (run_dir / rundir.MODEL_META).is_file() else {}
     else:
         model, meta = load_weights(run_dir, torch_device)
