@@ -64,6 +64,8 @@ def test_a_named_fit_and_the_environment_defaults(trainer, isolated, monkeypatch
     assert config["asked"]["device"] == "cpu"  # TRAINER_DEVICE, as if --device cpu was given
     assert [row["id"] for row in json.loads(trainer("runs", "--json").stdout)] == ["quick"]  # TRAINER_OUT
     assert json.loads(trainer("runs", "show", "quick", "--json").stdout)["path"] == str(run)
+    trainer("export", "quick", "--format", "torchscript")  # export has no --out of runs: TRAINER_OUT finds it
+    assert (run / "model.torchscript").is_file()
     assert "--name quick-2" in one_line_error(trainer("fit", "digits", "--name", "quick", expect=2))
     monkeypatch.setenv("TRAINER_DEVICE", "tpu")
     assert "unknown --device 'tpu'" in one_line_error(trainer("fit", "digits", expect=2))

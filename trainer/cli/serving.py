@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from trainer.cli.app import app, console
-from trainer.cli.options import RUNS, Device, RunsRoot, choices
+from trainer.cli.options import RUNS, Device, RunsRoot, choices, runs_root
 from trainer.options import MAX_BYTES_MAX, MAX_PIXELS_MAX, WORKERS_MAX
 
 ExportFormat = choices("ExportFormat", ("onnx", "torchscript"))  # trainer.serving.export.FORMATS, which imports torch
@@ -30,7 +30,7 @@ def export(
     from trainer.runs.store import resolve_run
     from trainer.serving.export import export_run
 
-    path, description = export_run(resolve_run(target, RUNS), format.value, out, data)
+    path, description = export_run(resolve_run(target, runs_root()), format.value, out, data)  # TRAINER_OUT too
     check = description["check"]
     console().print(f"checked on {check['images']} validation images: largest probability difference "
                     f"{check['max_probability_difference']:.3g} (limit {check['limit']:g})")
