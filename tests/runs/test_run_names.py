@@ -45,6 +45,7 @@ def test_a_taken_name_is_refused_before_training_with_the_next_free_one(trainer,
     line = one_line_error(trainer("fit", "digits", "--name", "exp-2", expect=2))
     assert "--name exp-3" in line
     assert sorted(p.name for p in (isolated / "runs" / "digits").iterdir()) == ["exp", "exp-2"]  # nothing written
+    assert not (isolated / "datasets").exists()  # refused before the data was read (digits writes it there)
 
 
 @pytest.mark.parametrize("name, words", [("latest", "the newest run"), ("pets", "a recipe's name"),
