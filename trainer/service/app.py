@@ -63,7 +63,7 @@ def public_job(job: dict, settings: Settings) -> dict:
             "dataset_version": job.get("dataset_version"), "nproc": job["nproc"],
             "run_dir": job["run_dir"], "created_at": job["created_at"], "started_at": job["started_at"],
             "ended_at": job["ended_at"], "attempts": job["attempts"], "error": job["error"],
-            "devices": job["devices"], "pid": job["pid"], "events": job["last_seq"]}
+            "devices": job["devices"], "node": job.get("node"), "pid": job["pid"], "events": job["last_seq"]}
 
 
 def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | None) -> FastAPI:
@@ -141,11 +141,13 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     @app.get("/health")
     def health():
         """Liveness, the queue's length and what each device runs (no token needed)."""
-        running = {u: child.job_id for child in list(runner.children.values()) for u in child.units}
+        children = list(runner.children.values())
+        running = {u: child.job_id for child in children for u in child.units}
+        devices = [{"device": "ray", "job": child.job_id, "placed": child.placed} for child in children] \
+            if settings.cluster is not None else \
+            [{"device": unit if settings.gpus else "cpu", "job": running.get(i)} for i, unit in enumerate(settings.units)]
         return {"status": "ok" if runner.thread.is_alive() else "stopped", "queued": store.count(S.QUEUED),
-                "running": store.count(*S.ACTIVE),
-                "devices": [{"device": unit if settings.gpus else "cpu", "job": running.get(i)}
-                            for i, unit in enumerate(settings.units)],
+                "running": store.count(*S.ACTIVE), "backend": runner.backend.name, "devices": devices,
                 "runner_error": runner.error}
 
     # --- jobs ---------------------------------------------------------------------------------------------
