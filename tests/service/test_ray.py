@@ -133,6 +133,10 @@ def test_jobs_run_on_ray_and_one_whose_worker_is_killed_continues_to_the_uninter
 
 def test_a_cancel_reaches_the_job_through_ray_and_resume_trains_every_epoch_once(ray_service):
     svc = ray_service()
+    too_big = svc.http.post("/jobs", json={"recipe": "digits", "options": OPTIONS, "nproc": 3})
+    assert too_big.status_code == 422 and too_big.json()["error"].startswith(
+        "the job asks for 3 devices (--nproc 3) but this service has 2 (Ray cluster: 1 node, 2 CPUs, 0 GPUs; CPU jobs)"
+    ) and too_big.json()["error"].endswith("add a node with more GPUs (or CPUs) to the Ray cluster"), too_big.text
     job = svc.submit("digits", options=OPTIONS)["id"]
     svc.events(job, until=lambda e: e["kind"] == "checkpoint")
     assert svc.http.post(f"/jobs/{job}/cancel").json()["state"] == "stopping"

@@ -174,7 +174,8 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
 
     def checked_body(body: dict) -> Submission:
         return check_submission(body, data_root=settings.data_root, dataset_path=dataset_path,
-                                devices_total=settings.devices_total, device_kind=settings.device_kind)
+                                devices_total=settings.devices_total, device_kind=settings.device_kind,
+                                more_devices=settings.more_devices)
 
     def dataset_path(dataset_id: str, version: Optional[int] = None) -> Optional[tuple[str, int]]:
         """(the folder of a version of an uploaded dataset, its number): the newest when none is asked."""
@@ -479,7 +480,8 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             {"command": job["command"], "recipe": job["recipe"], "options": job["options"],
              "dataset": source.dataset, "nproc": job["nproc"]}, data_root=settings.data_root,
             dataset_path=lambda found, _version: (folder, number) if found == source.dataset else None,
-            devices_total=settings.devices_total, device_kind=settings.device_kind)
+            devices_total=settings.devices_total, device_kind=settings.device_kind,
+            more_devices=settings.more_devices)
         if store.count(S.QUEUED, owner=owner) >= settings.max_queued:
             raise Refused(429, f"this token already has {settings.max_queued} queued jobs (the service's "
                                f"--max-queued); wait for some to start, or cancel some")

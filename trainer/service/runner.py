@@ -60,6 +60,13 @@ class Settings:
             ("s" if len(self.units) != 1 else "")
 
     @property
+    def more_devices(self) -> str:
+        """How to run a job larger than this service can (the end of the refusal's line)."""
+        if self.cluster is not None:
+            return "add a node with more GPUs (or CPUs) to the Ray cluster"
+        return "start the service with more --devices/--slots"
+
+    @property
     def devices_total(self) -> int:
         if self.cluster is not None:
             return self.cluster.devices_total
