@@ -1,5 +1,6 @@
-"""The service's worker: claims queued jobs for free devices, runs each as its own `trainer` process, stores
-what it publishes, and decides how each attempt ends.
+"""The service's worker: claims queued jobs for free devices, runs each as its own `trainer` process (a child
+of the service, or a Ray task on a node of a Ray cluster: trainer.service.backends), stores what it publishes,
+and decides how each attempt ends.
 
 One thread, the loop below, does all of it, so every child is started by the same long-lived thread (a child's
 PR_SET_PDEATHSIG fires when the thread that started it ends: with a short-lived thread it would be killed early).
