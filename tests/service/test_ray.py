@@ -22,36 +22,58 @@ from trainer.service import store as S
 if os.environ.get("CI") != "true":  # CI installs the test extra, ray with it: there a missing ray fails loudly
     pytest.importorskip("ray", reason="the Ray backend's tests need the ray extra (pip install 'trainer[ray]')")
 
-# Ray resolves 127.0.0.1 to the machine's outward address unless told not to: the cluster, the service and the
-# jobs stay on loopback
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # digits, small: two epochs so that a job killed or cancelled after its first checkpoint has one left to resume
 OPTIONS = {"arch": "resnet18", "pretrained": False, "epochs": 2, "bs": 64, "interpret": False}
 LOSSES = ("train_loss", "valid_loss", "error_rate")
+HEAD, NODES = "127.0.0.2", ("127.0.0.3", "127.0.0.4")  # loopback addresses: three Ray nodes on this machine
+
+
+class RayCluster:
+    """A real Ray cluster started as an operator would, with `ray start` (in the background of a shell script:
+    SIGINT ignored, and so in every Ray worker): a head with no CPUs and worker nodes of one CPU each, every
+    node on its own loopback address, so a job runs on a node that can be lost without losing the head."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.address = f"{HEAD}:{self.port}"
+        self.temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+        self.nodes: dict[str, Process] = {}
+        self.start(HEAD, 0, "--head", "--port", self.port, "--ray-client-server-port", free_port(),
+                   "--include-dashboard=false", "--temp-dir", self.temp)
+
+    def start(self, ip: str, cpus: int, *options) -> None:
+        self.nodes[ip] = Process(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address", ip, "--num-cpus",
+             cpus, "--object-store-memory", 80_000_000, "--disable-usage-stats",
+             *(options or ("--address", self.address))],
+            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        self.nodes[ip].wait_for("Ray runtime started")
+
+    def lose(self, ip: str) -> None:
+        """The node at `ip` lost at once, as a machine that dies: its raylet, its workers, their jobs."""
+        os.killpg(self.nodes[ip].popen.pid, signal.SIGKILL)
+        self.nodes[ip].popen.wait()
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes.values()):  # the workers, then the head
+            if node.popen.poll() is None:
+                node.popen.send_signal(signal.SIGTERM)  # `ray start --block` stops every process it started
+                try:
+                    node.popen.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(node.popen.pid, signal.SIGKILL)
+                    node.popen.wait()
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real Ray cluster of one node with 2 CPUs, started as an operator would (`ray start --head` in the
-    background of a shell script); its address. Stopped with its processes at the end."""
-    port, client_port = free_port(), free_port()
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head = Process([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address",
-                    "127.0.0.1", "--port", str(port), "--ray-client-server-port", str(client_port), "--num-cpus", "2",
-                    "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory", "100000000",
-                    "--temp-dir", temp], env={**os.environ, **LOOPBACK}, start_new_session=True,
-                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `ray start ... &` in a
-    # script leaves it, and so every Ray worker: a cancel must reach the job all the same
+    cluster = RayCluster()
     try:
-        head.wait_for("Ray runtime started")
-        yield f"127.0.0.1:{port}"
+        for ip in NODES:
+            cluster.start(ip, 1)
+        yield cluster
     finally:
-        head.popen.send_signal(signal.SIGTERM)  # `ray start --block` stops every process it started
-        try:
-            head.popen.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.popen.pid, signal.SIGKILL)
-            head.popen.wait()
+        cluster.stop()
 
 
 @pytest.fixture
@@ -59,8 +81,8 @@ def ray_service(ray_cluster, isolated):
     started = []
 
     def start(*options):
-        started.append(Service(isolated, "--backend", "ray", "--ray-address", ray_cluster, "--data-root",
-                               isolated / "datasets", *options, env=LOOPBACK))
+        started.append(Service(isolated, "--backend", "ray", "--ray-address", ray_cluster.address, "--data-root",
+                               isolated / "datasets", *options))
         return started[-1]
     yield start
     for one in started:
@@ -110,7 +132,7 @@ def test_jobs_run_on_ray_and_one_whose_worker_is_killed_continues_to_the_uninter
     # the second job's Ray worker is killed once its first epoch is checkpointed
     first = svc.events(killed, until=lambda e: e["kind"] == "placed")[-1]
     svc.events(killed, first["id"], until=lambda e: e["kind"] == "checkpoint")
-    assert first["backend"] == "ray" and first["node_ip"] == "127.0.0.1" and first["devices"] == "cpu", first
+    assert first["backend"] == "ray" and first["node_ip"] in NODES and first["devices"] == "cpu", first
     worker = first["worker_pid"]
     assert Path(f"/proc/{worker}/cmdline").read_bytes().startswith(b"ray::"), "not the Ray worker"
     os.kill(worker, signal.SIGKILL)
@@ -134,10 +156,11 @@ def test_jobs_run_on_ray_and_one_whose_worker_is_killed_continues_to_the_uninter
 
 def test_a_cancel_reaches_the_job_through_ray_and_resume_trains_every_epoch_once(ray_service):
     svc = ray_service()
-    too_big = svc.http.post("/jobs", json={"recipe": "digits", "options": OPTIONS, "nproc": 3})
-    assert too_big.status_code == 422 and too_big.json()["error"].startswith(
-        "the job asks for 3 devices (--nproc 3) but this service has 2 (Ray cluster: 1 node, 2 CPUs, 0 GPUs; CPU jobs)"
-    ) and too_big.json()["error"].endswith("add a node with more GPUs (or CPUs) to the Ray cluster"), too_big.text
+    # two CPUs in the cluster, but a job's processes share one node, and no node has two
+    too_big = svc.http.post("/jobs", json={"recipe": "digits", "options": OPTIONS, "nproc": 2})
+    assert too_big.status_code == 422 and too_big.json()["error"] == (
+        "the job asks for 2 devices (--nproc 2) but this service has 1 (Ray cluster: 3 nodes, 2 CPUs, 0 GPUs; CPU "
+        "jobs): ask for at most 1, or add a node with more GPUs (or CPUs) to the Ray cluster"), too_big.text
     job = svc.submit("digits", options=OPTIONS)["id"]
     svc.events(job, until=lambda e: e["kind"] == "checkpoint")
     assert svc.http.post(f"/jobs/{job}/cancel").json()["state"] == "stopping"
@@ -152,6 +175,26 @@ def test_a_cancel_reaches_the_job_through_ray_and_resume_trains_every_epoch_once
     assert done["state"] == "succeeded" and done["attempts"] == 2, done
     assert [int(r["epoch"]) for r in metrics(done["run_dir"])] == [1, 2]
     assert json.loads((Path(done["run_dir"]) / "summary.json").read_text())["resumed_after_epoch"] == 1
+
+
+def test_a_job_whose_node_is_lost_is_placed_on_another_and_continues_to_the_uninterrupted_result(ray_service,
+                                                                                                  ray_cluster):
+    svc = ray_service()
+    plain, moved = (svc.submit("digits", options=OPTIONS)["id"] for _ in range(2))  # one on each node
+    first = svc.events(moved, until=lambda e: e["kind"] == "placed")[-1]
+    svc.events(moved, first["id"], until=lambda e: e["kind"] == "checkpoint")
+    ray_cluster.lose(first["node_ip"])
+
+    again = svc.events(moved, first["id"], until=lambda e: e["kind"] == "placed")[-1]
+    assert again["kind"] == "placed" and again["node_ip"] != first["node_ip"], again
+    assert not alive(first["pid"])
+    done = {job_id: svc.wait_until_ended(job_id) for job_id in (plain, moved)}
+    assert [d["state"] for d in done.values()] == ["succeeded", "succeeded"], done
+    assert done[plain]["attempts"] == 1 and done[moved]["attempts"] == 2, done
+    assert done[moved]["error"] == "the Ray node running the job died"
+    assert states(svc, moved) == ["queued", "running", "queued", "running", "succeeded"]
+    assert json.loads((Path(done[moved]["run_dir"]) / "summary.json").read_text())["resumed_after_epoch"] == 1
+    assert_same_training(done[moved]["run_dir"], done[plain]["run_dir"])
 
 
 @pytest.mark.parametrize("options, words", [
