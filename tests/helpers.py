@@ -273,6 +273,7 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.state, self.runs = root / "service", root / "runs"
         self.env = {**os.environ, "TRAINER_TOKEN": self.TOKEN, **(env or {})}
+        self.http = None  # once it is ready
         self.process = Process([sys.executable, "-m", "trainer", "service", "--port", str(self.port), "--devices",
                                 "cpu", "--state", self.state, "--runs", self.runs, *(["--db", db] if db else []),
                                 *options], env=self.env)
@@ -299,16 +300,22 @@ class Service:
     def events(self, job_id: int, last_event_id: int = 0, until=None) -> list[dict]:
         """The job's server-sent events after `last_event_id`, read until the stream ends (the job ended) or
         until `until(event)` is true (then the connection is dropped)."""
+        import httpx
+
         from trainer.service.client import parse_stream
 
         seen = []
-        with self.http.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(last_event_id)},
-                              timeout=300) as response:
-            assert response.status_code == 200, response.read()
-            for event in parse_stream(line.encode() + b"\n" for line in response.iter_lines()):
-                seen.append(event)
-                if until is not None and until(event):
-                    break
+        try:
+            with self.http.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(last_event_id)},
+                                  timeout=300) as response:
+                assert response.status_code == 200, response.read()
+                for event in parse_stream(line.encode() + b"\n" for line in response.iter_lines()):
+                    seen.append(event)
+                    if until is not None and until(event):
+                        break
+        except httpx.HTTPError as e:  # the stream broke: what the service said about it
+            raise AssertionError(f"job {job_id}'s events: {e!r} after {seen[-1:]}; the service's output:\n"
+                                 f"{''.join(self.process.output)}") from e
         return seen
 
     def wait_until_ended(self, job_id: int) -> dict:
@@ -316,5 +323,6 @@ class Service:
         return self.job(job_id)
 
     def stop(self):
-        self.http.close()
+        if self.http is not None:
+            self.http.close()
         self.process.stop()

@@ -176,23 +176,25 @@ def test_two_services_starting_at_once_migrate_once(store_url, fixtures, isolate
 
 def test_a_service_waits_for_the_migration_another_one_holds_on_postgresql(postgres_url, fixtures, isolated):
     engine = S.engine_for(postgres_url)
-    with migrations.locked(engine) as connection:  # as a service that is migrating the store
-        svc = Service(isolated, "--data-root", fixtures, db=postgres_url, wait=False)
-        waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND "
-                       "database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-        with engine.connect() as watch:
-            while not watch.execute(waiting).scalar_one():  # until the service asks for the lock, and waits
-                assert not any("ready:" in line for line in svc.process.output), "it did not wait for the lock"
-                assert svc.process.popen.poll() is None, "".join(svc.process.output)
-                time.sleep(0.05)
-        assert migrations.migrate(connection, "here") == f"created at revision {migrations.head()}"
-        connection.commit()
+    waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND "
+                   "database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    svc = None
     try:
+        with migrations.locked(engine) as connection:  # as a service that is migrating the store
+            svc = Service(isolated, "--data-root", fixtures, db=postgres_url, wait=False)
+            with engine.connect() as watch:
+                while not watch.execute(waiting).scalar_one():  # until the service asks for the lock, and waits
+                    assert not any("ready:" in line for line in svc.process.output), "it did not wait for the lock"
+                    assert svc.process.popen.poll() is None, "".join(svc.process.output)
+                    time.sleep(0.05)
+            assert migrations.migrate(connection, "here") == f"created at revision {migrations.head()}"
+            connection.commit()
         svc.ready()  # it found the store migrated: nothing to do, nothing said
         assert not [line for line in svc.process.output if line.startswith("store: ")], svc.process.output
     finally:
-        svc.stop()
-    engine.dispose()
+        if svc is not None:
+            svc.stop()
+        engine.dispose()
 
 
 def test_claims_racing_under_serializable_isolation_are_retried_not_failed(postgres_url):
@@ -274,7 +276,6 @@ def test_two_services_on_one_postgresql_database_run_four_jobs_once_each_and_bot
         done = [two.wait_until_ended(job_id) for job_id in gated + plain]
     finally:
         for svc in (one, two):
-            print("OUTPUT", svc and "".join(svc.process.output))
             if svc is not None:
                 svc.stop()
     assert [(j["state"], j["attempts"]) for j in done] == [("succeeded", 1)] * 4, done

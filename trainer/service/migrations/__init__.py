@@ -49,6 +49,13 @@ def head() -> str:
     return ScriptDirectory.from_config(config()).get_current_head()
 
 
+def first_revision_tables():
+    """Revision 0001's tables: the schema of the releases before migrations, frozen."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(config()).get_revision(FIRST).module.metadata
+
+
 def to_head(engine: Engine, shown_url: str) -> str | None:
     """The database brought to the newest revision; what was done, in words (None: it was there already)."""
     with locked(engine) as connection:
@@ -111,7 +118,7 @@ def migrate(connection: Connection, shown_url: str) -> str | None:
                            f"upgrade trainer to open it") from None
         done = f"upgraded from revision {current} to {newest}"
     elif STORE_TABLES & set(inspect(connection).get_table_names()):
-        added = adopt(connection, scripts.get_revision(FIRST).module.metadata)
+        added = adopt(connection, first_revision_tables())
         command.stamp(cfg, FIRST)
         done = f"a store of a release before migrations{' (' + ', '.join(added) + ' added)' if added else ''}, " \
                f"upgraded to revision {newest}"
