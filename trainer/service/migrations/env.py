@@ -7,14 +7,19 @@ from sqlalchemy import create_engine
 
 from trainer.service.store import metadata
 
-config = context.config
-connection = config.attributes.get("connection")
-if connection is None:  # `alembic revision --autogenerate` and the like, on a scratch database
-    with create_engine(config.get_main_option("sqlalchemy.url")).connect() as connection:
+
+def run(config) -> None:
+    connection = config.attributes.get("connection")
+    if connection is None:  # `alembic revision --autogenerate` and the like, on a scratch database
+        with create_engine(config.get_main_option("sqlalchemy.url")).connect() as connection:
+            context.configure(connection=connection, target_metadata=metadata)
+            with context.begin_transaction():
+                context.run_migrations()
+    else:  # the store's connection, in the transaction it opened: it commits once, at head
         context.configure(connection=connection, target_metadata=metadata)
         with context.begin_transaction():
             context.run_migrations()
-else:  # the store's connection, in the transaction it opened: it commits once, at head
-    context.configure(connection=connection, target_metadata=metadata)
-    with context.begin_transaction():
-        context.run_migrations()
+
+
+if getattr(context, "config", None) is not None:  # run by Alembic; imported otherwise (walk_packages), nothing
+    run(context.config)
