@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from helpers import Service, earlier_store, free_port, one_line_error, run_python, sqlite_store_from
@@ -67,8 +67,6 @@ def test_revision_0001_is_the_schema_the_previous_release_created(tmp_path):
     written = create_engine(sqlite_store_from(earlier_store("previous-release"), tmp_path / "previous.db"))
     migrated = create_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
     with migrated.begin() as db:
-        from alembic import command
-
         command.upgrade(migrations.config(db), migrations.FIRST)
     got = schema(migrated)
     assert got.pop("alembic_version")
@@ -158,7 +156,7 @@ def test_a_postgresql_store_without_its_driver_is_one_line_naming_the_extra(isol
                         f"'postgresql://trainer:secret@127.0.0.1:1/jobs', '--state', '{isolated / 'state'}', "
                         f"'--devices', 'cpu', '--port', '{free_port()}']\n{code}")
     assert result.returncode == 2, result.stderr
-    assert one_line_error(result) == "error: the job store postgresql+psycopg://trainer:***@127.0.0.1:1/jobs needs " \
+    assert one_line_error(result) == "error: the job store postgresql://trainer:***@127.0.0.1:1/jobs needs " \
                                      "the postgres extra (psycopg is missing): pip install 'trainer[postgres]'"
 
 

@@ -190,12 +190,11 @@ def engine_for(url: str):
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             cursor.close()
         return engine
-    url = with_driver(url)
     try:
         # pre-ping: a pooled connection the server dropped (a restart, a failover) is replaced, not used
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(with_driver(url), pool_pre_ping=True)
     except ModuleNotFoundError as e:
-        if url.startswith("postgresql+psycopg://"):
+        if with_driver(url).startswith("postgresql+psycopg://"):
             from trainer.extras import require
 
             require("postgres", f"the job store {shown(url)}")
