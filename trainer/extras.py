@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "tensorboard": (("tensorboard",), "is missing"),
     "timm": (("timm",), "is missing"),
     "mlflow": (("mlflow",), "is missing"),
+    "ray": (("ray",), "is missing"),  # trainer service --backend ray
 }
 
 

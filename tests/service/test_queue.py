@@ -87,12 +87,12 @@ def test_devices_that_do_not_exist_are_refused(spec, cuda, words):
 def test_a_two_gpu_job_gets_two_different_gpus(tmp_path):
     settings = Settings(runs=tmp_path, state=tmp_path, data_root=tmp_path, units=["0", "0", "1", "1"], gpus=True)
     runner = Runner(S.Store(f"sqlite:///{tmp_path / 'jobs.db'}"), settings)
-    units = runner.pick_units(2)
-    assert sorted(settings.units[u] for u in units) == ["0", "1"]
-    assert runner.pick_units(3) is None  # two GPUs: never three distinct ones
+    placement = runner.backend.reserve({"nproc": 2}, [])
+    assert sorted(settings.units[u] for u in placement.units) == ["0", "1"] and placement.devices in ("0,1", "1,0")
+    assert runner.backend.reserve({"nproc": 3}, []) is None  # two GPUs: never three distinct ones
     assert settings.devices_total == 2
-    runner.children[1] = Child(1, None, [0], tmp_path / "events.jsonl", 0)  # a one-GPU job on GPU 0
-    (unit,) = runner.pick_units(1)
+    running = [Child(1, None, [0], tmp_path / "events.jsonl", 0)]  # a one-GPU job on GPU 0
+    (unit,) = runner.backend.reserve({"nproc": 1}, running).units
     assert settings.units[unit] == "1"  # the next job goes to the idle GPU, not to GPU 0's second slot
 
 

@@ -48,12 +48,24 @@ def service(
     max_upload_mb: Annotated[int, typer.Option(min=1, max=1 << 20, help="Largest dataset upload, in MiB.")] = 4096,
     max_queued: Annotated[int, typer.Option(min=1, max=1_000_000, help="Queued jobs per token.")] = 100,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="No token (only on 127.0.0.1: one user's machine).")] = False,
+    backend: Annotated[str, typer.Option(
+        help="Where jobs run: local (processes on this machine) or ray (tasks on a Ray cluster; pip install "
+             "'trainer\\[ray]'; --runs, --state and --data-root shared by every node).", rich_help_panel="Ray")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="The Ray cluster (HOST:6379) \[default: $RAY_ADDRESS, else the one `ray start` "
+             "left on this machine, else a new local one].", show_default=False, rich_help_panel="Ray")] = None,
+    job_cpus: Annotated[float, typer.Option(
+        min=0.01, max=1024, help="CPUs each job process asks Ray for (its torch threads).", rich_help_panel="Ray")] = 1.0,
+    job_memory: Annotated[Optional[float], typer.Option(
+        min=0.01, max=1 << 20, help="Memory in GiB each job process asks Ray for \[default: none reserved].",
+        show_default=False, rich_help_panel="Ray")] = None,
 ):
     """A training service: a job queue that survives restarts, an HTTP API (/docs), live events."""
     from trainer.service.main import run_service
 
     try:
-        run_service(host, port, db, devices, slots, runs, data_root, state, max_upload_mb, max_queued, no_auth)
+        run_service(host, port, db, devices, slots, runs, data_root, state, max_upload_mb, max_queued, no_auth,
+                    backend, ray_address, job_cpus, job_memory)
     except KeyboardInterrupt:
         pass  # uvicorn stopped; the runner checkpointed the running jobs
 
@@ -187,7 +199,7 @@ def jobs_show(job_id: JobId, server: Server = None, as_json: AsJson = False):
         print(json.dumps(job, indent=2))
         return
     out = console()
-    for key in ("id", "state", "command", "recipe", "options", "data", "dataset", "nproc", "devices", "attempts",
+    for key in ("id", "state", "command", "recipe", "options", "data", "dataset", "nproc", "devices", "node", "attempts",
                 "run_dir", "error"):
         if job.get(key) not in (None, {}, ""):
             out.print(f"{key}: {job[key]}")
@@ -216,6 +228,10 @@ def follow_job(api, job_id: int, quiet: bool = False) -> int:
         at = item.pop("at", 0.0)
         if kind in KINDS:
             display(Event(kind, item, at))
+        elif kind == "placed" and not quiet:  # where the attempt's process started (a Ray node, or the service's)
+            display.close()
+            console(stderr=True).print(f"job {job_id}: placed on {item.get('node')} ({item.get('devices')}"
+                                       f"{', ' + item['backend'] if item.get('backend') else ''})")
         elif kind == "state":
             state = item["state"]
             if not quiet:

@@ -63,7 +63,7 @@ def public_job(job: dict, settings: Settings) -> dict:
             "dataset_version": job.get("dataset_version"), "nproc": job["nproc"],
             "run_dir": job["run_dir"], "created_at": job["created_at"], "started_at": job["started_at"],
             "ended_at": job["ended_at"], "attempts": job["attempts"], "error": job["error"],
-            "devices": job["devices"], "pid": job["pid"], "events": job["last_seq"]}
+            "devices": job["devices"], "node": job.get("node"), "pid": job["pid"], "events": job["last_seq"]}
 
 
 def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | None) -> FastAPI:
@@ -141,11 +141,13 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     @app.get("/health")
     def health():
         """Liveness, the queue's length and what each device runs (no token needed)."""
-        running = {u: child.job_id for child in list(runner.children.values()) for u in child.units}
+        children = list(runner.children.values())
+        running = {u: child.job_id for child in children for u in child.units}
+        devices = [{"device": "ray", "job": child.job_id, "placed": child.placed} for child in children] \
+            if settings.cluster is not None else \
+            [{"device": unit if settings.gpus else "cpu", "job": running.get(i)} for i, unit in enumerate(settings.units)]
         return {"status": "ok" if runner.thread.is_alive() else "stopped", "queued": store.count(S.QUEUED),
-                "running": store.count(*S.ACTIVE),
-                "devices": [{"device": unit if settings.gpus else "cpu", "job": running.get(i)}
-                            for i, unit in enumerate(settings.units)],
+                "running": store.count(*S.ACTIVE), "backend": runner.backend.name, "devices": devices,
                 "runner_error": runner.error}
 
     # --- jobs ---------------------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
 
     def checked_body(body: dict) -> Submission:
         return check_submission(body, data_root=settings.data_root, dataset_path=dataset_path,
-                                devices_total=settings.devices_total, device_kind=settings.device_kind)
+                                devices_total=settings.devices_total, device_kind=settings.device_kind,
+                                more_devices=settings.more_devices)
 
     def dataset_path(dataset_id: str, version: Optional[int] = None) -> Optional[tuple[str, int]]:
         """(the folder of a version of an uploaded dataset, its number): the newest when none is asked."""
@@ -477,7 +480,8 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
             {"command": job["command"], "recipe": job["recipe"], "options": job["options"],
              "dataset": source.dataset, "nproc": job["nproc"]}, data_root=settings.data_root,
             dataset_path=lambda found, _version: (folder, number) if found == source.dataset else None,
-            devices_total=settings.devices_total, device_kind=settings.device_kind)
+            devices_total=settings.devices_total, device_kind=settings.device_kind,
+            more_devices=settings.more_devices)
         if store.count(S.QUEUED, owner=owner) >= settings.max_queued:
             raise Refused(429, f"this token already has {settings.max_queued} queued jobs (the service's "
                                f"--max-queued); wait for some to start, or cancel some")

@@ -60,7 +60,8 @@ def typed(name: str, kind: type, value):
     return value
 
 
-def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total: int, device_kind: str) -> Submission:
+def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total: int, device_kind: str,
+                     more_devices: str = "start the service with more --devices/--slots") -> Submission:
     """A submission checked, or BadInput with one line (HTTP 422). `dataset_path(id, version)`: (the folder of that
     version of an uploaded dataset, its number; the newest when version is None), or None if there is none."""
     from trainer.api import fit_config
@@ -125,8 +126,7 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
     needs = nproc or 1
     if needs > devices_total:
         raise BadInput(f"the job asks for {needs} devices (--nproc {needs}) but this service has {devices_total} "
-                       f"({device_kind}): ask for at most {devices_total}, or start the service with more "
-                       f"--devices/--slots")
+                       f"({device_kind}): ask for at most {devices_total}, or {more_devices}")
     data, dataset = body.get("data"), body.get("dataset")
     if data is not None and dataset is not None:
         raise BadInput("give either \"data\" (a folder under the data root) or \"dataset\" (an upload), not both")

@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, did_you_mean
 from trainer.extras import require
 
 DEFAULT_PORT = 8100
@@ -45,15 +45,35 @@ def cuda_count() -> int:
     return torch.cuda.device_count()
 
 
+BACKENDS = ("local", "ray")
+
+
 def run_service(host: str, port: int, db: str | None, devices: str, slots: int | None, runs: Path,
-                data_root: Path, state: Path, max_upload_mb: int, max_queued: int, no_auth: bool) -> None:
+                data_root: Path, state: Path, max_upload_mb: int, max_queued: int, no_auth: bool,
+                backend: str = "local", ray_address: str | None = None, job_cpus: float = 1.0,
+                job_memory_gb: float | None = None) -> None:
     require("service", "trainer service")
     from trainer.service import auth
     from trainer.service.runner import Runner, Settings
     from trainer.service.store import Store, shown
 
     auth.check_binding(host, not no_auth)
-    units, gpus = device_units(devices, slots, cuda_count() if devices.strip().lower() != "cpu" else 0)
+    if backend not in BACKENDS:
+        raise BadInput(f"--backend {backend}: unknown{did_you_mean(backend, BACKENDS)}; use local (jobs on this "
+                       f"machine) or ray (on a Ray cluster)")
+    if backend != "ray" and (ray_address is not None or job_cpus != 1.0 or job_memory_gb is not None):
+        raise BadInput("--ray-address, --job-cpus and --job-memory are for --backend ray; add it, or drop them")
+    if backend == "ray":
+        require("ray", "trainer service --backend ray")
+        if slots is not None:
+            raise BadInput("--slots counts this machine's slots; with --backend ray the cluster's free GPUs and CPUs "
+                           "decide how many jobs run: drop --slots (size jobs with --job-cpus, --job-memory)")
+        if devices.strip().lower() not in ("auto", "cpu"):
+            raise BadInput(f"--devices {devices}: with --backend ray, Ray picks each job's GPUs on its node; use "
+                           f"--devices auto (GPU jobs when the cluster has GPUs) or cpu")
+        units, gpus = ["cpu"], False  # this machine runs only the requests' short tasks (predict, losses)
+    else:
+        units, gpus = device_units(devices, slots, cuda_count() if devices.strip().lower() != "cpu" else 0)
     for folder, flag in ((runs, "--runs"), (state, "--state")):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -66,6 +86,14 @@ def run_service(host: str, port: int, db: str | None, devices: str, slots: int |
         probe.close()
     except OSError as e:
         raise BadInput(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+    cluster = None
+    if backend == "ray":  # joined before the store opens: a cluster that is not there leaves nothing behind
+        import os
+
+        from trainer.service.backends.ray_cluster import RayBackend
+
+        cluster = RayBackend(data_root.resolve(), ray_address, devices.strip().lower() == "auto", job_cpus,
+                             job_memory_gb, dict(os.environ))
     url = db or f"sqlite:///{(state / 'jobs.db').resolve()}"
     try:
         store = Store(url)
@@ -86,7 +114,8 @@ def run_service(host: str, port: int, db: str | None, devices: str, slots: int |
             print(f"token: in {path or 'TRAINER_TOKEN'}", flush=True)
     settings = Settings(runs=runs.resolve(), state=state.resolve(), data_root=data_root.resolve(), units=units,
                         gpus=gpus, max_upload=max_upload_mb * 2**20, max_queued=max_queued)
-    runner = Runner(store, settings)
+    settings.cluster = cluster
+    runner = Runner(store, settings, cluster)
 
     import uvicorn
 

@@ -1,5 +1,6 @@
-"""The service's worker: claims queued jobs for free devices, runs each as its own `trainer` process, stores
-what it publishes, and decides how each attempt ends.
+"""The service's worker: claims queued jobs for free devices, runs each as its own `trainer` process (a child
+of the service, or a Ray task on a node of a Ray cluster: trainer.service.backends), stores what it publishes,
+and decides how each attempt ends.
 
 One thread, the loop below, does all of it, so every child is started by the same long-lived thread (a child's
 PR_SET_PDEATHSIG fires when the thread that started it ends: with a short-lived thread it would be killed early).
@@ -20,15 +21,17 @@ import json
 import os
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.runs import rundir
 from trainer.service import store as S
+from trainer.service.backends import Exit
+from trainer.service.backends.local import LocalBackend
 from trainer.service.jobs import command_line
 from trainer.training.events import EVENT_LOG, JOB_ID
 
@@ -48,14 +51,26 @@ class Settings:
     gpus: bool
     max_upload: int = 4 << 30
     max_queued: int = 100  # queued jobs per token
+    cluster: object = None  # the Ray backend, whose cluster sizes the jobs (units are then this machine's tasks)
 
     @property
     def device_kind(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.device_kind
         return f"GPUs {','.join(sorted(set(self.units)))}" if self.gpus else f"{len(self.units)} CPU slot" + \
             ("s" if len(self.units) != 1 else "")
 
     @property
+    def more_devices(self) -> str:
+        """How to run a job larger than this service can (the end of the refusal's line)."""
+        if self.cluster is not None:
+            return "add a node with more GPUs (or CPUs) to the Ray cluster"
+        return "start the service with more --devices/--slots"
+
+    @property
     def devices_total(self) -> int:
+        if self.cluster is not None:
+            return self.cluster.devices_total
         return len(set(self.units)) if self.gpus else len(self.units)
 
     def data_folders(self) -> list[str]:
@@ -76,23 +91,12 @@ class Settings:
 @dataclass
 class Child:
     job_id: int
-    popen: subprocess.Popen
-    units: list[int]  # indices into Settings.units
+    attempt: object  # the backend's handle (backends.local.LocalAttempt, backends.ray_cluster.RayAttempt)
+    units: list[int]  # indices into Settings.units (the local backend's slots)
     log: Path
     read: int  # bytes of the event log stored
     stop_sent: float | None = None
-    output: object = field(default=None, repr=False)
-
-
-def parent_death_signal() -> None:
-    """In the child, before exec: SIGTERM when the service dies, however it dies (Linux), so a job never runs on
-    unsupervised; it checkpoints and stops, and the next service continues it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    placed: bool = True  # false while Ray holds the job without having started its process
 
 
 def job_folder(settings: Settings, job_id: int) -> Path:
@@ -117,8 +121,9 @@ def pid_is_trainer(pid: int | None) -> bool:
 
 
 class Runner:
-    def __init__(self, store: S.Store, settings: Settings):
+    def __init__(self, store: S.Store, settings: Settings, backend=None):
         self.store, self.settings = store, settings
+        self.backend = backend or LocalBackend(settings)  # where each attempt's process runs
         self.owner = S.instance_id()
         self.children: dict[int, Child] = {}
         self.wake = threading.Event()
@@ -147,38 +152,20 @@ class Runner:
             self.wake.wait(TICK)
             self.wake.clear()
         self.shut_down()
+        self.backend.close()
         self.stopped.set()
 
     def tick(self) -> None:
         self.take_back_orphans()
         for child in list(self.children.values()):
             self.read_child_events(child)
-            if child.popen.poll() is not None:
-                self.ended(child)
+            if (end := child.attempt.poll()) is not None:
+                self.ended(child, end)
         self.pass_on_stops()
         if time.time() - self.last_heartbeat >= HEARTBEAT:
             self.renew_leases()
+            self.backend.refresh()
         self.start_queued()
-
-    def free_units(self) -> list[int]:
-        used = {u for child in self.children.values() for u in child.units}
-        return [i for i in range(len(self.settings.units)) if i not in used]
-
-    def pick_units(self, nproc: int) -> list[int] | None:
-        free = self.free_units()
-        if not self.settings.gpus:
-            return free[:nproc] if len(free) >= nproc else None
-        busy: dict[str, int] = {}
-        for child in self.children.values():
-            for u in child.units:
-                busy[self.settings.units[u]] = busy.get(self.settings.units[u], 0) + 1
-        free.sort(key=lambda i: (busy.get(self.settings.units[i], 0), i))  # the least busy GPUs first
-        chosen, gpus = [], set()
-        for i in free:  # distinct GPUs: --nproc 2 takes two of them
-            if self.settings.units[i] not in gpus:
-                chosen.append(i)
-                gpus.add(self.settings.units[i])
-        return chosen[:nproc] if len(chosen) >= nproc else None
 
     def start_queued(self) -> None:
         while not self.stopping.is_set():
@@ -189,20 +176,19 @@ class Runner:
             if not fits:
                 return  # only jobs bigger than this service (accepted by a larger one on the store): theirs
             job = fits[0]  # first come, first served: the jobs behind it wait for it
-            units = self.pick_units(job["nproc"])
-            if units is None:
+            placement = self.backend.reserve(job, list(self.children.values()))
+            if placement is None:
                 return
-            devices = "cpu" if not self.settings.gpus else ",".join(self.settings.units[i] for i in units)
-            if self.store.claim(job["id"], self.owner, devices):
-                self.launch(self.store.job(job["id"]), units)
+            if self.store.claim(job["id"], self.owner, placement.devices):
+                self.launch(self.store.job(job["id"]), placement)
 
     # --- one attempt --------------------------------------------------------------------------------------
 
-    def launch(self, job: dict, units: list[int]) -> None:
+    def launch(self, job: dict, placement) -> None:
         folder = job_folder(self.settings, job["id"])
         folder.mkdir(parents=True, exist_ok=True)
         log = folder / EVENTS_FILE
-        read = self.read_events(job["id"], log, job["events_read"])  # what an earlier attempt left unread
+        read = self.read_events(job["id"], log, job["events_read"])[0]  # what an earlier attempt left unread
         resume_dir = None
         run_dir = Path(job["run_dir"]) if job["run_dir"] else None
         if run_dir is not None and run_dir.is_dir():
@@ -214,37 +200,37 @@ class Runner:
             elif self.inside_runs(run_dir):  # stopped before its first checkpoint: start it again, afresh
                 shutil.rmtree(run_dir, ignore_errors=True)
         command = command_line(job, self.settings.runs, resume_dir)
-        env = self.settings.child_environment(units, **{EVENT_LOG: str(log), JOB_ID: str(job["id"])})
-        output = open(folder / OUTPUT_FILE, "ab")
-        output.write(f"$ trainer {' '.join(command[3:])}\n".encode())
-        output.flush()
         try:
-            popen = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True, preexec_fn=parent_death_signal)
+            attempt = self.backend.launch(job, placement, command, {EVENT_LOG: str(log), JOB_ID: str(job["id"])},
+                                          folder / OUTPUT_FILE)
         except OSError as e:
-            output.close()
             self.store.finish(job["id"], self.owner, S.FAILED, f"could not start the job's process ({e})", True)
             return
-        self.store.set_pid(job["id"], self.owner, popen.pid)
-        self.children[job["id"]] = Child(job["id"], popen, units, log, read, output=output)
+        child = Child(job["id"], attempt, list(placement.units), log, read, placed=attempt.pid is not None)
+        if attempt.pid is not None:  # a local process: placed as it started (a Ray task says so in its log)
+            self.store.placed(job["id"], self.owner, {"backend": "local", "node": socket.gethostname(),
+                                                      "devices": placement.devices, "pid": attempt.pid})
+        self.children[job["id"]] = child
 
     def inside_runs(self, path: Path) -> bool:
         return path.resolve().is_relative_to(self.settings.runs.resolve())
 
     def read_child_events(self, child: Child) -> None:
-        child.read = self.read_events(child.job_id, child.log, child.read)
+        child.read, kinds = self.read_events(child.job_id, child.log, child.read)
+        if "placed" in kinds:
+            child.placed = True
 
-    def read_events(self, job_id: int, log: Path, read: int) -> int:
-        """Store the whole lines of a job's event log after byte `read`; how far it is read now."""
+    def read_events(self, job_id: int, log: Path, read: int) -> tuple[int, set[str]]:
+        """Store the whole lines of a job's event log after byte `read`: (how far it is read now, their kinds)."""
         try:
             with open(log, "rb") as f:
                 f.seek(read)
                 chunk = f.read()
         except FileNotFoundError:
-            return read
+            return read, set()
         end = chunk.rfind(b"\n")
         if end < 0:
-            return read  # no whole line yet
+            return read, set()  # no whole line yet
         items = []
         for line in chunk[: end + 1].splitlines():
             try:
@@ -253,19 +239,19 @@ class Runner:
                 continue  # a line a kill cut short
             if isinstance(item, dict) and isinstance(item.get("kind"), str):
                 items.append(item)
+        kinds = {item["kind"] for item in items}
         self.store.add_events(job_id, items, read + end + 1)
-        return read + end + 1
+        return read + end + 1, kinds
 
-    def ended(self, child: Child) -> None:
+    def ended(self, child: Child, end: Exit) -> None:
         """The attempt's process exited: the job's new state from its exit code, its stop request, its files."""
         del self.children[child.job_id]
-        child.output.close()
+        child.attempt.close()
         self.read_child_events(child)
         job = self.store.job(child.job_id)
         if job is None:
             return
-        code = child.popen.returncode
-        state, error, failed = outcome(job, code, job_folder(self.settings, job["id"]) / OUTPUT_FILE)
+        state, error, failed = outcome(job, end, job_folder(self.settings, job["id"]) / OUTPUT_FILE)
         if state == S.QUEUED and job["failures"] >= 1 and job["error"] == error:
             state = S.FAILED  # the same failure twice: trying again would fail again
         elif state == S.QUEUED and job["failures"] + 1 >= MAX_FAILURES:
@@ -279,17 +265,10 @@ class Runner:
             if job is None:
                 continue
             if job["state"] == S.STOPPING and child.stop_sent is None:
-                self.signal(child, signal.SIGTERM)
+                child.attempt.stop()
                 child.stop_sent = time.time()
             elif child.stop_sent is not None and time.time() - child.stop_sent > STOP_GRACE:
-                self.signal(child, signal.SIGKILL)
-
-    @staticmethod
-    def signal(child: Child, signum: int) -> None:
-        try:
-            os.killpg(child.popen.pid, signum)  # the job's whole group: torchrun and its workers too
-        except ProcessLookupError:
-            pass
+                child.attempt.kill()
 
     @staticmethod
     def kill(pid: int, signum: int) -> None:
@@ -303,9 +282,9 @@ class Runner:
         held = self.store.heartbeat(list(self.children), self.owner)
         for job_id in set(self.children) - held:  # another service took it back: it continues the job
             child = self.children.pop(job_id)
-            self.signal(child, signal.SIGKILL)
-            child.popen.wait()
-            child.output.close()
+            child.attempt.kill()
+            child.attempt.wait()
+            child.attempt.close()
 
     def take_back_orphans(self) -> None:
         for job in self.store.orphans():
@@ -334,15 +313,16 @@ class Runner:
         """Every running job checkpoints and stops; each ends `interrupted`, and the next start continues it."""
         for child in self.children.values():
             self.store.mark_stopping(child.job_id, self.owner, "shutdown")
-            self.signal(child, signal.SIGTERM)
-        deadline = time.time() + STOP_GRACE
+            child.attempt.stop()
+        deadline, killed = time.time() + STOP_GRACE, set()
         while self.children:
             for child in list(self.children.values()):
                 self.read_child_events(child)
-                if child.popen.poll() is not None:
-                    self.ended(child)
-                elif time.time() > deadline:
-                    self.signal(child, signal.SIGKILL)
+                if (end := child.attempt.poll()) is not None:
+                    self.ended(child, end)
+                elif time.time() > deadline and child.job_id not in killed:
+                    child.attempt.kill()
+                    killed.add(child.job_id)
             time.sleep(0.1)
 
 
@@ -358,10 +338,24 @@ def error_line(output: Path) -> str | None:
     return lines[-1].split(": ", 1)[1][:500] if lines else None
 
 
-def outcome(job: dict, code: int, output: Path) -> tuple[str, str | None, bool]:
-    """(state, error line, whether it counts as a failure) of an attempt that exited with `code`."""
+def outcome(job: dict, end: Exit | int, output: Path) -> tuple[str, str | None, bool]:
+    """(state, error line, whether it counts as a failure) of an attempt that ended as `end` (an Exit, or the
+    process's exit code)."""
+    end = end if isinstance(end, Exit) else Exit(end)
+    finished = job["command"] == "fit" and job["run_dir"] and (Path(job["run_dir"]) / rundir.SUMMARY).is_file()
+    code = end.code
+    if end.lost is not None:  # the backend lost the process: continued from the checkpoint, unless stopped anyway
+        if finished:
+            return S.SUCCEEDED, None, False
+        if job["stop"] == "cancel":
+            return S.CANCELLED, None, False
+        if job["stop"] == "shutdown":
+            return S.INTERRUPTED, None, False
+        return S.QUEUED, end.lost, end.counts
+    if code is None:  # stopped on request and its exit code not reported (Ray's cancel)
+        code = 0 if finished else -signal.SIGTERM
     if code == 0:
-        if job["command"] == "fit" and not (job["run_dir"] and (Path(job["run_dir"]) / rundir.SUMMARY).is_file()):
+        if job["command"] == "fit" and not finished:
             return S.QUEUED, "the job's process ended without writing summary.json", True
         return S.SUCCEEDED, None, False
     stopped = code in (130, 143, -signal.SIGTERM, -signal.SIGINT)

@@ -77,9 +77,9 @@ jobs = Table(
     Column("lease_expires", Float),
     Column("pid", Integer),  # its process, on the lease owner's host
     Column("devices", String(64)),  # what it runs on: "cpu" or the GPU indices, as CUDA_VISIBLE_DEVICES
+    Column("node", String(255)),  # the machine its current or last attempt runs on (a Ray node, or this host)
     Column("events_read", BYTE_COUNT, nullable=False, default=0),  # bytes of its event log already stored
     Column("last_seq", Integer, nullable=False, default=0),  # its newest event's number
-    Column("node", String(255)),  # the machine the job's current or last attempt runs on
     Index("ix_jobs_state_id", "state", "id"),
 )
 
@@ -323,9 +323,13 @@ class Store:
             return {r[0] for r in held}
 
     @retried
-    def set_pid(self, job_id: int, owner: str, pid: int) -> None:
+    def placed(self, job_id: int, owner: str, where: dict) -> None:
+        """The attempt's process started (`where`: backend, node, devices, pid): a `placed` event, under the lease."""
+        now = time.time()
         with self.engine.begin() as db:
-            db.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner).values(pid=pid))
+            if db.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner).values(
+                    **placement_columns(where))).rowcount:
+                self._event(db, job_id, "placed", where, now)
 
     @retried
     def orphans(self) -> list[dict]:
@@ -422,6 +426,8 @@ class Store:
                 self._event(db, job_id, kind, item, at)
                 if kind in ("run_started", "lr_review") and item.get("run_dir"):  # lr_review: before training
                     db.execute(update(jobs).where(jobs.c.id == job_id).values(run_dir=str(item["run_dir"])))
+                elif kind == "placed":  # a Ray task started the job's process on its node
+                    db.execute(update(jobs).where(jobs.c.id == job_id).values(**placement_columns(item)))
             db.execute(update(jobs).where(jobs.c.id == job_id).values(events_read=read_to))
 
     @retried
@@ -514,6 +520,15 @@ class Store:
             newest = db.execute(select(func.max(dataset_versions.c.version))
                                 .where(dataset_versions.c.dataset_id == dataset_id)).scalar_one()
         return newest or 1
+
+
+def placement_columns(where: dict) -> dict:
+    """A `placed` event's node and devices as the job's columns (its pid only for a process on the service's
+    host: only there is it the service's to signal)."""
+    values = {"node": str(where.get("node") or "")[:255] or None, "devices": str(where.get("devices") or "")[:64] or None}
+    if where.get("backend") == "local":
+        values["pid"] = where.get("pid")
+    return values
 
 
 def job_dict(row) -> dict:
