@@ -5,6 +5,7 @@ missing driver is one line; several services share one PostgreSQL database and n
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -94,6 +95,7 @@ def test_a_store_of_the_previous_release_opens_upgraded_with_all_it_held_and_run
         # the interrupted job continues by itself, the queued one starts: both to the end
         ran = [svc.wait_until_ended(job_id) for job_id in (2, 3)]
         assert [(j["state"], j["attempts"]) for j in ran] == [("succeeded", 2), ("succeeded", 1)], ran
+        assert [j["node"] for j in ran] == [socket.gethostname()] * 2 and svc.job(1)["node"] is None  # 0002's column
         assert [e["state"] for e in svc.events(2) if e["kind"] == "state"] == \
             ["queued", "running", "interrupted", "queued", "running", "succeeded"]
         assert svc.submit("mnist_sample", options=OPTIONS, data="mnist_sample")["id"] == 4
@@ -276,7 +278,7 @@ def test_two_services_on_one_postgresql_database_run_four_jobs_once_each_and_bot
         for svc in (one, two):
             if svc is not None:
                 svc.stop()
-    assert [(j["state"], j["attempts"]) for j in done] == [("succeeded", 1)] * 4, done
+    assert [(j["state"], j["attempts"], j["node"]) for j in done] == [("succeeded", 1, socket.gethostname())] * 4, done
     store = S.Store(postgres_url)
     for job in done:
         running = [e for e in store.events(job["id"]) if e["kind"] == "state" and e["state"] == "running"]
