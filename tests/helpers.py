@@ -194,6 +194,53 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+STORES = Path(__file__).resolve().parent / "service" / "stores"
+
+
+def earlier_store(name: str, data_root: Path | None = None) -> str:
+    """The SQL text of a job store an earlier release wrote (tests/service/stores/NAME.sql, by that release's own
+    Store); its jobs' data folders moved to `data_root` (they were under /srv/trainer/data where it was written)."""
+    text = (STORES / f"{name}.sql").read_text()
+    return text.replace("/srv/trainer/data/", f"{data_root}/") if data_root is not None else text
+
+
+def sqlite_store_from(sql: str, path: Path) -> str:
+    """A SQLite file holding `sql`; its URL."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(sql)
+    return f"sqlite:///{path}"
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str):
+    """A new, empty database on the PostgreSQL server of `admin_url` (a role that may CREATE DATABASE): its URL,
+    as a user would give it to --db. Dropped at the end, after ending its connections (a service a test killed
+    leaves some)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    from trainer.service.store import with_driver
+
+    name = f"trainer_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(with_driver(admin_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as db:
+        db.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as db:
+            db.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name "
+                            "AND pid <> pg_backend_pid()"), {"name": name})
+            db.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
 def free_port() -> int:
     import socket
 
@@ -215,21 +262,32 @@ def serving(run_dir: Path, *options):
 
 
 class Service:
-    """A real `trainer service` process on a free port, with an HTTP client that sends its token."""
+    """A real `trainer service` process on a free port, with an HTTP client that sends its token. `db`: its
+    store's URL (--db; the service's default, a SQLite file in its state folder, when None)."""
 
     TOKEN = "test-token-0123456789abcdef"
 
-    def __init__(self, root: Path, *options, port: int | None = None, env: dict | None = None):
-        import httpx
-
+    def __init__(self, root: Path, *options, port: int | None = None, env: dict | None = None,
+                 db: str | None = None, wait: bool = True):
         self.root, self.port = root, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state, self.runs = root / "service", root / "runs"
         self.env = {**os.environ, "TRAINER_TOKEN": self.TOKEN, **(env or {})}
+        self.http = None  # once it is ready
         self.process = Process([sys.executable, "-m", "trainer", "service", "--port", str(self.port), "--devices",
-                                "cpu", "--state", self.state, "--runs", self.runs, *options], env=self.env)
+                                "cpu", "--state", self.state, "--runs", self.runs, *(["--db", db] if db else []),
+                                *options], env=self.env)
+        if wait:
+            self.ready()
+
+    def ready(self) -> "Service":
+        """Once it printed "ready:" (the store open, migrated): its HTTP client."""
+        import httpx
+
         self.process.wait_for("ready: http://127.0.0.1:")
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.TOKEN}"}, timeout=60)
+
+        return self
 
     def submit(self, recipe: str, **body) -> dict:
         answer = self.http.post("/jobs", json={"recipe": recipe, **body})
@@ -242,16 +300,22 @@ class Service:
     def events(self, job_id: int, last_event_id: int = 0, until=None) -> list[dict]:
         """The job's server-sent events after `last_event_id`, read until the stream ends (the job ended) or
         until `until(event)` is true (then the connection is dropped)."""
+        import httpx
+
         from trainer.service.client import parse_stream
 
         seen = []
-        with self.http.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(last_event_id)},
-                              timeout=300) as response:
-            assert response.status_code == 200, response.read()
-            for event in parse_stream(line.encode() + b"\n" for line in response.iter_lines()):
-                seen.append(event)
-                if until is not None and until(event):
-                    break
+        try:
+            with self.http.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(last_event_id)},
+                                  timeout=300) as response:
+                assert response.status_code == 200, response.read()
+                for event in parse_stream(line.encode() + b"\n" for line in response.iter_lines()):
+                    seen.append(event)
+                    if until is not None and until(event):
+                        break
+        except httpx.HTTPError as e:  # the stream broke: what the service said about it
+            raise AssertionError(f"job {job_id}'s events: {e!r} after {seen[-1:]}; the service's output:\n"
+                                 f"{''.join(self.process.output)}") from e
         return seen
 
     def wait_until_ended(self, job_id: int) -> dict:
@@ -259,5 +323,6 @@ class Service:
         return self.job(job_id)
 
     def stop(self):
-        self.http.close()
+        if self.http is not None:
+            self.http.close()
         self.process.stop()

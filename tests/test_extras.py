@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -19,7 +20,7 @@ def test_the_table_names_every_extra_of_pyproject():
     optional = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
     assert set(extras.EXTRAS) == set(optional) - {"test"}
     for extra, (modules, _) in extras.EXTRAS.items():
-        packages = {requirement.split(">")[0].split("=")[0].replace("-", "_") for requirement in optional[extra]}
+        packages = {re.split(r"[\[<>=]", requirement)[0].replace("-", "_") for requirement in optional[extra]}
         assert set(modules) == packages, extra
 
 

@@ -17,7 +17,8 @@ EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "export": (("onnx", "onnxruntime", "onnxscript"), "is missing"),
     # python_multipart is the module's name from python-multipart 0.0.13 on: older ones are "too old"
     "serve": (("fastapi", "python_multipart", "uvicorn"), "is missing or too old"),
-    "service": (("fastapi", "uvicorn", "sqlalchemy", "jinja2"), "is missing or too old"),
+    "service": (("fastapi", "uvicorn", "sqlalchemy", "jinja2", "alembic"), "is missing or too old"),
+    "postgres": (("psycopg",), "is missing"),
     "tensorboard": (("tensorboard",), "is missing"),
     "timm": (("timm",), "is missing"),
     "mlflow": (("mlflow",), "is missing"),

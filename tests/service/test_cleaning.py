@@ -1,6 +1,7 @@
 """Cleaning the data and training again, through a real `trainer service`: every image's loss, the run's images,
 dataset versions (relabel, delete; the originals untouched) and a job again on a version. One service and one
-tiny finished job for the whole module; the store's migration and the losses' bookkeeping without one."""
+tiny finished job for the whole module (on each kind of store); the upgrade of a store from before dataset versions
+and the losses' bookkeeping without one."""
 
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ def one_line(answer, status: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def cleaning(fixtures, tmp_path_factory):
+def cleaning(fixtures, tmp_path_factory, module_store_url):
     """A service whose data root holds a copy of mnist_sample, and one fit job on it that succeeded; its losses
     are being computed from the start (they take as long as the job trained again on a version does)."""
     base = tmp_path_factory.mktemp("cleaning")
     data = base / "data"
     shutil.copytree(fixtures / "mnist_sample", data / "mnist_sample")
     env = {"TRAINER_OFFLINE": "1", "FASTAI_HOME": str(base / "fastai_home"), "TORCH_HOME": str(base / "torch_home")}
-    svc = Service(base, "--data-root", data, env=env)
+    svc = Service(base, "--data-root", data, env=env, db=module_store_url)
     try:
         job = svc.wait_until_ended(svc.submit("mnist_sample", options=OPTIONS, data="mnist_sample")["id"])
         assert job["state"] == "succeeded", svc.http.get(f"/jobs/{job['id']}/log").text
@@ -196,28 +197,32 @@ def test_bad_changes_are_refused_with_one_line_and_leave_nothing(cleaning):
     one_line(svc.http.post(f"/jobs/{job_id}/versions", json={"changes": CHANGES, "parent": 1}), 422)
 
 
-def test_add_missing_columns_upgrades_an_old_store_in_place(tmp_path):
-    from sqlalchemy import Column, MetaData, Table, create_engine, insert, inspect
+def test_a_store_from_before_dataset_versions_is_adopted_and_upgraded_in_place(tmp_path):
+    """A store older still than the previous release (no jobs.dataset_version, no dataset_versions): its rows kept,
+    what it lacks added as that release's own start did, then Alembic's revisions on top."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from helpers import earlier_store, sqlite_store_from
+    from sqlalchemy import inspect
 
+    from trainer.service import migrations
     from trainer.service import store as S
 
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    old = MetaData()  # the jobs table as the service created it before dataset versions
-    jobs = Table("jobs", old, *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-                                for c in S.jobs.columns if c.name != "dataset_version"))
-    engine = create_engine(url)
-    old.create_all(engine)
-    with engine.begin() as db:
-        db.execute(insert(jobs).values(state="succeeded", command="fit", recipe="digits", options="{}", nproc=1,
-                                       owner="o", created_at=1.0, attempts=1, failures=0, events_read=0, last_seq=0))
-    engine.dispose()
-
-    store = S.Store(url)  # create_all adds dataset_versions; _add_missing_columns the column
-    assert "dataset_version" in {c["name"] for c in inspect(store.engine).get_columns("jobs")}
-    assert "dataset_versions" in inspect(store.engine).get_table_names()
-    assert store.job(1)["state"] == "succeeded" and store.job(1)["dataset_version"] is None  # the old row kept
+    url = sqlite_store_from(earlier_store("older-release"), tmp_path / "jobs.db")
+    store = S.Store(url)
+    assert store.migrated == f"a store of a release before migrations (jobs.dataset_version added), upgraded to " \
+                             f"revision {migrations.head()}"
+    assert {"dataset_versions", "alembic_version"} <= set(inspect(store.engine).get_table_names())
+    with store.engine.connect() as db:
+        assert compare_metadata(MigrationContext.configure(db), S.metadata) == []  # exactly store.py's schema
+    assert [(j["id"], j["state"], j["dataset_version"]) for j in store.list_jobs()[0]] == \
+        [(3, "queued", None), (2, "interrupted", None), (1, "succeeded", None)]  # the old rows kept
+    assert [e["kind"] for e in store.events(1)] == ["state", "state", "run_started", "epoch", "finished", "state"]
     assert store.add_job("fit", "digits", {}, None, "abc", 1, "o", dataset_version=3)["dataset_version"] == 3
-    assert store._add_missing_columns() == [] and S.Store(url).job(2)["dataset_version"] == 3  # once only
+    dataset = store.dataset("0123456789abcdef")
+    assert store.add_version(dataset["id"], 2, 1, [], "/x", {"cats": 1}, "o", None)["version"] == 2
+    again = S.Store(url)
+    assert again.migrated is None and again.job(4)["dataset_version"] == 3  # once only
 
 
 def test_losses_are_computed_once_at_a_time_and_a_failure_is_kept(tmp_path):

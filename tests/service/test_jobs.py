@@ -29,11 +29,12 @@ def reference(fixtures, tmp_path_factory, trainer) -> Path:
 
 
 @pytest.fixture
-def service(fixtures, isolated):
+def service(fixtures, isolated, store_url):
+    """Starts services on this test's store (each test runs on SQLite and on PostgreSQL); stops them at the end."""
     started = []
 
     def start(*options, **kw):
-        started.append(Service(isolated, "--data-root", fixtures, *options, **kw))
+        started.append(Service(isolated, "--data-root", fixtures, *options, db=store_url, **kw))
         return started[-1]
     yield start
     for one in started:

@@ -22,8 +22,8 @@ OPTIONS = {"arch": "test_resnet", "pretrained": False, "epochs": 1, "bs": 8, "in
 SUGGESTIONS = ("minimum", "steep", "valley", "slide")
 
 
-def test_a_job_waits_at_the_lr_find_gate_until_a_person_chooses_its_rate(fixtures, isolated):
-    svc = Service(isolated, "--data-root", fixtures)
+def test_a_job_waits_at_the_lr_find_gate_until_a_person_chooses_its_rate(fixtures, isolated, store_url):
+    svc = Service(isolated, "--data-root", fixtures, db=store_url)
     try:
         job = svc.submit("mnist_sample", options=OPTIONS, data="mnist_sample")
         assert job["lr_review"] is None and job["options"]["lr"] == "review"

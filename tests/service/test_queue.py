@@ -19,9 +19,8 @@ def new_jobs(store: S.Store, n: int, nproc: int = 1) -> list[int]:
     return [store.add_job("fit", "digits", {"epochs": 1}, None, None, nproc, "owner")["id"] for _ in range(n)]
 
 
-def test_two_stores_racing_for_the_same_jobs_claim_each_exactly_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    stores = [S.Store(url), S.Store(url)]  # two services' engines on one database file
+def test_two_stores_racing_for_the_same_jobs_claim_each_exactly_once(store_url):
+    stores = [S.Store(store_url), S.Store(store_url)]  # two services' engines on one database
     ids = new_jobs(stores[0], 40)
     won: dict[int, list[str]] = {i: [] for i in ids}
 
@@ -38,8 +37,8 @@ def test_two_stores_racing_for_the_same_jobs_claim_each_exactly_once(tmp_path):
     assert stores[1].count(S.RUNNING) == 40 and stores[1].count(S.QUEUED) == 0
 
 
-def test_a_lease_whose_holder_died_or_ran_out_is_taken_back_and_a_live_one_is_not(tmp_path):
-    store = S.Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+def test_a_lease_whose_holder_died_or_ran_out_is_taken_back_and_a_live_one_is_not(store_url):
+    store = S.Store(store_url)
     dead, expired, alive = new_jobs(store, 3)
     me = S.instance_id()
     host = me.split(":")[0]
@@ -56,8 +55,8 @@ def test_a_lease_whose_holder_died_or_ran_out_is_taken_back_and_a_live_one_is_no
     assert store.job(dead)["state"] == S.QUEUED
 
 
-def test_the_events_of_a_job_are_numbered_once_each_in_order(tmp_path):
-    store = S.Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+def test_the_events_of_a_job_are_numbered_once_each_in_order(store_url):
+    store = S.Store(store_url)
     (job_id,) = new_jobs(store, 1)
     store.add_events(job_id, [{"kind": "note", "at": 1.0, "text": "a"}, {"kind": "epoch", "row": {"loss": float("nan")}}],
                      read_to=10)

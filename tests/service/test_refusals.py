@@ -16,8 +16,9 @@ from helpers import Service, class_folders, free_port, one_line_error
 
 
 @pytest.fixture(scope="module")
-def svc(fixtures, tmp_path_factory):
-    one = Service(tmp_path_factory.mktemp("refusals"), "--data-root", fixtures, "--max-upload-mb", "1")
+def svc(fixtures, tmp_path_factory, module_store_url):
+    one = Service(tmp_path_factory.mktemp("refusals"), "--data-root", fixtures, "--max-upload-mb", "1",
+                  db=module_store_url)
     yield one
     one.stop()
 

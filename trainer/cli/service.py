@@ -34,7 +34,8 @@ def service(
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs the token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8100,
     db: Annotated[Optional[str], typer.Option(
-        help="The job store's SQLAlchemy URL \\[default: sqlite:///STATE/jobs.db].", show_default=False)] = None,
+        help="The job store's SQLAlchemy URL; PostgreSQL: postgresql://USER@HOST/DB (the postgres extra) "
+             "\\[default: sqlite:///STATE/jobs.db].", show_default=False)] = None,
     devices: Annotated[str, typer.Option(
         help="auto (every GPU, else the CPU), cpu, or GPU indices such as 0,1.")] = "auto",
     slots: Annotated[Optional[int], typer.Option(

@@ -55,7 +55,7 @@ def run_service(host: str, port: int, db: str | None, devices: str, slots: int |
     require("service", "trainer service")
     from trainer.service import auth
     from trainer.service.runner import Runner, Settings
-    from trainer.service.store import Store
+    from trainer.service.store import Store, shown
 
     auth.check_binding(host, not no_auth)
     if backend not in BACKENDS:
@@ -97,9 +97,13 @@ def run_service(host: str, port: int, db: str | None, devices: str, slots: int |
     url = db or f"sqlite:///{(state / 'jobs.db').resolve()}"
     try:
         store = Store(url)
+    except BadInput:
+        raise  # its own line: a store of a newer trainer, a missing driver
     except Exception as e:
-        raise BadInput(f"--db {url}: cannot open the job store ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                       f"check the URL and that the database is up") from None
+        raise BadInput(f"--db {shown(url)}: cannot open the job store ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0]}); check the URL and that the database is up") from None
+    if store.migrated:
+        print(f"store: {store.migrated}", flush=True)
     token = None
     if not no_auth:
         token, path, made = auth.service_token(state)

@@ -7,20 +7,28 @@ out, or whose holder is a process that no longer exists on this host, is taken b
 its last checkpoint. So two services on one store never run the same job, and a job outlives any process.
 
 Every event a job published is a row (job, seq): server-sent events replay from any `Last-Event-ID`.
-SQLAlchemy 2 Core, so the store is a URL: SQLite by default (WAL, a busy timeout), another database later.
+SQLAlchemy 2 Core, so the store is a URL: SQLite by default (WAL, a busy timeout), or PostgreSQL (psycopg 3),
+which several services on several machines share. Its schema is migrated by Alembic (trainer/service/migrations/):
+opening a store brings it to the newest revision.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import socket
 import time
 import uuid
 from pathlib import Path
 
-from sqlalchemy import (Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        create_engine, delete, event, func, insert, select, update)
+from sqlalchemy import (BigInteger, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, delete, event, func, insert, select, update)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from trainer.errors import BadInput
 
 # The states of a job. `cancelled` (the user stopped it) and `interrupted` (the service stopped it, or lost
 # it) keep their run directory's checkpoint and can be resumed; an interrupted job continues by itself when a
@@ -34,7 +42,15 @@ RESUMABLE = (CANCELLED, INTERRUPTED, FAILED)
 
 LEASE_SECONDS = 30.0  # a claim not renewed for this long is taken back by any service on the store
 BUSY_TIMEOUT_MS = 30_000  # SQLite: how long a writer waits for another one before giving up
+# PostgreSQL aborts one of two transactions to break a deadlock (40P01) or, above READ COMMITTED, a serialization
+# conflict (40001); the aborted one rolled back whole, so it is run again, up to this many times in all.
+RETRIED_SQLSTATES = ("40P01", "40001")
+TRANSACTION_TRIES = 5
 
+# A count of bytes: past 2 GiB, so 64-bit; SQLite's INTEGER is 64-bit already (migration 0003 leaves it be).
+BYTE_COUNT = BigInteger().with_variant(Integer(), "sqlite")
+
+# The newest revision's schema (trainer/service/migrations/versions/ makes it: a change here is a new revision there).
 metadata = MetaData()
 
 jobs = Table(
@@ -62,7 +78,7 @@ jobs = Table(
     Column("pid", Integer),  # its process, on the lease owner's host
     Column("devices", String(64)),  # what it runs on: "cpu" or the GPU indices, as CUDA_VISIBLE_DEVICES
     Column("node", String(255)),  # the machine its current or last attempt runs on (a Ray node, or this host)
-    Column("events_read", Integer, nullable=False, default=0),  # bytes of its event log already stored
+    Column("events_read", BYTE_COUNT, nullable=False, default=0),  # bytes of its event log already stored
     Column("last_seq", Integer, nullable=False, default=0),  # its newest event's number
     Index("ix_jobs_state_id", "state", "id"),
 )
@@ -86,7 +102,7 @@ datasets = Table(
     Column("path", Text, nullable=False),  # the extracted dataset folder
     Column("classes", Text, nullable=False),  # JSON {class: images}
     Column("images", Integer, nullable=False),
-    Column("bytes", Integer, nullable=False),  # the archive's size
+    Column("bytes", BYTE_COUNT, nullable=False),  # the archive's size
     Column("sha256", String(64), nullable=False),
     Column("owner", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
@@ -142,6 +158,23 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def shown(url: str) -> str:
+    """The URL as messages show it: its password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def with_driver(url: str) -> str:
+    """postgresql://... with no driver named means psycopg 3, the one the postgres extra installs (SQLAlchemy's
+    own default is psycopg2)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
 def engine_for(url: str):
     """The database at `url`; SQLite in WAL mode (readers never wait for the writer) with a busy timeout."""
     if (path := sqlite_path(url)) is not None:
@@ -157,7 +190,32 @@ def engine_for(url: str):
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             cursor.close()
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        # pre-ping: a pooled connection the server dropped (a restart, a failover) is replaced, not used
+        return create_engine(with_driver(url), pool_pre_ping=True)
+    except ModuleNotFoundError as e:
+        if with_driver(url).startswith("postgresql+psycopg://"):
+            from trainer.extras import require
+
+            require("postgres", f"the job store {shown(url)}")
+        raise BadInput(f"the job store {shown(url)} needs the Python module {e.name}, which is missing; install "
+                       f"that database's driver") from None
+
+
+def retried(method):
+    """Run a store transaction again when PostgreSQL aborted it to break a deadlock or a serialization conflict
+    with another service's (it rolled back whole, so running it again is safe); a request never fails for it."""
+    @functools.wraps(method)
+    def transaction(*args, **kwargs):
+        for attempt in range(1, TRANSACTION_TRIES + 1):
+            try:
+                return method(*args, **kwargs)
+            except DBAPIError as e:
+                code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+                if code not in RETRIED_SQLSTATES or attempt == TRANSACTION_TRIES:
+                    raise
+                time.sleep(random.uniform(0, 0.01 * 2 ** attempt))  # apart, so they do not collide again
+    return transaction
 
 
 def loads(text: str | None):
@@ -183,40 +241,16 @@ class Store:
     """The jobs, their events and the datasets, through one engine. Every method is one transaction."""
 
     def __init__(self, url: str):
+        from trainer.service import migrations
+
         self.url = url
         self.engine = engine_for(url)
-        metadata.create_all(self.engine)  # the tables that are missing; never a column of an existing one
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> list[str]:
-        """ALTER TABLE ... ADD COLUMN for each nullable column of the metadata that an existing table lacks (a
-        database made by an older version); the "table.column" names added. SQLite and PostgreSQL both take it.
-        A second service doing the same at the same moment is no error: its column is there, as wanted."""
-        from sqlalchemy import inspect, text
-        from sqlalchemy.exc import DBAPIError
-
-        added = []
-        quote = self.engine.dialect.identifier_preparer.quote
-        for table in metadata.sorted_tables:
-            have = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                if not column.nullable or column.primary_key:
-                    raise RuntimeError(f"the store's table {table.name} lacks the column {column.name}, which cannot "
-                                       f"be added to existing rows (it is not nullable); migrate the database")
-                kind = column.type.compile(dialect=self.engine.dialect)
-                try:
-                    with self.engine.begin() as db:
-                        db.execute(text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}"))
-                except DBAPIError:
-                    if column.name not in {c["name"] for c in inspect(self.engine).get_columns(table.name)}:
-                        raise
-                added.append(f"{table.name}.{column.name}")
-        return added
+        # the schema brought to the newest revision, by one service at a time; what that took, in words
+        self.migrated = migrations.to_head(self.engine, shown(url))
 
     # --- jobs ---------------------------------------------------------------------------------------------
 
+    @retried
     def add_job(self, command: str, recipe: str, options: dict, data: str | None, dataset: str | None, nproc: int,
                 owner: str, dataset_version: int | None = None) -> dict:
         now = time.time()
@@ -229,11 +263,13 @@ class Store:
             self._event(db, job_id, "state", {"state": QUEUED}, now)
         return self.job(job_id)
 
+    @retried
     def job(self, job_id: int) -> dict | None:
         with self.engine.connect() as db:
             row = db.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         return job_dict(row) if row else None
 
+    @retried
     def list_jobs(self, state: str | None = None, recipe: str | None = None, limit: int = 50,
                   offset: int = 0) -> tuple[list[dict], int]:
         """Newest first, with the total that match."""
@@ -247,17 +283,20 @@ class Store:
             rows = db.execute(select(jobs).where(*where).order_by(jobs.c.id.desc()).limit(limit).offset(offset))
             return [job_dict(r) for r in rows.mappings()], total
 
+    @retried
     def count(self, *states: str, owner: str | None = None) -> int:
         where = [jobs.c.state.in_(states)] + ([jobs.c.owner == owner] if owner else [])
         with self.engine.connect() as db:
             return db.execute(select(func.count()).select_from(jobs).where(*where)).scalar_one()
 
+    @retried
     def queued(self) -> list[dict]:
         """The queue, first come first."""
         with self.engine.connect() as db:
             rows = db.execute(select(jobs).where(jobs.c.state == QUEUED).order_by(jobs.c.id))
             return [job_dict(r) for r in rows.mappings()]
 
+    @retried
     def claim(self, job_id: int, owner: str, devices: str) -> bool:
         """Take a queued job (compare-and-set: of two services, exactly one wins)."""
         now = time.time()
@@ -270,6 +309,7 @@ class Store:
                 self._event(db, job_id, "state", {"state": RUNNING, "devices": devices}, now)
         return won
 
+    @retried
     def heartbeat(self, job_ids: list[int], owner: str) -> set[int]:
         """Renew the leases of these jobs; the ids still held (a lease taken back meanwhile is lost)."""
         if not job_ids:
@@ -282,6 +322,7 @@ class Store:
                                                       jobs.c.state.in_(ACTIVE)))
             return {r[0] for r in held}
 
+    @retried
     def placed(self, job_id: int, owner: str, where: dict) -> None:
         """The attempt's process started (`where`: backend, node, devices, pid): a `placed` event, under the lease."""
         now = time.time()
@@ -290,6 +331,7 @@ class Store:
                     **placement_columns(where))).rowcount:
                 self._event(db, job_id, "placed", where, now)
 
+    @retried
     def orphans(self) -> list[dict]:
         """Jobs some service held that no live service holds any more: a lease run out, or its holder dead."""
         now = time.time()
@@ -297,6 +339,7 @@ class Store:
             rows = db.execute(select(jobs).where(jobs.c.state.in_(ACTIVE))).mappings().all()
         return [job_dict(r) for r in rows if (r["lease_expires"] or 0) < now or holder_gone(r["lease_owner"])]
 
+    @retried
     def take_back(self, job: dict, to_state: str, error: str | None = None) -> bool:
         """An orphan back in the queue (or ended, if it was being cancelled); False if someone else did it first."""
         now = time.time()
@@ -311,6 +354,7 @@ class Store:
                             {"state": to_state}, now)
         return moved
 
+    @retried
     def request_stop(self, job_id: int, reason: str) -> dict | None:
         """Cancel: a queued job ends now; a running one is told to stop (its service sends SIGTERM)."""
         now = time.time()
@@ -323,11 +367,13 @@ class Store:
                 self._event(db, job_id, "state", {"state": STOPPING}, now)
         return self.job(job_id)
 
+    @retried
     def mark_stopping(self, job_id: int, owner: str, reason: str) -> None:
         with self.engine.begin() as db:
             db.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner,
                                           jobs.c.state == RUNNING).values(state=STOPPING, stop=reason))
 
+    @retried
     def requeue(self, job_id: int) -> bool:
         """Resume: a cancelled, interrupted or failed job back in the queue (it continues from its checkpoint)."""
         with self.engine.begin() as db:
@@ -337,6 +383,7 @@ class Store:
                 self._event(db, job_id, "state", {"state": QUEUED}, time.time())
         return moved
 
+    @retried
     def finish(self, job_id: int, owner: str, state: str, error: str | None = None, failed: bool = False) -> bool:
         """The attempt ended: the job's new state (queued again after a first failure), under its lease."""
         now = time.time()
@@ -353,6 +400,7 @@ class Store:
                 self._event(db, job_id, "state", {"state": state, **({"error": error} if error else {})}, now)
         return done
 
+    @retried
     def delete_job(self, job_id: int) -> bool:
         with self.engine.begin() as db:  # the job first, under its state guard: a job that started stays whole
             if db.execute(delete(jobs).where(jobs.c.id == job_id, jobs.c.state.notin_(ACTIVE))).rowcount != 1:
@@ -368,10 +416,12 @@ class Store:
         db.execute(insert(job_events).values(job_id=job_id, seq=seq, kind=kind, data=dumps(data), at=at))
         return seq
 
+    @retried
     def add_events(self, job_id: int, lines: list[dict], read_to: int) -> None:
         """Events from the job's log, stored with how far the log was read, in one transaction: each once."""
         with self.engine.begin() as db:
-            for item in lines:
+            for line in lines:
+                item = dict(line)  # popped from a copy: a retried transaction reads the lines again
                 kind, at = item.pop("kind"), item.pop("at", time.time())
                 self._event(db, job_id, kind, item, at)
                 if kind in ("run_started", "lr_review") and item.get("run_dir"):  # lr_review: before training
@@ -380,6 +430,7 @@ class Store:
                     db.execute(update(jobs).where(jobs.c.id == job_id).values(**placement_columns(item)))
             db.execute(update(jobs).where(jobs.c.id == job_id).values(events_read=read_to))
 
+    @retried
     def events(self, job_id: int, after: int = 0, limit: int = 1000) -> list[dict]:
         with self.engine.connect() as db:
             rows = db.execute(select(job_events.c.seq, job_events.c.kind, job_events.c.data, job_events.c.at)
@@ -387,6 +438,7 @@ class Store:
                               .order_by(job_events.c.seq).limit(limit))
             return [{"id": r.seq, "kind": r.kind, "at": r.at, **json.loads(r.data)} for r in rows]
 
+    @retried
     def latest_event(self, job_id: int, kind: str) -> dict | None:
         with self.engine.connect() as db:
             row = db.execute(select(job_events.c.seq, job_events.c.data).where(
@@ -396,17 +448,20 @@ class Store:
 
     # --- datasets -----------------------------------------------------------------------------------------
 
+    @retried
     def add_dataset(self, **values) -> dict:
         with self.engine.begin() as db:
             db.execute(insert(datasets).values(classes=dumps(values.pop("classes")), created_at=time.time(),
                                                **values))
         return self.dataset(values["id"])
 
+    @retried
     def dataset(self, dataset_id: str) -> dict | None:
         with self.engine.connect() as db:
             row = db.execute(select(datasets).where(datasets.c.id == dataset_id)).mappings().first()
         return dataset_dict(row) if row else None
 
+    @retried
     def list_datasets(self) -> list[dict]:
         with self.engine.connect() as db:
             return [dataset_dict(r) for r in db.execute(select(datasets).order_by(datasets.c.created_at.desc()))
@@ -414,6 +469,7 @@ class Store:
 
     # --- dataset versions ---------------------------------------------------------------------------------
 
+    @retried
     def add_version(self, dataset_id: str, version: int, parent: int, changes: list, path: str, classes: dict,
                     owner: str, note: str | None) -> dict:
         """A new version (IntegrityError if that number is taken)."""
@@ -423,6 +479,7 @@ class Store:
                 classes=dumps(classes), images=sum(classes.values()), owner=owner, created_at=time.time(), note=note))
         return self.version(dataset_id, version)
 
+    @retried
     def versions(self, dataset_id: str) -> list[dict]:
         """Every version of a dataset, version 1 (the dataset itself) first; [] when there is no such dataset."""
         first = self.dataset(dataset_id)
@@ -433,6 +490,7 @@ class Store:
                               .order_by(dataset_versions.c.version)).mappings().all()
         return [first_version(first), *(version_dict(r) for r in rows)]
 
+    @retried
     def version(self, dataset_id: str, version: int) -> dict | None:
         if version == 1:
             first = self.dataset(dataset_id)
@@ -442,6 +500,7 @@ class Store:
                                                             dataset_versions.c.version == version)).mappings().first()
         return version_dict(row) if row else None
 
+    @retried
     def delete_dataset(self, dataset_id: str) -> bool:
         """The dataset and its versions gone from the store, unless a queued or running job trains on it (then
         False, nothing deleted): one transaction, so no job can claim it half-deleted."""
@@ -454,6 +513,7 @@ class Store:
             db.execute(delete(datasets).where(datasets.c.id == dataset_id))
         return True
 
+    @retried
     def latest_version(self, dataset_id: str) -> int:
         """The newest version's number (1 when the dataset has no other)."""
         with self.engine.connect() as db:
