@@ -47,6 +47,8 @@ def test_has_sees_a_module_that_is_not_there(monkeypatch):
      "--tensorboard needs the tensorboard extra (tensorboard is missing): pip install 'trainer[tensorboard]'"),
     ("mlflow", "--mlflow", "mlflow",
      "--mlflow needs the mlflow extra (mlflow is missing): pip install 'trainer[mlflow]'"),
+    ("ray", "trainer service --backend ray", "ray",
+     "trainer service --backend ray needs the ray extra (ray is missing): pip install 'trainer[ray]'"),
 ])
 def test_require_names_the_missing_module_and_the_pip_command(extra, what, missing, message, monkeypatch):
     extras.require(extra, what)  # installed here: nothing raised

@@ -10,7 +10,7 @@ from helpers import run_python
 
 import trainer
 
-HEAVY = ("torch", "fastai", "torchvision", "matplotlib", "mlflow")
+HEAVY = ("torch", "fastai", "torchvision", "matplotlib", "mlflow", "ray")
 LIGHT = ["trainer", "trainer.cli", "trainer.config", "trainer.recipes", "trainer.errors", "trainer.extras",
          "trainer.files", "trainer.runs", "trainer.runs.rundir", "trainer.runs.store", "trainer.runs.listing",
          "trainer.runs.split", "trainer.runs.report", "trainer.data", "trainer.data.locations", "trainer.data.source",
@@ -18,7 +18,8 @@ LIGHT = ["trainer", "trainer.cli", "trainer.config", "trainer.recipes", "trainer
          "trainer.service.store", "trainer.service.jobs", "trainer.service.runner", "trainer.service.app",
          "trainer.service.main", "trainer.service.client", "trainer.service.datasets",
          "trainer.service.versions", "trainer.service.losses", "trainer.service.tasks", "trainer.service.pages",
-         "trainer.service.migrations"]
+         "trainer.service.migrations", "trainer.service.backends", "trainer.service.backends.local",
+         "trainer.service.backends.ray_cluster"]  # Ray only once the service joins a cluster
 PACKAGE = Path(trainer.__file__).parent
 
 
