@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from trainer.service.client import parse_stream  # noqa: E402
 
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray on 127.0.0.1 only
+HEAD_IP = "127.0.0.2"  # a loopback address Ray takes as the node's (it would swap 127.0.0.1 for the outward one)
 OPTIONS = {"arch": "resnet18", "pretrained": False, "epochs": 1, "bs": 64, "interpret": False}
 
 
@@ -71,13 +71,12 @@ def cpu_name() -> str:
 def start_head(temp: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                             "--node-ip-address", "127.0.0.1", "--port", str(port), "--ray-client-server-port",
+                             "--node-ip-address", HEAD_IP, "--port", str(port), "--ray-client-server-port",
                              str(free_port()), "--num-cpus", "2", "--include-dashboard=false",
                              "--disable-usage-stats", "--object-store-memory", "100000000", "--temp-dir", temp],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, **LOOPBACK})
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     wait_for_line(head, "Ray runtime started")
-    return head, f"127.0.0.1:{port}"
+    return head, f"{HEAD_IP}:{port}"
 
 
 def stop(popen: subprocess.Popen, timeout: float = 120) -> None:
@@ -92,11 +91,11 @@ def stop(popen: subprocess.Popen, timeout: float = 120) -> None:
 
 def measure(root: Path, backend: list[str], jobs: int) -> list[dict]:
     port = free_port()
+    root.mkdir(parents=True)
     service = subprocess.Popen([sys.executable, "-m", "trainer", "service", "--no-auth", "--port", str(port),
                                 "--devices", "cpu", "--state", root / "service", "--runs", root / "runs",
                                 "--data-root", root / "datasets", *backend], cwd=root, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**os.environ, **LOOPBACK,
-                                                                         "TRAINER_OFFLINE": "1"})
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "TRAINER_OFFLINE": "1"})
     rows = []
     try:
         wait_for_line(service, "ready: http://")
