@@ -99,6 +99,13 @@ def test_bad_input_is_one_line_4xx_and_nothing_is_stored(svc, tmp_path):
     refused(upload("one.zip", zip_of({"cats/a.png": image, "cats/b.png": image})), 422, "at least 2 class folders")
     refused(upload("photos.rar", b"x"), 422, "not a .zip, .tgz")
     refused(upload("empty.zip", b""), 422, "empty")
+    refused(upload("x" * 300 + ".zip", zip_of({"cats/a.png": image, "dogs/b.png": image})), 422,
+            "at most 255 printable characters (got 304)")
+    # what PostgreSQL's text cannot hold (a NUL) is the request's fault, on every store: a 4xx, never a 500
+    assert svc.http.get("/datasets/abc%00").status_code in (404, 422)
+    refused(post("/jobs", json={**good, "data": "mnist\u0000sample"}), 422, '"data" holds a NUL character')
+    refused(post("/jobs", json={**good, "options": {"name": "a\u0000b"}}), 422, "--name holds a NUL character")
+    refused(post("/jobs", json={**good, "dataset": "ab\u0000", "data": None}), 422, '"dataset" holds a NUL')
 
     assert svc.http.get("/jobs").json()["total"] == 0
     assert svc.http.get("/datasets").json()["datasets"] == []

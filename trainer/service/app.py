@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DataError
 from fastapi.sse import format_sse_event
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -106,6 +107,12 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     @app.exception_handler(BadInput)
     async def bad_input(_request, error: BadInput):
         return one_line(413 if isinstance(error, datasets.TooLarge) else 422, str(error))
+
+    @app.exception_handler(DataError)
+    async def unstorable(_request, error: DataError):  # a value the database's column cannot hold: the input's
+        first = (str(error.orig).strip().splitlines() or [""])[0][:200]
+        return one_line(422, f"a value in this request cannot be stored ({first}); send text without NUL "
+                             f"characters, within the documented limits")
 
     @app.exception_handler(Exception)
     async def failure(_request, error: Exception):  # a bug or the store away: one line, the service goes on

@@ -20,8 +20,14 @@ class TooLarge(BadInput):
     """An upload over the service's limit (HTTP 413)."""
 
 
+NAME_MAX = 255  # characters: the store's datasets.name
+
+
 def check_name(filename: str) -> str:
     name = Path(filename or "").name
+    if len(name) > NAME_MAX or not name.isprintable():
+        raise BadInput(f"the archive's file name must be at most {NAME_MAX} printable characters (got "
+                       f"{len(name)}{', with control characters' if not name.isprintable() else ''}); rename it")
     if not name.lower().endswith(SUFFIXES):
         raise BadInput(f"'{filename}' is not a .zip, .tgz, .tar.gz or .tar archive; upload the dataset as one of "
                        f"those (e.g. `zip -r photos.zip photos`)")

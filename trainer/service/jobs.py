@@ -57,6 +57,13 @@ def typed(name: str, kind: type, value):
         raise BadInput(f"{flag} must be a number, got {value!r}")
     if not isinstance(value, str):
         raise BadInput(f"{flag} must be text, got {value!r}")
+    return no_nul(flag, value)
+
+
+def no_nul(what: str, value: str) -> str:
+    """Text that can become a command-line word and a stored value: a NUL can be neither."""
+    if "\0" in value:
+        raise BadInput(f"{what} holds a NUL character; send it without one")
     return value
 
 
@@ -137,7 +144,7 @@ def check_submission(body: dict, *, data_root: Path, dataset_path, devices_total
             raise BadInput("dataset_version must be a version (1, 2, ...) of the job's \"dataset\"")
     folder = None
     if dataset is not None:
-        found = dataset_path(str(dataset), version)
+        found = dataset_path(no_nul('"dataset"', str(dataset)), version)
         if found is None:
             raise BadInput(f"no uploaded dataset '{dataset}'; upload it with POST /datasets (or `trainer submit "
                            f"--data ARCHIVE`) and use the id it returns" if version is None else
@@ -170,6 +177,7 @@ def under_root(data_root: Path, name) -> Path:
     out)."""
     if not isinstance(name, str) or not name.strip():
         raise BadInput("\"data\" must name a folder under the service's data root, e.g. \"photos\"")
+    no_nul('"data"', name)
     root = data_root.resolve()
     folder = (root / name).resolve()
     if Path(name).is_absolute() or not folder.is_relative_to(root) or folder == root:
