@@ -124,3 +124,18 @@ def test_how_an_attempt_ends(row, code, state, tmp_path):
 def test_finished_run_is_success(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
     assert outcome(job(run_dir=str(tmp_path)), 0, Path("missing.log"))[0] == S.SUCCEEDED
+
+
+def test_a_dataset_a_queued_running_or_interrupted_job_trains_on_is_not_deleted(store_url):
+    store = S.Store(store_url)
+    store.add_dataset(id="abc", name="a.zip", recipe="folder", path="/d", classes={"a": 1, "b": 1}, images=2,
+                      bytes=10, sha256="0" * 64, owner="o")
+    job = store.add_job("fit", "folder", {}, "/d", "abc", 1, "o")
+    assert not store.delete_dataset("abc")  # queued
+    store.claim(job["id"], "host:1:x", "cpu")
+    assert not store.delete_dataset("abc")  # running
+    assert store.take_back(store.job(job["id"]), S.INTERRUPTED)
+    assert not store.delete_dataset("abc")  # interrupted: it continues by itself at the next start
+    store.requeue(job["id"])
+    assert store.request_stop(job["id"], "cancel")["state"] == S.CANCELLED
+    assert store.delete_dataset("abc") and store.dataset("abc") is None  # ended: the user's to delete

@@ -127,6 +127,7 @@ def test_the_same_archive_twice_is_one_dataset_with_its_class_counts(svc, tmp_pa
             422, "not in the 'mnist_sample' layout")
     job = svc.http.post("/jobs", json={"recipe": "folder", "dataset": dataset["id"], "options": {"epochs": 1}})
     assert job.status_code == 201 and job.json()["dataset"] == dataset["id"], job.text
+    refused(svc.http.delete(f"/datasets/{dataset['id']}"), 409, "used by a queued, running or interrupted job")
     assert svc.http.post(f"/jobs/{job.json()['id']}/cancel").json()["state"] in ("cancelled", "stopping")
 
 

@@ -591,14 +591,14 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
     @app.delete("/datasets/{dataset_id}")
     def delete_dataset(dataset_id: str, _owner: str = Depends(authorized)):
         """Delete an uploaded dataset and its versions (the files under the service's state). Jobs trained on it
-        keep their runs; a queued or running one on it must end first (409). A data-root folder that was
+        keep their runs; a queued, running or interrupted one on it must end first (409). A data-root folder that was
         registered by cleaning keeps its own files: only its versions go."""
         found = store.dataset(dataset_id)
         if found is None:
             raise Refused(404, f"no dataset '{dataset_id}'; GET /datasets lists them")
         if not store.delete_dataset(dataset_id):
-            raise Refused(409, f"dataset {dataset_id} is used by a queued or running job; cancel it or wait until "
-                               f"it has ended")
+            raise Refused(409, f"dataset {dataset_id} is used by a queued, running or interrupted job; cancel it "
+                               f"or wait until it has ended")
         owned = (settings.state / "datasets" / dataset_id).resolve()
         if owned.is_relative_to((settings.state / "datasets").resolve()):
             shutil.rmtree(owned, ignore_errors=True)  # the upload and its .versions/; never a data-root folder

@@ -502,11 +502,12 @@ class Store:
 
     @retried
     def delete_dataset(self, dataset_id: str) -> bool:
-        """The dataset and its versions gone from the store, unless a queued or running job trains on it (then
-        False, nothing deleted): one transaction, so no job can claim it half-deleted."""
+        """The dataset and its versions gone from the store, unless a job that is queued, running, or interrupted
+        (which continues by itself at the next start) trains on it: then False, nothing deleted. One transaction,
+        so no job can claim it half-deleted."""
         with self.engine.begin() as db:
             busy = db.execute(select(func.count()).select_from(jobs).where(
-                jobs.c.dataset == dataset_id, jobs.c.state.in_(ACTIVE))).scalar_one()
+                jobs.c.dataset == dataset_id, jobs.c.state.in_((QUEUED, INTERRUPTED, *ACTIVE)))).scalar_one()
             if busy:
                 return False
             db.execute(delete(dataset_versions).where(dataset_versions.c.dataset_id == dataset_id))
