@@ -11,7 +11,16 @@ process group: it checkpoints and stops), `kill()`, `wait()`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+
+def signal_group(pid: int, signum: int) -> None:
+    """`signum` to the job's whole process group (its process leads one: torchrun and its workers are in it)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 @dataclass(frozen=True)

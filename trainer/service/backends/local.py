@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from trainer.service.backends import Exit, Placement
+from trainer.service.backends import Exit, Placement, signal_group
 
 
 def parent_death_signal(signum: int = signal.SIGTERM):
@@ -40,17 +40,11 @@ class LocalAttempt:
         code = self.popen.poll()
         return None if code is None else Exit(code)
 
-    def _signal(self, signum: int) -> None:
-        try:
-            os.killpg(self.popen.pid, signum)
-        except ProcessLookupError:
-            pass
-
     def stop(self) -> None:
-        self._signal(signal.SIGTERM)  # the run checkpoints at its next batch and stops
+        signal_group(self.popen.pid, signal.SIGTERM)  # the run checkpoints at its next batch and stops
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+        signal_group(self.popen.pid, signal.SIGKILL)
 
     def wait(self) -> Exit:
         return Exit(self.popen.wait())

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from trainer.errors import BadInput
-from trainer.service.backends import Exit, Placement
+from trainer.service.backends import Exit, Placement, signal_group
 from trainer.service.backends.local import parent_death_signal
 
 # The service's variables a job's process sees on any node, over the node's own environment: what trainer
@@ -71,43 +71,49 @@ def append_event(log: Path, event: dict) -> None:
 
 def run_attempt(command: list[str], extra: dict, gpu_job: bool, event_log: str, output: str) -> int:
     """One attempt of a job, run by Ray on the node it chose: the job's `trainer` command with this node's
-    Python; its exit code. Publishes a `placed` event (node, GPUs, pids) as the process starts."""
+    Python; its exit code. Publishes a `placed` event (node, GPUs, pids) as the process starts. Whatever ends the
+    task, the process does not outlive it."""
     import ray
 
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()] if gpu_job else []
-    env = job_environment(dict(os.environ), extra, gpu_ids)
-    command = [sys.executable, *command[1:]]  # the node's own Python, with trainer installed beside Ray
-    with open(output, "ab") as out:
-        out.write(f"$ trainer {' '.join(command[3:])}   (Ray node {socket.gethostname()})\n".encode())
-        out.flush()
-        popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                 start_new_session=True, preexec_fn=parent_death_signal(signal.SIGKILL))
-    append_event(Path(event_log), {
-        "kind": "placed", "at": time.time(), "backend": "ray", "node": socket.gethostname(),
-        "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
-        "devices": ",".join(gpu_ids) or "cpu", "pid": popen.pid, "worker_pid": os.getpid()})
-    # Ray's cancel interrupts the main thread as SIGINT would, through the SIGINT handler: Ray's workers ignore
-    # SIGINT (so a Ctrl-C at `ray start` spares them), so the task puts Python's own back while it runs.
+    # Ray's cancel interrupts the main thread as SIGINT would, through the SIGINT handler; Ray's workers ignore
+    # SIGINT when `ray start` ran in a script's background, so the task puts Python's own back while it runs
     try:
         ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread (a threaded actor): Ray's cancel has no interrupt to send there
         ignored = None
+    popen = None
     try:
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()] if gpu_job else []
+        env = job_environment(dict(os.environ), extra, gpu_ids)
+        command = [sys.executable, *command[1:]]  # the node's own Python, with trainer installed beside Ray
+        with open(output, "ab") as out:
+            out.write(f"$ trainer {' '.join(command[3:])}   (Ray node {socket.gethostname()})\n".encode())
+            out.flush()
+            popen = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True, preexec_fn=parent_death_signal(signal.SIGKILL))
+        append_event(Path(event_log), {
+            "kind": "placed", "at": time.time(), "backend": "ray", "node": socket.gethostname(),
+            "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+            "devices": ",".join(gpu_ids) or "cpu", "pid": popen.pid, "worker_pid": os.getpid()})
         while True:
             try:
                 return popen.wait(timeout=POLL)  # a timed wait: the interrupt lands between two looks
             except subprocess.TimeoutExpired:
                 continue
-    except KeyboardInterrupt:  # ray.cancel: the service stops the job; it checkpoints at its next batch
-        try:
-            os.killpg(popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    except KeyboardInterrupt:  # ray.cancel: the service stops the job; it checkpoints at its next batch and stops
+        if popen is None:
+            raise  # cancelled before its process started: nothing to stop
+        signal_group(popen.pid, signal.SIGTERM)
         while True:
             try:
                 return popen.wait()
             except KeyboardInterrupt:
                 continue
+    except BaseException:  # the task failed around a running process (its log unwritable...): it goes too
+        if popen is not None and popen.poll() is None:
+            signal_group(popen.pid, signal.SIGKILL)
+            popen.wait()
+        raise
     finally:
         if ignored is not None:
             signal.signal(signal.SIGINT, ignored)  # the worker runs other tasks after this one
