@@ -1,5 +1,6 @@
-"""The service's Ray backend on a real Ray cluster (`ray start --head`, on this machine's loopback): jobs placed
-by Ray, a killed Ray worker survived, a cancel passed on through Ray, and the refusals at start."""
+"""The service's Ray backend on a real Ray cluster (`ray start`: three nodes on this machine's loopback addresses):
+jobs placed by Ray, a killed Ray worker and a lost node survived, a cancel passed on through Ray, the refusals at
+start, and the environment a job gets on its node."""
 
 from __future__ import annotations
 
