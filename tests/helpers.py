@@ -326,3 +326,27 @@ class Service:
         if self.http is not None:
             self.http.close()
         self.process.stop()
+
+
+LOSSES = ("train_loss", "valid_loss", "error_rate")  # what an interrupted job must reproduce
+
+
+def metrics(run_dir) -> list[dict]:
+    """A run's metrics.csv rows."""
+    import csv
+
+    with open(Path(run_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_training(run_dir, reference) -> None:
+    """Every epoch once, with the uninterrupted run's losses and metrics."""
+    import json
+
+    got, want = metrics(run_dir), metrics(reference)
+    assert [int(r["epoch"]) for r in got] == list(range(1, len(want) + 1)), got
+    for row, expected in zip(got, want):
+        for column in LOSSES:
+            assert abs(float(row[column]) - float(expected[column])) < 1e-4, (column, row, expected)
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    assert summary["epochs_run"] == len(want)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -12,12 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import Service, run_dir_of
+from helpers import Service, assert_same_training, metrics, run_dir_of
 
 # Every job here trains the same tiny run: 24 images, 3 batches an epoch, a few seconds.
 OPTIONS = {"arch": "resnet18", "pretrained": False, "epochs": 6, "bs": 8, "interpret": False}
 FLAGS = ["--arch", "resnet18", "--no-pretrained", "--epochs", "6", "--bs", "8", "--no-interpret"]
-LOSSES = ("train_loss", "valid_loss", "error_rate")
 
 
 @pytest.fixture(scope="session")
@@ -41,26 +39,10 @@ def service(fixtures, isolated, store_url):
         one.stop()
 
 
-def metrics(run_dir: Path) -> list[dict]:
-    with open(Path(run_dir) / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def assert_resumed(run_dir) -> None:
     """Continued from its checkpoint (a fresh start would reach the same losses too: training is deterministic)."""
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     assert summary.get("resumed_after_epoch", 0) >= 1, summary
-
-
-def assert_same_training(run_dir, reference: Path) -> None:
-    """Every epoch once, with the uninterrupted run's losses and metrics."""
-    got, want = metrics(run_dir), metrics(reference)
-    assert [int(r["epoch"]) for r in got] == list(range(1, len(want) + 1)), got
-    for row, expected in zip(got, want):
-        for column in LOSSES:
-            assert abs(float(row[column]) - float(expected[column])) < 1e-4, (column, row, expected)
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    assert summary["epochs_run"] == len(want)
 
 
 def test_three_jobs_on_one_slot_run_in_order_and_write_what_trainer_fit_writes(service, fixtures, reference, isolated):

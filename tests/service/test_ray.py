@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import Process, Service, free_port
+from helpers import Process, Service, assert_same_training, free_port, metrics
 
 from trainer.service.backends import Exit
 from trainer.service.backends.ray_cluster import forwarded_environment, job_environment
@@ -25,7 +25,6 @@ if os.environ.get("CI") != "true":  # CI installs the test extra, ray with it: t
 
 # digits, small: two epochs so that a job killed or cancelled after its first checkpoint has one left to resume
 OPTIONS = {"arch": "resnet18", "pretrained": False, "epochs": 2, "bs": 64, "interpret": False}
-LOSSES = ("train_loss", "valid_loss", "error_rate")
 HEAD, NODES = "127.0.0.2", ("127.0.0.3", "127.0.0.4")  # loopback addresses: three Ray nodes on this machine
 
 
@@ -88,22 +87,6 @@ def ray_service(ray_cluster, isolated):
     yield start
     for one in started:
         one.stop()
-
-
-def metrics(run_dir) -> list[dict]:
-    import csv
-
-    with open(Path(run_dir) / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def assert_same_training(run_dir, reference) -> None:
-    """Every epoch once, with the uninterrupted run's losses and metrics."""
-    got, want = metrics(run_dir), metrics(reference)
-    assert [int(r["epoch"]) for r in got] == list(range(1, len(want) + 1)), got
-    for row, expected in zip(got, want):
-        for column in LOSSES:
-            assert abs(float(row[column]) - float(expected[column])) < 1e-4, (column, row, expected)
 
 
 def alive(pid: int) -> bool:

@@ -52,12 +52,12 @@ def service(
         help="Where jobs run: local (processes on this machine) or ray (tasks on a Ray cluster; pip install "
              "'trainer\\[ray]'; --runs, --state and --data-root shared by every node).", rich_help_panel="Ray")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(
-        help="The Ray cluster (HOST:6379) \[default: $RAY_ADDRESS, else the one `ray start` "
+        help="The Ray cluster (HOST:6379) \\[default: $RAY_ADDRESS, else the one `ray start` "
              "left on this machine, else a new local one].", show_default=False, rich_help_panel="Ray")] = None,
     job_cpus: Annotated[float, typer.Option(
         min=0.01, max=1024, help="CPUs each job process asks Ray for (its torch threads).", rich_help_panel="Ray")] = 1.0,
     job_memory: Annotated[Optional[float], typer.Option(
-        min=0.01, max=1 << 20, help="Memory in GiB each job process asks Ray for \[default: none reserved].",
+        min=0.01, max=1 << 20, help="Memory in GiB each job process asks Ray for \\[default: none reserved].",
         show_default=False, rich_help_panel="Ray")] = None,
 ):
     """A training service: a job queue that survives restarts, an HTTP API (/docs), live events."""

@@ -113,8 +113,7 @@ def run_service(host: str, port: int, db: str | None, devices: str, slots: int |
         else:
             print(f"token: in {path or 'TRAINER_TOKEN'}", flush=True)
     settings = Settings(runs=runs.resolve(), state=state.resolve(), data_root=data_root.resolve(), units=units,
-                        gpus=gpus, max_upload=max_upload_mb * 2**20, max_queued=max_queued)
-    settings.cluster = cluster
+                        gpus=gpus, max_upload=max_upload_mb * 2**20, max_queued=max_queued, cluster=cluster)
     runner = Runner(store, settings, cluster)
 
     import uvicorn

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -96,7 +95,6 @@ class Child:
     log: Path
     read: int  # bytes of the event log stored
     stop_sent: float | None = None
-    placed: bool = True  # false while Ray holds the job without having started its process
 
 
 def job_folder(settings: Settings, job_id: int) -> Path:
@@ -206,11 +204,10 @@ class Runner:
         except OSError as e:
             self.store.finish(job["id"], self.owner, S.FAILED, f"could not start the job's process ({e})", True)
             return
-        child = Child(job["id"], attempt, list(placement.units), log, read, placed=attempt.pid is not None)
-        if attempt.pid is not None:  # a local process: placed as it started (a Ray task says so in its log)
-            self.store.placed(job["id"], self.owner, {"backend": "local", "node": socket.gethostname(),
+        if attempt.placed:  # a local process, placed as it started (a Ray task says so in its event log)
+            self.store.placed(job["id"], self.owner, {"backend": self.backend.name, "node": attempt.node,
                                                       "devices": placement.devices, "pid": attempt.pid})
-        self.children[job["id"]] = child
+        self.children[job["id"]] = Child(job["id"], attempt, list(placement.units), log, read)
 
     def inside_runs(self, path: Path) -> bool:
         return path.resolve().is_relative_to(self.settings.runs.resolve())
@@ -218,7 +215,7 @@ class Runner:
     def read_child_events(self, child: Child) -> None:
         child.read, kinds = self.read_events(child.job_id, child.log, child.read)
         if "placed" in kinds:
-            child.placed = True
+            child.attempt.placed = True
 
     def read_events(self, job_id: int, log: Path, read: int) -> tuple[int, set[str]]:
         """Store the whole lines of a job's event log after byte `read`: (how far it is read now, their kinds)."""

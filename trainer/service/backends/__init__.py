@@ -6,7 +6,8 @@ process and says how it exited.
   ray    a Ray task on whichever node of a Ray cluster has the job's GPUs and CPUs free (ray_cluster.py).
 
 Both hand the runner an attempt: `poll()` (None while it runs, then an Exit), `stop()` (SIGTERM to the job's
-process group: it checkpoints and stops), `kill()`, `wait()`.
+process group: it checkpoints and stops), `kill()`, `wait()`, and `placed` (whether its process has started: a
+local one at once, a Ray task when its `placed` event arrives).
 """
 
 from __future__ import annotations

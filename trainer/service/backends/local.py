@@ -31,6 +31,8 @@ def parent_death_signal(signum: int = signal.SIGTERM):
 class LocalAttempt:
     """A job's process, started by this service: its own process group (torchrun and its workers with it)."""
 
+    placed = True  # running from the moment Popen returns
+
     def __init__(self, popen: subprocess.Popen, output):
         self.popen, self.output = popen, output
         self.pid: int | None = popen.pid

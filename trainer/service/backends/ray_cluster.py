@@ -34,6 +34,7 @@ from pathlib import Path
 from trainer.errors import BadInput
 from trainer.service.backends import Exit, Placement, signal_group
 from trainer.service.backends.local import parent_death_signal
+from trainer.training.events import EVENT_LOG
 
 # The service's variables a job's process sees on any node, over the node's own environment: what trainer
 # itself reads (TRAINER_OFFLINE, FASTAI_HOME, ...), so a job behaves as it would on the service's machine.
@@ -159,10 +160,9 @@ def join_cluster(address: str | None) -> None:
 class RayAttempt:
     """An attempt as a Ray task. `placed` turns true when its `placed` event arrives (the runner reads it)."""
 
-    pid = None  # on a node of Ray's choosing: the service never signals it by pid
-
     def __init__(self, ref):
         self.ref = ref
+        self.placed = False  # Ray holds it without having started its process
         self.stopped = False
 
     def poll(self) -> Exit | None:
@@ -184,9 +184,8 @@ class RayAttempt:
                               "--job-memory or fewer per node")
         except rx.NodeDiedError:
             return Exit(None, "the Ray node running the job died", counts=False)
-        except rx.WorkerCrashedError:
-            return Exit(-signal.SIGKILL if self.stopped else None, None if self.stopped else
-                        "the Ray worker running the job died (killed, or out of memory?)")
+        except rx.WorkerCrashedError:  # also our own kill() after a stop: the job's stop reason decides then
+            return Exit(None, "the Ray worker running the job died (killed, or out of memory?)")
         except rx.RayTaskError as e:  # the task itself failed on its node: trainer missing there, a bad path...
             cause = str(e.cause if getattr(e, "cause", None) is not None else e).strip().splitlines()
             return Exit(None, f"Ray could not run the job on its node ({type(e.cause).__name__}: "
@@ -273,14 +272,14 @@ class RayBackend:
     def reserve(self, job: dict, running: list) -> Placement | None:
         """Ray's resources for `job`, unless Ray still holds an earlier job it has not placed: then it waits here
         (first come, first served), not in Ray's own queue."""
-        if any(not getattr(child, "placed", True) for child in running):
+        if any(not child.attempt.placed for child in running):
             return None
         return Placement("ray", resources=self.resources(job["nproc"]))
 
     def launch(self, job: dict, placement: Placement, command: list[str], env: dict, output: Path) -> RayAttempt:
         extra = {**self.service_env, **env, "TRAINER_DATA": str(self.data_root), "PYTHONUNBUFFERED": "1"}
         ref = self.remote.options(name=f"trainer job {job['id']} attempt {job['attempts']}",
-                                  **placement.resources).remote(command, extra, self.gpus, env["TRAINER_EVENT_LOG"],
+                                  **placement.resources).remote(command, extra, self.gpus, env[EVENT_LOG],
                                                                 str(output))
         return RayAttempt(ref)
 
