@@ -9,6 +9,7 @@ import contextlib
 import os
 
 import pytest
+import sqlalchemy
 from helpers import postgres_database
 
 POSTGRES = "TRAINER_TEST_POSTGRES"
@@ -24,6 +25,15 @@ def postgres_admin() -> str:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI runs the PostgreSQL tests, but {why}", pytrace=False)
         pytest.skip(why)
+    try:
+        sqlalchemy.engine.make_url(url)
+        parsed = True
+    except sqlalchemy.exc.ArgumentError:
+        parsed = False
+    if not parsed:  # seen in CI: a tool's chatter captured with the URL; say so, not 26 bare parse errors
+        first = url.splitlines()[0] if url.strip() else url
+        pytest.fail(f"{POSTGRES} is not one database URL ({len(url.splitlines())} lines, the first {first!r})",
+                    pytrace=False)
     return url
 
 
