@@ -16,8 +16,11 @@ $(VENV)/.installed: pyproject.toml
 digits: setup
 	$(BIN)/trainer fit digits
 
+# Two xdist workers (one OpenMP thread each: tests/conftest.py), a test file each at a time; then the `serial`
+# tests alone. Plain `pytest` runs everything in one process.
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

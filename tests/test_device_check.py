@@ -7,6 +7,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+# Run alone, after the parallel part of `make test` (pyproject.toml's `serial` marker): its
+# SIGTERM/--resume and torchrun steps are the distributed tests' again.
+pytestmark = pytest.mark.serial
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 

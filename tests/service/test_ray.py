@@ -20,6 +20,10 @@ from trainer.service.backends.ray_cluster import forwarded_environment, job_envi
 from trainer.service.runner import outcome
 from trainer.service import store as S
 
+# Run alone, after the parallel part of `make test` (pyproject.toml's `serial` marker): a three-node Ray cluster
+# on 2 cores, and its jobs' placement waits on Ray's own timeouts.
+pytestmark = pytest.mark.serial
+
 if os.environ.get("CI") != "true":  # CI installs the test extra, ray with it: there a missing ray fails loudly
     pytest.importorskip("ray", reason="the Ray backend's tests need the ray extra (pip install 'trainer[ray]')")
 
