@@ -23,6 +23,11 @@ class TrainingFailed(Exception):
     exit_code = 1
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An error's first line, cut at `limit` characters: what a one-line message quotes of it."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]
+
+
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean X?)' for a near miss, else ''."""
     import difflib

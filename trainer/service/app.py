@@ -19,12 +19,12 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.exc import DataError
 from fastapi.sse import format_sse_event
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, first_line
 from trainer.options import chosen_lr
 from trainer.runs import rundir
 from trainer.service import auth, datasets, tasks
@@ -110,15 +110,13 @@ def create_app(store: S.Store, runner: Runner, settings: Settings, token: str | 
 
     @app.exception_handler(DataError)
     async def unstorable(_request, error: DataError):  # a value the database's column cannot hold: the input's
-        first = (str(error.orig).strip().splitlines() or [""])[0][:200]
-        return one_line(422, f"a value in this request cannot be stored ({first}); send text without NUL "
-                             f"characters, within the documented limits")
+        return one_line(422, f"a value in this request cannot be stored ({first_line(error.orig, 200)}); send text "
+                             f"without NUL characters, within the documented limits")
 
     @app.exception_handler(Exception)
     async def failure(_request, error: Exception):  # a bug or the store away: one line, the service goes on
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        return one_line(500, f"the service failed on this request ({type(error).__name__}: {first}); it goes on "
-                             f"serving: try again, and report it if it persists")
+        return one_line(500, f"the service failed on this request ({type(error).__name__}: {first_line(error)}); "
+                             f"it goes on serving: try again, and report it if it persists")
 
     def job_or_404(job_id: int) -> dict:
         job = store.job(job_id)

@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from trainer.errors import BadInput, did_you_mean
+from trainer.errors import BadInput, did_you_mean, first_line
 from trainer.extras import require
 
 DEFAULT_PORT = 8100
@@ -101,7 +101,7 @@ def run_service(host: str, port: int, db: str | None, devices: str, slots: int |
         raise  # its own line: a store of a newer trainer, a missing driver
     except Exception as e:
         raise BadInput(f"--db {shown(url)}: cannot open the job store ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0]}); check the URL and that the database is up") from None
+                       f"{first_line(e)}); check the URL and that the database is up") from None
     if store.migrated:
         print(f"store: {store.migrated}", flush=True)
     token = None

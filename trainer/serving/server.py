@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from trainer.runs import rundir
-from trainer.errors import BadInput
+from trainer.errors import BadInput, first_line
 from trainer.extras import require
 
 MAX_FILES = 64  # images in one request
@@ -58,10 +58,6 @@ class Predictor:
             raise Rejected(500, f"inference failed ({type(e).__name__}: {first_line(e)}); the server goes on "
                                 f"serving: try fewer or smaller images") from None
         return predictions_of(self.meta, self.labels, probs, top_k)  # multi-label: every label above the threshold
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 def request_pixels(names: list[str], datas: list[bytes], budget: int) -> None:

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.errors import BadInput
+from trainer.errors import BadInput, first_line
 from trainer.service.backends import Exit, Placement, signal_group
 from trainer.service.backends.local import parent_death_signal
 from trainer.training.events import EVENT_LOG
@@ -215,10 +215,6 @@ class RayAttempt:
 
     def close(self) -> None:
         pass
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 class RayBackend:

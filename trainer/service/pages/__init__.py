@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from trainer.errors import first_line
 from trainer.runs import rundir
 from trainer.options import number_text
 from trainer.recipes import lower_is_better
@@ -95,10 +96,9 @@ def add_pages(app: FastAPI, *, store: S.Store, settings, token: str | None, publ
             try:
                 return await view(request, owner)
             except Exception as error:  # a page shows what went wrong in one line and the service goes on
-                first = (str(error).strip().splitlines() or [""])[0][:300]
                 return message(request, 500 if not isinstance(error, LookupError) else 404,
-                               "This page could not be shown", f"{type(error).__name__}: {first}. The service goes "
-                               f"on serving; try again, and report it if it persists.")
+                               "This page could not be shown", f"{type(error).__name__}: {first_line(error)}. "
+                               f"The service goes on serving; try again, and report it if it persists.")
         handler.__name__ = view.__name__
         return handler
 
